@@ -1,0 +1,27 @@
+# Two entry points: `make demo` and `make test`. Both create .venv when it is missing.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test benchmarks clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): $(PY) setup.cfg pyproject.toml
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[aws,test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m fedsim.demo
+
+test: $(STAMP)
+	$(PY) -m pytest -n auto tests
+
+benchmarks: $(STAMP)
+	$(PY) benchmarks/federated_mean_memory.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

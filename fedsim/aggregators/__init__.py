@@ -1,0 +1,3 @@
+"""fedsim.aggregators: see ../shared/DESIGN.md; filled by its own issue."""
+
+__all__: list = []

@@ -1,0 +1,70 @@
+"""The stack of execution contexts: calling a computation runs it in the current one.
+
+The default is the local simulation context. Swap it for a block with
+``with fedsim.core.execution_context(ctx):`` or for good with ``set_default_context(ctx)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from typing import Any, Iterator, Optional, Protocol
+
+__all__ = ["Context", "execution_context", "get_context", "set_default_context"]
+
+
+class Context(Protocol):
+    """Runs computations: `invoke(computation, argument)` returns the computation's result."""
+
+    def invoke(self, computation: Any, argument: Any) -> Any: ...
+
+
+class _ContextStack(threading.local):
+    def __init__(self):
+        self.stack: list = []
+
+
+_stack = _ContextStack()
+_default: Optional[Context] = None
+_default_lock = threading.Lock()
+
+
+def set_default_context(context: Optional[Context]) -> None:
+    """Makes `context` the context used outside any `execution_context` block.
+
+    `None` restores the local simulation context.
+    """
+    global _default
+    with _default_lock:
+        _default = context
+
+
+def get_context() -> Context:
+    """The context that a call of a computation runs in now."""
+    if _stack.stack:
+        return _stack.stack[-1]
+    global _default
+    with _default_lock:
+        if _default is None:
+            from fedsim.core.local_context import LocalExecutionContext
+
+            _default = LocalExecutionContext()
+        return _default
+
+
+@contextlib.contextmanager
+def execution_context(context: Context) -> Iterator[Context]:
+    """Runs the calls made inside the block in `context`.
+
+    Example::
+
+        with fedsim.core.execution_context(fedsim.core.LocalExecutionContext(max_parallel_clients=1)):
+            result = my_computation(server_value, client_values)
+    """
+    if not hasattr(context, "invoke"):
+        raise TypeError(f"an execution context needs an invoke(computation, argument) method; got {context!r}")
+    _stack.stack.append(context)
+    try:
+        yield context
+    finally:
+        _stack.stack.pop()

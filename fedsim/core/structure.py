@@ -1,0 +1,242 @@
+"""Python values against fedsim types: checking, converting, flattening and packing.
+
+Values cross the boundary between users and computations here. A value is checked against
+the type it must have, converted to its canonical form (numpy arrays of the declared dtype,
+`tf.data.Dataset`s, Python containers), flattened into leaves for TensorFlow, and packed back
+into the containers the type remembers.
+"""
+
+from __future__ import annotations
+
+import collections
+from typing import Any, Optional
+
+import attrs
+import numpy as np
+import tensorflow as tf
+
+from fedsim.core import types as ft
+
+__all__ = [
+    "TypeSignatureMismatchError",
+    "check_and_normalize",
+    "struct_elements",
+    "pack_struct",
+    "flatten_value",
+    "unflatten_value",
+]
+
+
+class TypeSignatureMismatchError(TypeError):
+    """A value given to a computation does not match the type it expects.
+
+    The message shows the expected type, the given type and where they first differ.
+    """
+
+
+class _Mismatch(Exception):
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _where(path: str) -> str:
+    return path or "the top level"
+
+
+def describe_value_type(value: Any) -> str:
+    try:
+        return str(ft.infer_type(value))
+    except TypeError:
+        return f"a Python {type(value).__name__}"
+
+
+def mismatch_error(what: str, expected: ft.Type, value: Any, reason: str) -> TypeSignatureMismatchError:
+    return TypeSignatureMismatchError(
+        f"{what} does not match the expected type.\n"
+        f"  expected: {expected}\n"
+        f"  given:    {describe_value_type(value)}\n"
+        f"  {reason}"
+    )
+
+
+def check_and_normalize(value: Any, type_spec: ft.Type, what: str = "the argument") -> Any:
+    """Checks `value` against `type_spec` and returns it in canonical form.
+
+    Raises `TypeSignatureMismatchError` naming `what`, both types and the first difference.
+    """
+    try:
+        return _normalize(value, type_spec, "")
+    except _Mismatch as mismatch:
+        raise mismatch_error(what, type_spec, value, mismatch.reason) from None
+
+
+def _is_python_number(value: Any) -> bool:
+    if isinstance(value, (bool, int, float)):
+        return True
+    if isinstance(value, (list, tuple)) and value:
+        return all(_is_python_number(v) for v in value)
+    return False
+
+
+def _normalize_tensor(value: Any, type_spec: ft.TensorType, path: str) -> np.ndarray:
+    if isinstance(value, (tf.Tensor, tf.Variable)):
+        value = value.numpy()
+    if isinstance(value, (np.ndarray, np.generic)):
+        array = np.asarray(value)
+        if array.dtype != type_spec.dtype.as_numpy_dtype and not (
+            type_spec.dtype == tf.string and array.dtype.kind in "OSU"
+        ):
+            raise _Mismatch(
+                f"at {_where(path)}: expected dtype {type_spec.dtype.name}, given a numpy array of "
+                f"dtype {array.dtype} (cast it, e.g. value.astype(np.{type_spec.dtype.name}))"
+            )
+    elif _is_python_number(value) or isinstance(value, (str, bytes)):
+        array = np.asarray(value)
+        target = type_spec.dtype
+        if array.dtype.kind == "f" and not (target.is_floating):
+            raise _Mismatch(f"at {_where(path)}: expected {type_spec}, given the Python float value {value!r}")
+        if array.dtype.kind in "iu" and not (target.is_floating or target.is_integer):
+            raise _Mismatch(f"at {_where(path)}: expected {type_spec}, given the Python int value {value!r}")
+        if array.dtype.kind in "SU" and target != tf.string:
+            raise _Mismatch(f"at {_where(path)}: expected {type_spec}, given the string {value!r}")
+        if target != tf.string:
+            array = array.astype(target.as_numpy_dtype)
+    else:
+        raise _Mismatch(
+            f"at {_where(path)}: expected a tensor {type_spec}, given {describe_value_type(value)}"
+        )
+    difference = ft.find_type_difference(type_spec, ft.TensorType(type_spec.dtype, array.shape), path)
+    if difference:
+        raise _Mismatch(difference)
+    return array
+
+
+def struct_elements(value: Any, struct_type: ft.StructType, path: str = "") -> list:
+    """The element values of a structure `value`, in the order of `struct_type`."""
+    names = struct_type.names()
+    if isinstance(value, dict):
+        missing = [n for n in names if n not in value]
+        extra = [k for k in value if k not in names]
+        if missing or extra or None in names:
+            raise _Mismatch(
+                f"at {_where(path)}: expected a structure with elements {names}, given a dict with keys "
+                f"{list(value)}" + (f" (missing {missing})" if missing else "") + (f" (unexpected {extra})" if extra else "")
+            )
+        return [value[n] for n in names]
+    if attrs.has(type(value)):
+        fields = [f.name for f in attrs.fields(type(value))]
+        if fields != names:
+            raise _Mismatch(f"at {_where(path)}: expected elements {names}, given {type(value).__name__} with fields {fields}")
+        return [getattr(value, n) for n in names]
+    if isinstance(value, (list, tuple)):
+        if len(value) != len(names):
+            raise _Mismatch(
+                f"at {_where(path)}: expected a structure of {len(names)} elements {struct_type}, given "
+                f"{len(value)} elements"
+            )
+        if hasattr(type(value), "_fields"):
+            fields = list(type(value)._fields)
+            for index, (want, have) in enumerate(zip(names, fields)):
+                if want is not None and want != have:
+                    raise _Mismatch(f"at {_where(path)}: element {index} should be named {want!r}, given {have!r}")
+        return list(value)
+    raise _Mismatch(f"at {_where(path)}: expected a structure {struct_type}, given {describe_value_type(value)}")
+
+
+def pack_struct(struct_type: ft.StructType, values: list, like: Any = None) -> Any:
+    """Builds the Python container for a structure from its element values.
+
+    Uses the type's remembered container; else the container of `like`; else a dict when every
+    element is named and a tuple otherwise.
+    """
+    container = struct_type.container
+    if container is None and like is not None and isinstance(like, (dict, list, tuple)) or (
+        container is None and like is not None and attrs.has(type(like))
+    ):
+        container = type(like)
+    names = struct_type.names()
+    if container is None:
+        container = dict if struct_type.is_named else (tuple if not any(names) else None)
+    if container is None:
+        raise TypeError(f"a structure with some unnamed elements ({struct_type}) has no Python form")
+    if issubclass(container, dict):
+        return container(zip(names, values))
+    if attrs.has(container):
+        return container(**dict(zip(names, values)))
+    if issubclass(container, tuple) and hasattr(container, "_fields"):
+        return container(*values)
+    return container(values)
+
+
+def _normalize(value: Any, type_spec: ft.Type, path: str) -> Any:
+    if isinstance(type_spec, ft.TensorType):
+        return _normalize_tensor(value, type_spec, path)
+    if isinstance(type_spec, ft.StructType):
+        elements = struct_elements(value, type_spec, path)
+        normalized = []
+        for index, ((name, element_type), element) in enumerate(zip(type_spec.elements, elements)):
+            part = f".{name}" if name is not None else f"[{index}]"
+            normalized.append(_normalize(element, element_type, path + part))
+        return pack_struct(type_spec, normalized, like=value)
+    if isinstance(type_spec, ft.SequenceType):
+        if not isinstance(value, tf.data.Dataset):
+            raise _Mismatch(f"at {_where(path)}: expected a tf.data.Dataset of {type_spec.element}, given {describe_value_type(value)}")
+        difference = ft.find_type_difference(type_spec, ft.infer_type(value), path)
+        if difference:
+            raise _Mismatch(difference)
+        return value
+    if isinstance(type_spec, ft.FunctionType):
+        given = ft.infer_type(value) if hasattr(value, "type_signature") else None
+        if given is None:
+            raise _Mismatch(f"at {_where(path)}: expected a computation {type_spec}, given {describe_value_type(value)}")
+        difference = ft.find_type_difference(type_spec, given, path)
+        if difference:
+            raise _Mismatch(difference)
+        return value
+    raise _Mismatch(f"at {_where(path)}: a value of type {type_spec} cannot be given here")
+
+
+def flatten_value(value: Any, type_spec: ft.Type) -> list:
+    """The leaves of a normalized value, in the order of `types.flatten_type`."""
+    if isinstance(type_spec, ft.StructType):
+        try:
+            elements = struct_elements(value, type_spec)
+        except _Mismatch as mismatch:
+            raise TypeSignatureMismatchError(mismatch.reason) from None
+        return [leaf for element, t in zip(elements, type_spec) for leaf in flatten_value(element, t)]
+    return [value]
+
+
+def unflatten_value(type_spec: ft.Type, leaves: list) -> Any:
+    """Inverse of `flatten_value`: packs leaves into containers of `type_spec`."""
+    iterator = iter(leaves)
+
+    def build(t: ft.Type) -> Any:
+        if isinstance(t, ft.StructType):
+            return pack_struct(t, [build(element) for element in t])
+        return next(iterator)
+
+    result = build(type_spec)
+    remaining = sum(1 for _ in iterator)
+    if remaining:
+        raise ValueError(f"{remaining} leaves left over when packing a value of type {type_spec}")
+    return result
+
+
+def map_structure(fn, type_spec: ft.Type, *values: Any) -> Any:
+    """Applies `fn(leaf_type, *leaves)` leaf by leaf over values of `type_spec`."""
+    flat = [flatten_value(v, type_spec) for v in values]
+    leaf_types = ft.flatten_type(type_spec)
+    return unflatten_value(type_spec, [fn(t, *leaves) for t, *leaves in zip(leaf_types, *flat)])
+
+
+def to_ordered(value: Any) -> Any:
+    """Converts mappings to OrderedDicts recursively (used for stable printing in errors)."""
+    if isinstance(value, dict):
+        return collections.OrderedDict((k, to_ordered(v)) for k, v in value.items())
+    return value
+
+
+def optional_normalize(value: Any, type_spec: Optional[ft.Type]) -> Any:
+    return value if type_spec is None else check_and_normalize(value, type_spec)

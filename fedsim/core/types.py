@@ -1,0 +1,476 @@
+"""The type system: tensors, structures, sequences, functions and federated types.
+
+Every computation has a type signature built from these classes. They print the way TFF
+prints its types, e.g. ``(<state=float32[10]@SERVER,data={<x=float32[?,784]>*}@CLIENTS> ->
+float32[10]@SERVER)``, compare by value, and serialize to JSON-able dicts.
+
+Example::
+
+    >>> fedsim.to_type({"a": (tf.float32, [10]), "b": tf.int32})
+    <a=float32[10],b=int32>
+    >>> fedsim.FederatedType(tf.float32, fedsim.CLIENTS)
+    {float32}@CLIENTS
+"""
+
+from __future__ import annotations
+
+import collections
+import importlib
+from typing import Any, Iterator, Optional, Sequence
+
+import attrs
+import numpy as np
+import tensorflow as tf
+
+from fedsim.core.placements import CLIENTS, SERVER, Placement, placement_from_uri
+
+__all__ = [
+    "Type",
+    "TensorType",
+    "StructType",
+    "SequenceType",
+    "FunctionType",
+    "FederatedType",
+    "to_type",
+    "infer_type",
+    "type_from_json",
+    "find_type_difference",
+    "is_assignable_from",
+]
+
+
+class Type:
+    """Base class of fedsim types."""
+
+    def to_json(self) -> dict:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
+def _to_dtype(dtype: Any) -> tf.DType:
+    if isinstance(dtype, tf.DType):
+        return dtype
+    if dtype is float:
+        return tf.float32
+    if dtype is int:
+        return tf.int32
+    if dtype is bool:
+        return tf.bool
+    if dtype in (str, bytes):
+        return tf.string
+    return tf.as_dtype(dtype)
+
+
+def _to_shape(shape: Any) -> Optional[tuple]:
+    if shape is None:
+        return None
+    if isinstance(shape, tf.TensorShape):
+        return None if shape.rank is None else tuple(shape.as_list())
+    if isinstance(shape, (int, np.integer)):
+        return (int(shape),)
+    return tuple(None if d is None else int(d) for d in shape)
+
+
+@attrs.frozen(repr=False)
+class TensorType(Type):
+    """A tensor of `dtype` and `shape` (a tuple; `None` marks an unknown dimension).
+
+    `shape=None` means unknown rank.
+    """
+
+    dtype: tf.DType = attrs.field(converter=_to_dtype)
+    shape: Optional[tuple] = attrs.field(default=(), converter=_to_shape)
+
+    def __str__(self) -> str:
+        if self.shape is None:
+            return f"{self.dtype.name}[*]"
+        if not self.shape:
+            return self.dtype.name
+        dims = ",".join("?" if d is None else str(d) for d in self.shape)
+        return f"{self.dtype.name}[{dims}]"
+
+    @property
+    def tensor_shape(self) -> tf.TensorShape:
+        return tf.TensorShape(None if self.shape is None else list(self.shape))
+
+    def to_spec(self) -> tf.TensorSpec:
+        return tf.TensorSpec(self.tensor_shape, self.dtype)
+
+    def to_json(self) -> dict:
+        return {
+            "tensor": {
+                "dtype": self.dtype.name,
+                "shape": None if self.shape is None else list(self.shape),
+            }
+        }
+
+
+def _container_to_json(container: Optional[type]) -> Optional[str]:
+    if container is None:
+        return None
+    for name, kind in _BUILTIN_CONTAINERS.items():
+        if container is kind:
+            return name
+    return f"py:{container.__module__}:{container.__qualname__}"
+
+
+def _container_from_json(name: Optional[str]) -> Optional[type]:
+    """Returns the Python container class; unknown classes fall back to `None` (a dict/tuple)."""
+    if name is None:
+        return None
+    if name in _BUILTIN_CONTAINERS:
+        return _BUILTIN_CONTAINERS[name]
+    _, module_name, qualname = name.split(":", 2)
+    try:
+        obj: Any = importlib.import_module(module_name)
+        for part in qualname.split("."):
+            obj = getattr(obj, part)
+        return obj
+    except (ImportError, AttributeError):
+        return None
+
+
+_BUILTIN_CONTAINERS = {
+    "dict": dict,
+    "odict": collections.OrderedDict,
+    "list": list,
+    "tuple": tuple,
+}
+
+
+@attrs.frozen(repr=False)
+class StructType(Type):
+    """An ordered structure of elements, each optionally named: `<a=int32,float32>`.
+
+    `container` remembers the Python class the structure came from (dict, list, tuple, a
+    namedtuple or attrs class) so results come back in the shape users passed in. It takes
+    no part in equality or assignability.
+    """
+
+    elements: tuple = attrs.field(converter=lambda els: tuple((n, to_type(t)) for n, t in els))
+    container: Optional[type] = attrs.field(default=None, eq=False)
+
+    def __attrs_post_init__(self):
+        names = [n for n, _ in self.elements if n is not None]
+        if len(set(names)) != len(names):
+            raise ValueError(f"duplicate element names in a structure: {names}")
+
+    def __str__(self) -> str:
+        parts = [str(t) if n is None else f"{n}={t}" for n, t in self.elements]
+        return "<" + ",".join(parts) + ">"
+
+    def __len__(self) -> int:
+        return len(self.elements)
+
+    def __iter__(self) -> Iterator[Type]:
+        return iter(t for _, t in self.elements)
+
+    def names(self) -> list:
+        return [n for n, _ in self.elements]
+
+    def index_of(self, name: str) -> int:
+        for i, (n, _) in enumerate(self.elements):
+            if n == name:
+                return i
+        raise AttributeError(f"the structure {self} has no element named {name!r}")
+
+    def __getitem__(self, key) -> Type:
+        if isinstance(key, str):
+            return self.elements[self.index_of(key)][1]
+        return self.elements[key][1]
+
+    @property
+    def is_named(self) -> bool:
+        return bool(self.elements) and all(n is not None for n, _ in self.elements)
+
+    def to_json(self) -> dict:
+        return {
+            "struct": [[n, t.to_json()] for n, t in self.elements],
+            "container": _container_to_json(self.container),
+        }
+
+
+@attrs.frozen(repr=False)
+class SequenceType(Type):
+    """A sequence of elements (a `tf.data.Dataset` at run time): `<x=float32[?,784]>*`."""
+
+    element: Type = attrs.field(converter=lambda t: to_type(t))
+
+    def __str__(self) -> str:
+        return f"{self.element}*"
+
+    def to_json(self) -> dict:
+        return {"sequence": self.element.to_json()}
+
+
+@attrs.frozen(repr=False)
+class FunctionType(Type):
+    """A function from `parameter` (or no parameter, `None`) to `result`."""
+
+    parameter: Optional[Type] = attrs.field(converter=lambda t: None if t is None else to_type(t))
+    result: Type = attrs.field(converter=lambda t: to_type(t))
+
+    def __str__(self) -> str:
+        param = "" if self.parameter is None else str(self.parameter)
+        return f"({param} -> {self.result})"
+
+    def to_json(self) -> dict:
+        return {
+            "function": {
+                "parameter": None if self.parameter is None else self.parameter.to_json(),
+                "result": self.result.to_json(),
+            }
+        }
+
+
+def _default_all_equal(instance, attribute, value):
+    return value
+
+
+@attrs.frozen(repr=False)
+class FederatedType(Type):
+    """A value of type `member` at a placement: `{float32}@CLIENTS`, `float32@SERVER`.
+
+    `all_equal` says every participant holds the same value; it defaults to `True` at SERVER
+    and `False` at CLIENTS (a broadcast value is `float32@CLIENTS`).
+    """
+
+    member: Type = attrs.field(converter=lambda t: to_type(t))
+    placement: Placement = attrs.field()
+    all_equal: Optional[bool] = attrs.field(default=None)
+
+    def __attrs_post_init__(self):
+        if not isinstance(self.placement, Placement):
+            raise TypeError(
+                f"a federated type needs a placement (fedsim.CLIENTS or fedsim.SERVER), "
+                f"got {self.placement!r}"
+            )
+        if isinstance(self.member, FederatedType):
+            raise TypeError(f"a federated type cannot hold another federated type ({self.member})")
+        if self.all_equal is None:
+            object.__setattr__(self, "all_equal", self.placement.default_all_equal)
+
+    def __str__(self) -> str:
+        placement = str(self.placement)
+        if self.all_equal:
+            return f"{self.member}@{placement}"
+        return f"{{{self.member}}}@{placement}"
+
+    def to_json(self) -> dict:
+        return {
+            "federated": {
+                "member": self.member.to_json(),
+                "placement": self.placement.uri,
+                "all_equal": self.all_equal,
+            }
+        }
+
+
+def type_from_json(data: Optional[dict]) -> Optional[Type]:
+    """Inverse of `Type.to_json`."""
+    if data is None:
+        return None
+    if "tensor" in data:
+        return TensorType(data["tensor"]["dtype"], data["tensor"]["shape"])
+    if "struct" in data:
+        return StructType(
+            [(n, type_from_json(t)) for n, t in data["struct"]],
+            container=_container_from_json(data.get("container")),
+        )
+    if "sequence" in data:
+        return SequenceType(type_from_json(data["sequence"]))
+    if "function" in data:
+        return FunctionType(
+            type_from_json(data["function"]["parameter"]),
+            type_from_json(data["function"]["result"]),
+        )
+    if "federated" in data:
+        fed = data["federated"]
+        return FederatedType(
+            type_from_json(fed["member"]), placement_from_uri(fed["placement"]), fed["all_equal"]
+        )
+    raise ValueError(f"not a serialized fedsim type: {data!r}")
+
+
+def _is_dtype_like(obj: Any) -> bool:
+    if isinstance(obj, (tf.DType, np.dtype)) or obj in (float, int, bool, str, bytes):
+        return True
+    if isinstance(obj, type) and issubclass(obj, np.generic):
+        return True
+    if isinstance(obj, str):
+        try:
+            tf.as_dtype(obj)
+            return True
+        except TypeError:
+            return False
+    return False
+
+
+def _is_shape_like(obj: Any) -> bool:
+    if isinstance(obj, (tf.TensorShape, int, np.integer)):
+        return True
+    return isinstance(obj, (list, tuple)) and all(d is None or isinstance(d, (int, np.integer)) for d in obj)
+
+
+def _is_namedtuple(obj: Any) -> bool:
+    return isinstance(obj, tuple) and hasattr(type(obj), "_fields")
+
+
+def to_type(spec: Any) -> Type:
+    """Converts a type-like Python object into a fedsim `Type`.
+
+    Accepts fedsim types, dtypes (`tf.float32`, `np.int32`, `"float32"`, `float`),
+    `(dtype, shape)` pairs, `tf.TensorSpec`, `tf.data.DatasetSpec`, and dicts, lists, tuples,
+    namedtuples and attrs classes of those.
+    """
+    if isinstance(spec, Type):
+        return spec
+    if _is_dtype_like(spec):
+        return TensorType(spec)
+    if isinstance(spec, tf.TensorSpec):
+        return TensorType(spec.dtype, spec.shape)
+    if isinstance(spec, tf.data.DatasetSpec):
+        return SequenceType(to_type(spec.element_spec))
+    if (
+        isinstance(spec, tuple)
+        and not _is_namedtuple(spec)
+        and len(spec) == 2
+        and _is_dtype_like(spec[0])
+        and _is_shape_like(spec[1])
+    ):
+        return TensorType(spec[0], spec[1])
+    if isinstance(spec, collections.OrderedDict):
+        return StructType([(k, to_type(v)) for k, v in spec.items()], container=collections.OrderedDict)
+    if isinstance(spec, dict):
+        return StructType([(k, to_type(v)) for k, v in spec.items()], container=dict)
+    if _is_namedtuple(spec):
+        return StructType([(k, to_type(v)) for k, v in spec._asdict().items()], container=type(spec))
+    if attrs.has(type(spec)):
+        return StructType(
+            [(f.name, to_type(getattr(spec, f.name))) for f in attrs.fields(type(spec))],
+            container=type(spec),
+        )
+    if isinstance(spec, (list, tuple)):
+        return StructType([(None, to_type(v)) for v in spec], container=type(spec))
+    raise TypeError(f"cannot convert {spec!r} (of Python type {type(spec).__name__}) to a fedsim type")
+
+
+def infer_type(value: Any) -> Type:
+    """The type of a Python value: numpy arrays, tensors, scalars, datasets and structures.
+
+    Python `float` infers as float32 and `int` as int32, as in TFF.
+    """
+    # Imported here: computations import this module.
+    from fedsim.core.computation import Computation
+
+    if isinstance(value, Computation):
+        return value.type_signature
+    if isinstance(value, tf.data.Dataset):
+        return SequenceType(to_type(value.element_spec))
+    if isinstance(value, (tf.Tensor, tf.Variable)):
+        return TensorType(value.dtype, value.shape)
+    if isinstance(value, (np.ndarray, np.generic)):
+        return TensorType(value.dtype, value.shape)
+    if isinstance(value, bool):
+        return TensorType(tf.bool)
+    if isinstance(value, int):
+        return TensorType(tf.int32)
+    if isinstance(value, float):
+        return TensorType(tf.float32)
+    if isinstance(value, (str, bytes)):
+        return TensorType(tf.string)
+    if isinstance(value, collections.OrderedDict):
+        return StructType([(k, infer_type(v)) for k, v in value.items()], container=collections.OrderedDict)
+    if isinstance(value, dict):
+        return StructType([(k, infer_type(v)) for k, v in value.items()], container=dict)
+    if _is_namedtuple(value):
+        return StructType([(k, infer_type(v)) for k, v in value._asdict().items()], container=type(value))
+    if attrs.has(type(value)):
+        return StructType(
+            [(f.name, infer_type(getattr(value, f.name))) for f in attrs.fields(type(value))],
+            container=type(value),
+        )
+    if isinstance(value, (list, tuple)):
+        return StructType([(None, infer_type(v)) for v in value], container=type(value))
+    raise TypeError(f"cannot infer a fedsim type for a value of Python type {type(value).__name__}")
+
+
+def _join(path: str, part: str) -> str:
+    return f"{path}{part}"
+
+
+def find_type_difference(target: Type, source: Type, path: str = "") -> Optional[str]:
+    """Why a value of type `source` cannot be used where `target` is expected, or None.
+
+    The answer names the place (`.a[1]`) and the two types there, so error messages can show
+    exactly where two large types differ.
+    """
+    where = path or "the top level"
+    if isinstance(target, TensorType):
+        if not isinstance(source, TensorType):
+            return f"at {where}: expected a tensor {target}, given {source}"
+        if target.dtype != source.dtype:
+            return f"at {where}: expected dtype {target.dtype.name}, given {source.dtype.name} ({target} vs {source})"
+        if target.shape is None:
+            return None
+        if source.shape is None or len(source.shape) != len(target.shape):
+            return f"at {where}: expected shape {target}, given {source} (rank differs)"
+        for axis, (want, have) in enumerate(zip(target.shape, source.shape)):
+            if want is not None and want != have:
+                return f"at {where}: expected {target}, given {source} (dimension {axis}: {want} vs {'?' if have is None else have})"
+        return None
+    if isinstance(target, StructType):
+        if not isinstance(source, StructType):
+            return f"at {where}: expected a structure {target}, given {source}"
+        if len(target) != len(source):
+            return f"at {where}: expected a structure of {len(target)} elements, given {len(source)} ({target} vs {source})"
+        for index, ((t_name, t_type), (s_name, s_type)) in enumerate(zip(target.elements, source.elements)):
+            if t_name is not None and s_name is not None and t_name != s_name:
+                return f"at {where}: element {index} is named {t_name!r} in the expected type but {s_name!r} in the given one"
+            part = f".{t_name}" if t_name is not None else f"[{index}]"
+            difference = find_type_difference(t_type, s_type, _join(path, part))
+            if difference:
+                return difference
+        return None
+    if isinstance(target, SequenceType):
+        if not isinstance(source, SequenceType):
+            return f"at {where}: expected a sequence {target}, given {source}"
+        return find_type_difference(target.element, source.element, _join(path, "*"))
+    if isinstance(target, FunctionType):
+        if not isinstance(source, FunctionType):
+            return f"at {where}: expected a function {target}, given {source}"
+        if (target.parameter is None) != (source.parameter is None):
+            return f"at {where}: expected {target}, given {source} (parameters differ)"
+        if target.parameter is not None:
+            difference = find_type_difference(source.parameter, target.parameter, _join(path, "(parameter)"))
+            if difference:
+                return difference
+        return find_type_difference(target.result, source.result, _join(path, "(result)"))
+    if isinstance(target, FederatedType):
+        if not isinstance(source, FederatedType):
+            return f"at {where}: expected a federated value {target}, given an unplaced {source}"
+        if target.placement != source.placement:
+            return f"at {where}: expected a value placed at {target.placement}, given one at {source.placement} ({target} vs {source})"
+        if target.all_equal and not source.all_equal:
+            return f"at {where}: expected one value equal at all {target.placement} ({target}), given {source}"
+        return find_type_difference(target.member, source.member, path)
+    raise TypeError(f"not a fedsim type: {target!r}")
+
+
+def is_assignable_from(target: Type, source: Type) -> bool:
+    """Whether a value of type `source` may be used where `target` is expected."""
+    return find_type_difference(target, source) is None
+
+
+def flatten_type(type_spec: Type) -> list:
+    """The leaves (tensor and sequence types) of a type, depth first."""
+    if isinstance(type_spec, StructType):
+        return [leaf for element in type_spec for leaf in flatten_type(element)]
+    return [type_spec]
+
+
+def struct_of(types: Sequence[Type], names: Optional[Sequence[Optional[str]]] = None) -> StructType:
+    names = names or [None] * len(types)
+    return StructType(list(zip(names, types)))
