@@ -51,9 +51,8 @@ def pack_call_arguments(computation: Computation, args: tuple, kwargs: dict) -> 
         if args or kwargs:
             raise TypeError(f"{name} takes no argument (type {computation.type_signature}), but was given {len(args) + len(kwargs)}")
         return None
-    if not kwargs and len(args) == 1 and not (
-        computation.unpack and isinstance(parameter, ft.StructType) and len(parameter) == 1
-    ):
+    takes_elements = computation.unpack and isinstance(parameter, ft.StructType)
+    if not kwargs and len(args) == 1 and not takes_elements:
         return args[0]
     if not isinstance(parameter, ft.StructType):
         raise TypeError(

@@ -133,9 +133,7 @@ class TracingContext:
             difference = ft.find_type_difference(function_type.parameter, argument_block.type_signature)
             if difference:
                 hint = ""
-                if isinstance(argument_block.type_signature, ft.FederatedType) and not isinstance(
-                    function_type.parameter, ft.FederatedType
-                ):
+                if _has_federated(argument_block.type_signature) and not _has_federated(function_type.parameter):
                     hint = "\n  a computation on unplaced values is applied to a federated value with fedsim.federated_map"
                 raise structure.TypeSignatureMismatchError(
                     f"the argument of {name} does not match its parameter type.\n"
@@ -144,6 +142,12 @@ class TracingContext:
                     f"  {difference}{hint}"
                 )
         return self.bind(bb.Call(function, argument_block))
+
+
+def _has_federated(type_spec: ft.Type) -> bool:
+    if isinstance(type_spec, ft.FederatedType):
+        return True
+    return isinstance(type_spec, ft.StructType) and any(_has_federated(t) for t in type_spec)
 
 
 def _current_tracer(what: str) -> TracingContext:
