@@ -18,10 +18,11 @@ demo: $(STAMP)
 	$(PY) -m fedsim.demo
 
 test: $(STAMP)
-	$(PY) -m pytest -n auto tests
+	$(PY) -m pytest -n 2 --dist loadfile tests
 
 benchmarks: $(STAMP)
 	$(PY) benchmarks/federated_mean_memory.py
+	$(PY) benchmarks/call_overhead.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
