@@ -1,3 +1,31 @@
-"""fedsim.learning: see ../shared/DESIGN.md; filled by its own issue."""
+"""fedsim.learning: models, optimizers and algorithms with `tff.learning`'s names."""
 
-__all__: list = []
+from fedsim.learning import algorithms, models, optimizers, templates
+from fedsim.learning.algorithms import (
+    ClientWeighting,
+    build_federated_evaluation,
+    build_unweighted_fed_avg,
+    build_weighted_fed_avg,
+    build_weighted_fed_prox,
+)
+from fedsim.learning.models import BatchOutput, ModelWeights, VariableModel, from_keras_model
+from fedsim.learning.templates import LearningAlgorithmState, LearningProcess, LearningProcessOutput
+
+__all__ = [
+    "BatchOutput",
+    "ClientWeighting",
+    "LearningAlgorithmState",
+    "LearningProcess",
+    "LearningProcessOutput",
+    "ModelWeights",
+    "VariableModel",
+    "algorithms",
+    "build_federated_evaluation",
+    "build_unweighted_fed_avg",
+    "build_weighted_fed_avg",
+    "build_weighted_fed_prox",
+    "from_keras_model",
+    "models",
+    "optimizers",
+    "templates",
+]

@@ -1,0 +1,49 @@
+"""What the algorithms need to know about a `model_fn`, read once in a scratch graph."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import attrs
+import tensorflow as tf
+
+from fedsim.core import types as ft
+from fedsim.learning.models import ModelWeights, VariableModel
+
+__all__ = ["ModelInfo", "inspect_model_fn"]
+
+
+def _variable_type(variable: Any) -> ft.TensorType:
+    return ft.TensorType(tf.as_dtype(variable.dtype), tuple(variable.shape))
+
+
+@attrs.frozen
+class ModelInfo:
+    weights_type: ft.StructType
+    batch_type: ft.Type
+    metrics_type: ft.StructType
+
+
+def inspect_model_fn(model_fn: Callable[[], VariableModel]) -> ModelInfo:
+    """Builds the model once in a throwaway graph to learn its weight, batch and metric types."""
+    if not callable(model_fn):
+        raise TypeError(f"model_fn must be a no-argument callable returning a VariableModel, got {model_fn!r}")
+    with tf.Graph().as_default():
+        model = model_fn()
+        if not isinstance(model, VariableModel):
+            raise TypeError(
+                f"model_fn must return a fedsim VariableModel (for example from_keras_model(...)), got "
+                f"{type(model).__name__}; build the Keras model inside model_fn and wrap it"
+            )
+        weights_type = ft.to_type(
+            ModelWeights(
+                [_variable_type(v) for v in model.trainable_variables],
+                [_variable_type(v) for v in model.non_trainable_variables],
+            )
+        )
+        batch_type = ft.to_type(model.input_spec)
+        metrics = model.report_local_unfinalized_metrics()
+        metrics_type = ft.to_type(
+            {name: [ft.TensorType(t.dtype, t.shape) for t in values] for name, values in metrics.items()}
+        )
+    return ModelInfo(weights_type, batch_type, metrics_type)

@@ -1,0 +1,7 @@
+"""Models for federated learning: `VariableModel`, `from_keras_model`, `ModelWeights`."""
+
+from fedsim.learning.models.keras_model import KerasVariableModel, from_keras_model
+from fedsim.learning.models.model_weights import ModelWeights
+from fedsim.learning.models.variable_model import BatchOutput, VariableModel
+
+__all__ = ["BatchOutput", "KerasVariableModel", "ModelWeights", "VariableModel", "from_keras_model"]

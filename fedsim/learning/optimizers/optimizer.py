@@ -1,0 +1,72 @@
+"""Functional optimizers: `initialize(specs) -> state`, `next(state, weights, gradients)`.
+
+No variables: the state is a dict of tensors that travels with the server (or client) state,
+so an optimizer can live inside a pure, serializable computation. The update rules follow
+Keras 3's own optimizers exactly, and tests check them against Keras on the same gradients.
+The learning rate may be a float or a schedule `fn(step) -> rate` of the step count.
+
+Example::
+
+    optimizer = fedsim.learning.optimizers.build_adam(learning_rate=0.01)
+    state = optimizer.initialize([tf.TensorSpec([3])])
+    state, weights = optimizer.next(state, [w], [g])
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence, Union
+
+import tensorflow as tf
+
+__all__ = ["Optimizer", "LearningRate"]
+
+LearningRate = Union[float, Callable[[tf.Tensor], Any]]
+
+
+def _zeros_like_specs(specs: Sequence[Any], value: float = 0.0) -> list:
+    return [tf.fill(tf.TensorShape(spec.shape), tf.constant(value, spec.dtype)) for spec in tf.nest.flatten(specs)]
+
+
+class Optimizer:
+    """An init/next pair; subclasses give `_slots` (names and initial values) and `_update`."""
+
+    def __init__(self, learning_rate: LearningRate):
+        if not callable(learning_rate) and learning_rate < 0:
+            raise ValueError(f"learning_rate must be non-negative, got {learning_rate}")
+        self.learning_rate = learning_rate
+
+    def _slots(self) -> dict:
+        return {}
+
+    def initialize(self, specs: Sequence[Any]) -> dict:
+        state = {"step": tf.constant(0, tf.int64)}
+        for name, initial in self._slots().items():
+            state[name] = _zeros_like_specs(specs, initial)
+        return state
+
+    def _rate(self, step: tf.Tensor) -> tf.Tensor:
+        rate = self.learning_rate(step) if callable(self.learning_rate) else self.learning_rate
+        return tf.cast(rate, tf.float32)
+
+    def next(self, state: dict, weights: Sequence[Any], gradients: Sequence[Any]) -> tuple:
+        weights, gradients = list(tf.nest.flatten(weights)), list(tf.nest.flatten(gradients))
+        if len(weights) != len(gradients):
+            raise ValueError(f"{len(weights)} weights but {len(gradients)} gradients")
+        step = state["step"] + 1
+        rate = self._rate(state["step"])
+        new_state = {"step": step}
+        new_weights = []
+        slot_names = list(self._slots())
+        per_weight_slots = [[state[name][i] for name in slot_names] for i in range(len(weights))]
+        updated_slots = {name: [] for name in slot_names}
+        for weight, gradient, slots in zip(weights, gradients, per_weight_slots):
+            gradient = tf.cast(gradient, weight.dtype)
+            new_weight, new_slots = self._update(weight, gradient, slots, tf.cast(rate, weight.dtype), step)
+            new_weights.append(new_weight)
+            for name, value in zip(slot_names, new_slots):
+                updated_slots[name].append(value)
+        new_state.update(updated_slots)
+        return new_state, new_weights
+
+    def _update(self, weight, gradient, slots, rate, step):
+        raise NotImplementedError
