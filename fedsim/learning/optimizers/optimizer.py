@@ -23,8 +23,9 @@ __all__ = ["Optimizer", "LearningRate"]
 LearningRate = Union[float, Callable[[tf.Tensor], Any]]
 
 
-def _zeros_like_specs(specs: Sequence[Any], value: float = 0.0) -> list:
-    return [tf.fill(tf.TensorShape(spec.shape), tf.constant(value, spec.dtype)) for spec in tf.nest.flatten(specs)]
+def _zeros_like_specs(specs: Sequence[Any], value: float = 0.0) -> tuple:
+    # Tuples, not lists: tf.data (a client's training loop state) reads a list as one tensor.
+    return tuple(tf.fill(tf.TensorShape(spec.shape), tf.constant(value, spec.dtype)) for spec in tf.nest.flatten(specs))
 
 
 class Optimizer:
@@ -65,7 +66,7 @@ class Optimizer:
             new_weights.append(new_weight)
             for name, value in zip(slot_names, new_slots):
                 updated_slots[name].append(value)
-        new_state.update(updated_slots)
+        new_state.update({name: tuple(values) for name, values in updated_slots.items()})
         return new_state, new_weights
 
     def _update(self, weight, gradient, slots, rate, step):
