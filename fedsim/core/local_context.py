@@ -48,6 +48,10 @@ class ClientValues:
     def compute(self, index: int, memo: dict) -> Any:
         raise NotImplementedError
 
+    def dependencies(self) -> list:
+        """Server values not yet computed that this recipe needs (forced before a pass)."""
+        return []
+
 
 class ListClients(ClientValues):
     def __init__(self, members: Sequence, member_type: ft.Type, what: str, checked: bool):
@@ -69,7 +73,10 @@ class AllEqualClients(ClientValues):
         self.value = value
 
     def compute(self, index, memo):
-        return self.value
+        return _force_all(self.value)
+
+    def dependencies(self):
+        return _unforced(self.value)
 
 
 class MappedClients(ClientValues):
@@ -83,6 +90,9 @@ class MappedClients(ClientValues):
         if key not in memo:
             memo[key] = self.fn(self.source.compute(index, memo))
         return memo[key]
+
+    def dependencies(self):
+        return self.source.dependencies()
 
 
 class EvalClients(ClientValues):
@@ -108,21 +118,48 @@ class ZippedClients(ClientValues):
     def compute(self, index, memo):
         return structure.pack_struct(self.member_type, [e.compute(index, memo) for e in self.elements])
 
+    def dependencies(self):
+        return [d for e in self.elements for d in e.dependencies()]
 
-class Deferred:
-    """A SERVER value waiting for the next aggregation pass over the clients."""
 
-    def __init__(self, run: "_Run", sources: list, accumulator_fn: Callable):
-        self.run = run
-        self.sources = sources
-        self.accumulator_fn = accumulator_fn
+class Lazy:
+    """A SERVER value computed when first needed.
+
+    Server work is lazy so that by the time any aggregation is needed, every aggregation of
+    the round has been registered and one pass over the clients serves them all.
+    """
+
+    def __init__(self, thunk: Callable[[], Any]):
+        self.thunk = thunk
         self.done = False
         self.value = None
+        self.lock = threading.Lock()
 
     def force(self) -> Any:
         if not self.done:
-            self.run.run_pass()
+            with self.lock:
+                if not self.done:
+                    self.value = self.thunk()
+                    self.done = True
+                    self.thunk = None
         return self.value
+
+
+class Deferred(Lazy):
+    """A SERVER value waiting for an aggregation pass over the clients."""
+
+    def __init__(self, run: "_Run", sources: list, accumulator_fn: Callable):
+        super().__init__(lambda: run.run_pass_for(self))
+        self.sources = sources
+        self.accumulator_fn = accumulator_fn
+
+    def force(self) -> Any:
+        if not self.done:
+            self.thunk()
+        return self.value
+
+    def ready(self) -> bool:
+        return not any(s.dependencies() for s in self.sources)
 
 
 class _Closure:
@@ -165,15 +202,28 @@ class _Env:
         raise NameError(f"unbound reference {name!r} in the computation")
 
 
-def _force_all(value: Any) -> Any:
-    """Replaces deferred server values inside a structure by their results."""
-    if isinstance(value, Deferred):
-        return value.force()
+def _unforced(value: Any) -> list:
+    """The lazy server values inside a structure that are not computed yet."""
+    if isinstance(value, Lazy):
+        return [] if value.done else [value]
     if isinstance(value, dict):
-        if any(isinstance(v, (Deferred, dict, list, tuple)) for v in value.values()):
+        return [u for v in value.values() for u in _unforced(v)]
+    if isinstance(value, (list, tuple)):
+        return [u for v in value for u in _unforced(v)]
+    if hasattr(type(value), "__attrs_attrs__"):
+        return [u for f in type(value).__attrs_attrs__ for u in _unforced(getattr(value, f.name))]
+    return []
+
+
+def _force_all(value: Any) -> Any:
+    """Replaces lazy server values inside a structure by their results."""
+    if isinstance(value, Lazy):
+        return _force_all(value.force())
+    if isinstance(value, dict):
+        if any(isinstance(v, (Lazy, dict, list, tuple)) or hasattr(type(v), "__attrs_attrs__") for v in value.values()):
             return type(value)((k, _force_all(v)) for k, v in value.items())
         return value
-    if isinstance(value, (list, tuple)) and any(isinstance(v, (Deferred, dict, list, tuple)) for v in value):
+    if isinstance(value, (list, tuple)) and any(isinstance(v, (Lazy, dict, list, tuple)) or hasattr(type(v), "__attrs_attrs__") for v in value):
         forced = [_force_all(v) for v in value]
         if hasattr(type(value), "_fields"):
             return type(value)(*forced)
@@ -304,6 +354,7 @@ class _Run:
         self.context = context
         self.num_clients = num_clients
         self.pending: list = []
+        self.passes = 0
 
     # Passes over the clients ------------------------------------------------------------------
 
@@ -325,10 +376,21 @@ class _Run:
             "or create the context with LocalExecutionContext(default_num_clients=N)"
         )
 
-    def run_pass(self) -> None:
-        pending, self.pending = self.pending, []
-        if not pending:
+    def run_pass_for(self, target: Deferred) -> None:
+        """Computes `target`, together with every other pending aggregation that is ready."""
+        for source in target.sources:
+            for dependency in source.dependencies():
+                dependency.force()
+        if target.done:
             return
+        ready = [d for d in self.pending if not d.done and d.ready()]
+        if target not in ready:
+            raise RuntimeError("internal error: an aggregation is not ready after its inputs were computed")
+        self.pending = [d for d in self.pending if d not in ready]
+        self._run_pass(ready)
+
+    def _run_pass(self, pending: list) -> None:
+        self.passes += 1
         sources = [source for d in pending for source in d.sources]
         count = self._count(sources)
         accumulators = [d.accumulator_fn() for d in pending]
@@ -346,6 +408,7 @@ class _Run:
         for deferred, accumulator in zip(pending, accumulators):
             deferred.value = accumulator.result()
             deferred.done = True
+            deferred.thunk = None
 
     # Evaluation ------------------------------------------------------------------------------
 
@@ -372,9 +435,10 @@ class _Run:
             return structure.pack_struct(block.type_signature, [self.evaluate(e, env) for _, e in block.elements])
         if isinstance(block, bb.Selection):
             source = self.evaluate(block.source, env)
-            if isinstance(source, Deferred):
-                source = source.force()
-            return structure.struct_elements(source, block.source.type_signature)[block.index]
+            source_type = block.source.type_signature
+            if isinstance(source, Lazy):
+                return Lazy(lambda: structure.struct_elements(source.force(), source_type)[block.index])
+            return structure.struct_elements(source, source_type)[block.index]
         if isinstance(block, bb.Intrinsic):
             raise TypeError(f"the intrinsic {block.uri} can only be called, not used as a value, in the local context")
         raise TypeError(f"cannot evaluate {type(block).__name__}")
@@ -386,25 +450,24 @@ class _Run:
         uri = intrinsic.uri
         result_type = intrinsic.type_signature.result
         if uri == ops.FEDERATED_VALUE:
-            value = _force_all(argument)
-            return AllEqualClients(value) if result_type.placement is CLIENTS else value
+            return AllEqualClients(argument) if result_type.placement is CLIENTS else argument
         if uri == ops.FEDERATED_BROADCAST:
-            return AllEqualClients(_force_all(argument))
+            return AllEqualClients(argument)
         if uri == ops.FEDERATED_MAP:
             fn, value = self._elements(argument_block, argument)
             if result_type.placement is SERVER:
-                return fn(_force_all(value))
+                return Lazy(lambda: fn(_force_all(value)))
             return MappedClients(fn, self._clients(value))
         if uri == ops.FEDERATED_EVAL:
             fn = argument
             if result_type.placement is SERVER:
-                return fn(None)
+                return Lazy(lambda: fn(None))
             return EvalClients(lambda: fn(None))
         if uri == ops.FEDERATED_ZIP:
             value_type = argument_block.type_signature
             elements = structure.struct_elements(argument, value_type)
             if result_type.placement is SERVER:
-                return structure.pack_struct(result_type.member, [_force_all(e) for e in elements])
+                return Lazy(lambda: structure.pack_struct(result_type.member, [_force_all(e) for e in elements]))
             return ZippedClients([self._clients(e) for e in elements], result_type.member)
         if uri == ops.FEDERATED_SUM:
             member = result_type.member
@@ -454,6 +517,8 @@ class _Run:
             apply = lambda s: _sequence_sum(s, element_type)  # noqa: E731
         if isinstance(sequence_type, ft.FederatedType) and sequence_type.placement is CLIENTS:
             return MappedClients(apply, self._clients(sequence))
+        if isinstance(sequence_type, ft.FederatedType):
+            return Lazy(lambda: apply(_force_all(sequence)))
         return apply(_force_all(sequence))
 
 
@@ -557,11 +622,11 @@ def _finalize(run: _Run, value: Any, value_type: ft.Type) -> Any:
     if isinstance(value_type, ft.FederatedType):
         if value_type.placement is CLIENTS:
             if isinstance(value, AllEqualClients):
-                return value.value
+                return _finalize(run, _force_all(value.value), value_type.member)
             count = run._count([value])
             return [value.compute(index, {}) for index in range(count)]
         return _finalize(run, _force_all(value), value_type.member)
-    if isinstance(value, Deferred):
+    if isinstance(value, Lazy):
         value = value.force()
     if isinstance(value_type, ft.StructType):
         elements = structure.struct_elements(value, value_type)

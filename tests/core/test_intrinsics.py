@@ -240,12 +240,19 @@ def test_shared_client_work_runs_once_per_client(client_vectors):
         tf.py_function(lambda: record(None) or 0.0, [], tf.float32)
         return {"delta": vector, "norm": tf.norm(vector)}
 
+    @fedsim.tf_computation(VECTOR)
+    def server_update(mean_delta):
+        return mean_delta * 2.0
+
     @fedsim.federated_computation(CLIENT_VECTORS)
     def round_fn(values):
         outputs = fedsim.federated_map(work, values)
-        return fedsim.federated_mean(outputs.delta), fedsim.federated_sum(outputs.norm)
+        mean = fedsim.federated_mean(outputs.delta)
+        updated = fedsim.federated_map(server_update, mean)  # server work between the two aggregations
+        return updated, fedsim.federated_sum(outputs.norm), mean
 
-    mean, norms = round_fn(client_vectors)
+    updated, norms, mean = round_fn(client_vectors)
+    np.testing.assert_allclose(updated, 2 * np.mean(client_vectors, axis=0), rtol=1e-6)
     np.testing.assert_allclose(norms, sum(np.linalg.norm(v) for v in client_vectors), rtol=1e-5)
     np.testing.assert_allclose(mean, np.mean(client_vectors, axis=0), rtol=1e-6)
     assert len(calls) == NUM_CLIENTS
@@ -254,3 +261,22 @@ def test_shared_client_work_runs_once_per_client(client_vectors):
 def test_calling_a_computation_outside_tracing_is_refused():
     with pytest.raises(RuntimeError, match="federated_computation"):
         fedsim.federated_sum([1.0, 2.0])
+
+
+def test_two_stage_round_aggregate_broadcast_aggregate(client_vectors, scale):
+    """The second stage's client work needs the first stage's result: two passes, right values."""
+
+    @fedsim.tf_computation(VECTOR, VECTOR)
+    def squared_distance(value, center):
+        return tf.reduce_sum((value - center) ** 2)
+
+    @fedsim.federated_computation(CLIENT_VECTORS)
+    def variance(values):
+        center = fedsim.federated_mean(values)
+        distances = fedsim.federated_map(squared_distance, (values, fedsim.federated_broadcast(center)))
+        return fedsim.federated_mean(distances), center
+
+    result, center = variance(client_vectors)
+    expected_center = np.mean(client_vectors, axis=0)
+    np.testing.assert_allclose(center, expected_center, rtol=1e-6)
+    np.testing.assert_allclose(result, np.mean([np.sum((v - expected_center) ** 2) for v in client_vectors]), rtol=1e-5)
