@@ -87,9 +87,7 @@ def build_client_update(
                     loss = loss + 0.5 * proximal_strength * squared_distance
             gradients = tape.gradient(loss, variables)
             if functional:
-                optimizer_state, new_values = optimizer.next(optimizer_state, [tf.convert_to_tensor(v) for v in variables], gradients)
-                for variable, value in zip(variables, new_values):
-                    variable.assign(value)
+                optimizer_state = optimizer.apply(optimizer_state, variables, gradients)
             else:
                 optimizer.apply_gradients(zip(gradients, variables))
             num_examples += tf.cast(output.num_examples, tf.int64)

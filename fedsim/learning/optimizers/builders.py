@@ -23,6 +23,14 @@ class _SGDM(Optimizer):
     def _slots(self):
         return {"momentum": 0.0} if self.momentum else {}
 
+    def apply(self, state, variables, gradients):
+        if self.momentum:
+            return super().apply(state, variables, gradients)
+        rate = self._rate(state["step"])
+        for variable, gradient in zip(variables, gradients):
+            variable.assign_sub(tf.cast(rate, variable.dtype) * tf.cast(gradient, variable.dtype))
+        return {"step": state["step"] + 1}
+
     def _update(self, weight, gradient, slots, rate, step):
         if not self.momentum:
             return weight - rate * gradient, []

@@ -69,5 +69,12 @@ class Optimizer:
         new_state.update({name: tuple(values) for name, values in updated_slots.items()})
         return new_state, new_weights
 
+    def apply(self, state: dict, variables: Sequence[Any], gradients: Sequence[Any]) -> dict:
+        """`next` on variables in place: reads them, updates, assigns; returns the new state."""
+        new_state, new_weights = self.next(state, [tf.convert_to_tensor(v) for v in variables], gradients)
+        for variable, value in zip(variables, new_weights):
+            variable.assign(value)
+        return new_state
+
     def _update(self, weight, gradient, slots, rate, step):
         raise NotImplementedError
