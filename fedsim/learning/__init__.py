@@ -3,6 +3,8 @@
 from fedsim.learning import algorithms, models, optimizers, templates
 from fedsim.learning.algorithms import (
     ClientWeighting,
+    build_fed_eval,
+    build_fed_sgd,
     build_federated_evaluation,
     build_unweighted_fed_avg,
     build_weighted_fed_avg,
@@ -20,6 +22,8 @@ __all__ = [
     "ModelWeights",
     "VariableModel",
     "algorithms",
+    "build_fed_eval",
+    "build_fed_sgd",
     "build_federated_evaluation",
     "build_unweighted_fed_avg",
     "build_weighted_fed_avg",

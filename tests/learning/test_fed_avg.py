@@ -203,3 +203,37 @@ def test_bad_inputs_get_clear_errors(client_arrays):
 
     with pytest.raises(TypeError, match="must return a fedsim VariableModel"):
         learning.build_weighted_fed_avg(_keras_model, lambda: optimizers.build_sgdm(0.1))
+
+
+def test_fed_sgd_equals_one_centralized_step(client_arrays):
+    process = learning.build_fed_sgd(model_fn, server_optimizer_fn=lambda: optimizers.build_sgdm(0.5))
+    state = process.initialize()
+    initial = [np.array(w) for w in state.global_model_weights.trainable]
+    new_weights = process.next(state, _datasets(client_arrays)).state.global_model_weights.trainable
+    # Reference: pooled gradient = batch gradients weighted by batch size, over every client's batches.
+    model = _keras_model()
+    for variable, value in zip(model.trainable_variables, initial):
+        variable.assign(value)
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    total, count = [np.zeros_like(w) for w in initial], 0
+    for x, y in client_arrays:
+        for start in range(0, len(x), 4):
+            with tf.GradientTape() as tape:
+                loss = loss_fn(y[start:start + 4], model(x[start:start + 4]))
+            n = len(y[start:start + 4])
+            total = [t + g.numpy() * n for t, g in zip(total, tape.gradient(loss, model.trainable_variables))]
+            count += n
+    for got, w0, g in zip(new_weights, initial, total):
+        np.testing.assert_allclose(got, w0 - 0.5 * g / count, atol=1e-6)
+
+
+def test_fed_eval_process(client_arrays):
+    training = learning.build_weighted_fed_avg(model_fn, lambda: optimizers.build_sgdm(0.1))
+    trained = training.get_model_weights(training.next(training.initialize(), _datasets(client_arrays)).state)
+    evaluation = learning.build_fed_eval(model_fn)
+    state = evaluation.set_model_weights(evaluation.initialize(), trained)
+    output = evaluation.next(state, _datasets(client_arrays))
+    direct = learning.build_federated_evaluation(model_fn)(trained, _datasets(client_arrays))["eval"]
+    assert output.metrics["client_work"]["eval"]["current_round_metrics"] == direct
+    for a, b in zip(evaluation.get_model_weights(output.state).trainable, trained.trainable):
+        np.testing.assert_array_equal(a, b)

@@ -28,7 +28,13 @@ from fedsim.learning.algorithms.model_info import inspect_model_fn
 from fedsim.learning.models import ModelWeights, VariableModel
 from fedsim.learning.templates import LearningAlgorithmState, LearningProcess, LearningProcessOutput
 
-__all__ = ["ClientWeighting", "build_weighted_fed_avg", "build_unweighted_fed_avg", "build_weighted_fed_prox"]
+__all__ = [
+    "ClientWeighting",
+    "build_fed_sgd",
+    "build_unweighted_fed_avg",
+    "build_weighted_fed_avg",
+    "build_weighted_fed_prox",
+]
 
 
 class ClientWeighting(enum.Enum):
@@ -101,13 +107,42 @@ def build_client_update(
     return client_update
 
 
+def build_client_gradient(model_fn: Callable[[], VariableModel], weights_type: ft.Type, batch_type: ft.Type, client_weighting: ClientWeighting):
+    """FedSGD's client work: the example-weighted mean gradient over the client's batches."""
+
+    @tf_computation(weights_type, ft.SequenceType(batch_type))
+    def client_gradient(weights, dataset):
+        model = model_fn()
+        weights.assign_weights_to(model)
+        variables = model.trainable_variables
+        total = tuple(tf.zeros(v.shape, v.dtype) for v in variables)
+        num_examples = tf.constant(0.0)
+        for batch in dataset:
+            with tf.GradientTape() as tape:
+                output = model.forward_pass(batch, training=True)
+            gradients = tape.gradient(output.loss, variables)
+            examples = tf.cast(output.num_examples, tf.float32)
+            total = tuple(t + g * examples for t, g in zip(total, gradients))
+            num_examples += examples
+        gradient = [tf.math.divide_no_nan(t, num_examples) for t in total]
+        weight = num_examples if client_weighting is ClientWeighting.NUM_EXAMPLES else tf.constant(1.0)
+        return collections.OrderedDict(update=gradient, update_weight=weight, metrics=model.report_local_unfinalized_metrics())
+
+    return client_gradient
+
+
 def _build_process(
     model_fn: Callable[[], VariableModel],
-    client_optimizer_fn: Callable[[], Any],
+    client_optimizer_fn: Optional[Callable[[], Any]],
     server_optimizer_fn: Callable[[], Any],
     client_weighting: ClientWeighting,
     proximal_strength: float = 0.0,
 ) -> LearningProcess:
+    """The round shared by FedAvg, FedProx and FedSGD (`client_optimizer_fn=None`).
+
+    FedAvg's clients return weight deltas, applied by the server optimizer as negative
+    gradients; FedSGD's clients return gradients, applied as they are.
+    """
     if not isinstance(client_weighting, ClientWeighting):
         raise TypeError(f"client_weighting must be a ClientWeighting, got {client_weighting!r}")
     if proximal_strength < 0:
@@ -130,13 +165,19 @@ def _build_process(
         )
 
     state_type = initial_state.type_signature.result
-    client_update = build_client_update(model_fn, client_optimizer_fn, info.weights_type, info.batch_type, client_weighting, proximal_strength)
+    if client_optimizer_fn is None:
+        client_update = build_client_gradient(model_fn, info.weights_type, info.batch_type, client_weighting)
+        gradient_sign = 1.0
+    else:
+        client_update = build_client_update(model_fn, client_optimizer_fn, info.weights_type, info.batch_type, client_weighting, proximal_strength)
+        gradient_sign = -1.0
     update_type = client_update.type_signature.result["update"]
 
     @tf_computation(state_type, update_type)
-    def server_update(state, mean_delta):
+    def server_update(state, mean_update):
         weights = state.global_model_weights
-        optimizer_state, trainable = server_optimizer.next(state.finalizer, weights.trainable, [-d for d in mean_delta])
+        gradients = [gradient_sign * u for u in mean_update]
+        optimizer_state, trainable = server_optimizer.next(state.finalizer, weights.trainable, gradients)
         return attrs.evolve(state, global_model_weights=ModelWeights(trainable, weights.non_trainable), finalizer=optimizer_state)
 
     @tf_computation(info.metrics_type)
@@ -212,6 +253,19 @@ def build_weighted_fed_prox(
 ) -> LearningProcess:
     """FedProx: FedAvg whose client loss adds `proximal_strength / 2 * ||w - w_global||^2`."""
     return _build_process(model_fn, client_optimizer_fn, server_optimizer_fn, client_weighting, proximal_strength)
+
+
+def build_fed_sgd(
+    model_fn: Callable[[], VariableModel],
+    server_optimizer_fn: Callable[[], Any] = lambda: optimizers_lib.build_sgdm(learning_rate=0.1),
+    client_weighting: ClientWeighting = ClientWeighting.NUM_EXAMPLES,
+) -> LearningProcess:
+    """FedSGD: one server step per round on the clients' example-weighted mean gradient.
+
+    With NUM_EXAMPLES weighting a round equals one centralized step on the pooled data's
+    gradient (batch gradients weighted by batch size).
+    """
+    return _build_process(model_fn, None, server_optimizer_fn, client_weighting)
 
 
 def _refuse_custom_parts(*parts: Any) -> None:

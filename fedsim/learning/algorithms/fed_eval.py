@@ -12,9 +12,10 @@ from fedsim.core.placements import CLIENTS, SERVER
 from fedsim.core.tensorflow_computation import tf_computation
 from fedsim.learning.algorithms.fed_avg import _finalize_metrics
 from fedsim.learning.algorithms.model_info import inspect_model_fn
-from fedsim.learning.models import VariableModel
+from fedsim.learning.models import ModelWeights, VariableModel
+from fedsim.learning.templates import LearningAlgorithmState, LearningProcess, LearningProcessOutput
 
-__all__ = ["build_federated_evaluation"]
+__all__ = ["build_fed_eval", "build_federated_evaluation"]
 
 
 def build_federated_evaluation(model_fn: Callable[[], VariableModel]) -> FederatedComputation:
@@ -46,3 +47,44 @@ def build_federated_evaluation(model_fn: Callable[[], VariableModel]) -> Federat
         return intrinsics.federated_map(finalize, intrinsics.federated_sum(unfinalized))
 
     return evaluate
+
+
+def build_fed_eval(model_fn: Callable[[], VariableModel]) -> LearningProcess:
+    """Federated evaluation as a `LearningProcess`: set the weights to evaluate, then `next`.
+
+    `next(state, datasets)` leaves the state as it is and reports the metrics under
+    `client_work/eval/current_round_metrics`, as TFF's `build_fed_eval` does.
+
+    Example::
+
+        evaluation = fedsim.learning.algorithms.build_fed_eval(model_fn)
+        state = evaluation.set_model_weights(evaluation.initialize(), trained_weights)
+        metrics = evaluation.next(state, test_datasets).metrics
+    """
+    evaluate = build_federated_evaluation(model_fn)
+
+    @tf_computation
+    def initial_state():
+        return LearningAlgorithmState(ModelWeights.from_model(model_fn()), (), (), (), ())
+
+    state_type = initial_state.type_signature.result
+
+    @tf_computation(evaluate.type_signature.result.member)
+    def arrange(metrics):
+        return collections.OrderedDict(
+            distributor=(),
+            client_work=collections.OrderedDict(eval=collections.OrderedDict(current_round_metrics=metrics["eval"])),
+            aggregator=(),
+            finalizer=(),
+        )
+
+    @federated_computation
+    def initialize():
+        return intrinsics.federated_eval(initial_state, SERVER)
+
+    @federated_computation(ft.FederatedType(state_type, SERVER), evaluate.type_signature.parameter[1])
+    def next_fn(state, client_data):
+        metrics = evaluate(state.global_model_weights, client_data)
+        return LearningProcessOutput(state=state, metrics=intrinsics.federated_map(arrange, metrics))
+
+    return LearningProcess(initialize, next_fn)
