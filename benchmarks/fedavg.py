@@ -32,9 +32,10 @@ import keras  # noqa: E402
 
 from fedsim import learning  # noqa: E402
 from fedsim.learning import optimizers  # noqa: E402
+from fedsim.simulation import EMNIST_INPUT_SPEC, emnist_like_client_arrays  # noqa: E402
 
 BATCH, CLASSES = 20, 62
-INPUT_SPEC = collections.OrderedDict(x=tf.TensorSpec([None, 28, 28, 1], tf.float32), y=tf.TensorSpec([None], tf.int32))
+INPUT_SPEC = EMNIST_INPUT_SPEC
 
 
 def keras_model(kind: str) -> keras.Model:
@@ -49,15 +50,7 @@ def keras_model(kind: str) -> keras.Model:
 
 
 def client_arrays(num_clients: int, seed: int = 0) -> list:
-    rng = np.random.RandomState(seed)
-    clients = []
-    for _ in range(num_clients):
-        n = int(rng.randint(80, 121))
-        favourite = rng.choice(CLASSES, 3, replace=False)
-        labels = np.where(rng.rand(n) < 0.8, rng.choice(favourite, n), rng.randint(0, CLASSES, n)).astype(np.int32)
-        pixels = (rng.rand(n, 28, 28, 1) * 0.3 + (labels[:, None, None, None] % 7) / 7.0).astype(np.float32)
-        clients.append((pixels, labels))
-    return clients
+    return emnist_like_client_arrays(num_clients, seed=seed)
 
 
 def datasets(arrays: list) -> list:

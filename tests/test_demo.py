@@ -1,0 +1,9 @@
+import fedsim.demo
+
+
+def test_demo_trains_and_evaluates(capsys):
+    assert fedsim.demo.main(rounds=3, num_clients=3) == 0
+    output = capsys.readouterr().out
+    losses = [float(line.split("loss=")[1].split()[0]) for line in output.splitlines() if line.startswith("round ") and "loss=" in line]
+    assert len(losses) == 3 and losses[-1] < losses[0]
+    assert "federated evaluation on held-out examples" in output
