@@ -23,6 +23,7 @@ test: $(STAMP)
 benchmarks: $(STAMP)
 	$(PY) benchmarks/federated_mean_memory.py
 	$(PY) benchmarks/call_overhead.py
+	$(PY) benchmarks/fedavg.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
