@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
-from typing import Any
 
 from fedsim.core import building_blocks as bb
 from fedsim.core import computation as computation_lib

@@ -8,8 +8,7 @@ into the containers the type remembers.
 
 from __future__ import annotations
 
-import collections
-from typing import Any, Optional
+from typing import Any
 
 import attrs
 import numpy as np
@@ -229,14 +228,3 @@ def map_structure(fn, type_spec: ft.Type, *values: Any) -> Any:
     flat = [flatten_value(v, type_spec) for v in values]
     leaf_types = ft.flatten_type(type_spec)
     return unflatten_value(type_spec, [fn(t, *leaves) for t, *leaves in zip(leaf_types, *flat)])
-
-
-def to_ordered(value: Any) -> Any:
-    """Converts mappings to OrderedDicts recursively (used for stable printing in errors)."""
-    if isinstance(value, dict):
-        return collections.OrderedDict((k, to_ordered(v)) for k, v in value.items())
-    return value
-
-
-def optional_normalize(value: Any, type_spec: Optional[ft.Type]) -> Any:
-    return value if type_spec is None else check_and_normalize(value, type_spec)

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import collections
 import importlib
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Iterator, Optional
 
 import attrs
 import numpy as np
 import tensorflow as tf
 
-from fedsim.core.placements import CLIENTS, SERVER, Placement, placement_from_uri
+from fedsim.core.placements import Placement, placement_from_uri
 
 __all__ = [
     "Type",
@@ -223,10 +223,6 @@ class FunctionType(Type):
                 "result": self.result.to_json(),
             }
         }
-
-
-def _default_all_equal(instance, attribute, value):
-    return value
 
 
 @attrs.frozen(repr=False)
@@ -469,8 +465,3 @@ def flatten_type(type_spec: Type) -> list:
     if isinstance(type_spec, StructType):
         return [leaf for element in type_spec for leaf in flatten_type(element)]
     return [type_spec]
-
-
-def struct_of(types: Sequence[Type], names: Optional[Sequence[Optional[str]]] = None) -> StructType:
-    names = names or [None] * len(types)
-    return StructType(list(zip(names, types)))
