@@ -212,6 +212,19 @@ def _anonymize_variables(graph_def: tf.compat.v1.GraphDef) -> None:
                 node.attr["shared_name"].s = _ANONYMOUS_SHARED_NAME
 
 
+_PYTHON_OPS = {"PyFunc", "PyFuncStateless", "EagerPyFunc"}
+
+
+def _refuse_python_ops(graph_def: tf.compat.v1.GraphDef, name: str) -> None:
+    nodes = list(graph_def.node) + [n for f in graph_def.library.function for n in f.node_def]
+    found = sorted({n.op for n in nodes if n.op in _PYTHON_OPS})
+    if found:
+        raise TypeError(
+            f"{name} calls Python from inside TensorFlow ({', '.join(found)}: tf.py_function or tf.numpy_function); "
+            f"such a graph cannot be serialized or run in another process. Express the step in TensorFlow ops"
+        )
+
+
 def _autograph(fn: Callable) -> Callable:
     try:
         return tf.autograph.to_graph(fn, recursive=True)
@@ -253,6 +266,7 @@ def trace_tf_function(fn: Callable, parameter_type: Optional[ft.Type], unpack: b
                     output = tf.identity(leaf)
                 outputs.append(control_deps.mark_as_return(output))
     graph_def = graph.as_graph_def()
+    _refuse_python_ops(graph_def, name)
     _anonymize_variables(graph_def)
     return TensorFlowComputation(
         graph_def.SerializeToString(deterministic=True),

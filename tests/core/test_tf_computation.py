@@ -188,3 +188,8 @@ def test_no_parameter_computation():
 def test_federated_types_are_refused_in_tf_computations():
     with pytest.raises(TypeError, match="federated_computation"):
         fedsim.tf_computation(lambda x: x, fedsim.FederatedType(tf.float32, fedsim.SERVER))
+
+
+def test_python_callbacks_are_refused_with_a_reason():
+    with pytest.raises(TypeError, match="cannot be serialized or run in another process"):
+        fedsim.tf_computation(lambda x: tf.py_function(lambda v: v, [x], tf.float32), tf.float32)
