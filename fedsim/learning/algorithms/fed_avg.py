@@ -14,19 +14,16 @@ import collections
 import enum
 from typing import Any, Callable, Optional
 
-import attrs
 import keras
 import tensorflow as tf
 
-from fedsim.core import intrinsics
 from fedsim.core import types as ft
-from fedsim.core.federated_tracing import federated_computation
-from fedsim.core.placements import CLIENTS, SERVER
 from fedsim.core.tensorflow_computation import tf_computation
 from fedsim.learning import optimizers as optimizers_lib
 from fedsim.learning.algorithms.model_info import inspect_model_fn
 from fedsim.learning.models import ModelWeights, VariableModel
-from fedsim.learning.templates import LearningAlgorithmState, LearningProcess, LearningProcessOutput
+from fedsim.learning.algorithms import parts
+from fedsim.learning.templates import LearningProcess, compose_learning_process
 
 __all__ = [
     "ClientWeighting",
@@ -52,11 +49,6 @@ def _make_optimizer(optimizer_fn: Callable[[], Any], what: str) -> Any:
             f"one or a Keras optimizer, got {optimizer!r}"
         )
     return optimizer
-
-
-def _finalize_metrics(model_fn: Callable[[], VariableModel], summed: dict) -> dict:
-    finalizers = model_fn().metric_finalizers()
-    return collections.OrderedDict((name, finalizers[name](values)) for name, values in summed.items())
 
 
 def build_client_update(
@@ -138,11 +130,7 @@ def _build_process(
     client_weighting: ClientWeighting,
     proximal_strength: float = 0.0,
 ) -> LearningProcess:
-    """The round shared by FedAvg, FedProx and FedSGD (`client_optimizer_fn=None`).
-
-    FedAvg's clients return weight deltas, applied by the server optimizer as negative
-    gradients; FedSGD's clients return gradients, applied as they are.
-    """
+    """FedAvg, FedProx and FedSGD (`client_optimizer_fn=None`) as compositions of the standard parts."""
     if not isinstance(client_weighting, ClientWeighting):
         raise TypeError(f"client_weighting must be a ClientWeighting, got {client_weighting!r}")
     if proximal_strength < 0:
@@ -151,58 +139,23 @@ def _build_process(
     server_optimizer = _make_optimizer(server_optimizer_fn, "server_optimizer_fn")
     if not isinstance(server_optimizer, optimizers_lib.Optimizer):
         raise TypeError("server_optimizer_fn must give a fedsim functional optimizer (fedsim.learning.optimizers.build_*)")
-    trainable_specs = [tf.TensorSpec(t.shape, t.dtype) for t in info.weights_type[0]]
-
-    @tf_computation
-    def initial_state():
-        model = model_fn()
-        return LearningAlgorithmState(
-            global_model_weights=ModelWeights.from_model(model),
-            distributor=(),
-            client_work=(),
-            aggregator=(),
-            finalizer=server_optimizer.initialize(trainable_specs),
-        )
-
-    state_type = initial_state.type_signature.result
     if client_optimizer_fn is None:
         client_update = build_client_gradient(model_fn, info.weights_type, info.batch_type, client_weighting)
-        gradient_sign = 1.0
     else:
         client_update = build_client_update(model_fn, client_optimizer_fn, info.weights_type, info.batch_type, client_weighting, proximal_strength)
-        gradient_sign = -1.0
     update_type = client_update.type_signature.result["update"]
 
-    @tf_computation(state_type, update_type)
-    def server_update(state, mean_update):
-        weights = state.global_model_weights
-        gradients = [gradient_sign * u for u in mean_update]
-        optimizer_state, trainable = server_optimizer.next(state.finalizer, weights.trainable, gradients)
-        return attrs.evolve(state, global_model_weights=ModelWeights(trainable, weights.non_trainable), finalizer=optimizer_state)
+    @tf_computation
+    def initial_weights():
+        return ModelWeights.from_model(model_fn())
 
-    @tf_computation(info.metrics_type)
-    def finalize_metrics(summed):
-        return collections.OrderedDict(
-            distributor=(),
-            client_work=collections.OrderedDict(train=_finalize_metrics(model_fn, summed)),
-            aggregator=(),
-            finalizer=(),
-        )
-
-    @federated_computation
-    def initialize():
-        return intrinsics.federated_eval(initial_state, SERVER)
-
-    @federated_computation(ft.FederatedType(state_type, SERVER), ft.FederatedType(ft.SequenceType(info.batch_type), CLIENTS))
-    def next_fn(state, client_data):
-        broadcast = intrinsics.federated_broadcast(state.global_model_weights)
-        outputs = intrinsics.federated_map(client_update, (broadcast, client_data))
-        mean_delta = intrinsics.federated_mean(outputs.update, weight=outputs.update_weight)
-        new_state = intrinsics.federated_map(server_update, (state, mean_delta))
-        metrics = intrinsics.federated_map(finalize_metrics, intrinsics.federated_sum(outputs.metrics))
-        return LearningProcessOutput(state=new_state, metrics=metrics)
-
-    return LearningProcess(initialize, next_fn)
+    return compose_learning_process(
+        initial_weights,
+        parts.build_broadcast_distributor(info.weights_type),
+        parts.build_client_work(client_update, model_fn, info.metrics_type),
+        parts.build_weighted_mean_aggregator(update_type),
+        parts.build_apply_optimizer_finalizer(server_optimizer, info.weights_type, update_type, update_is_gradient=client_optimizer_fn is None),
+    )
 
 
 def _default_server_optimizer() -> optimizers_lib.Optimizer:

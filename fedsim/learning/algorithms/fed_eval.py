@@ -10,7 +10,7 @@ from fedsim.core import types as ft
 from fedsim.core.federated_tracing import FederatedComputation, federated_computation
 from fedsim.core.placements import CLIENTS, SERVER
 from fedsim.core.tensorflow_computation import tf_computation
-from fedsim.learning.algorithms.fed_avg import _finalize_metrics
+from fedsim.learning.algorithms.parts import finalize_metrics
 from fedsim.learning.algorithms.model_info import inspect_model_fn
 from fedsim.learning.models import ModelWeights, VariableModel
 from fedsim.learning.templates import LearningAlgorithmState, LearningProcess, LearningProcessOutput
@@ -39,7 +39,7 @@ def build_federated_evaluation(model_fn: Callable[[], VariableModel]) -> Federat
 
     @tf_computation(info.metrics_type)
     def finalize(summed):
-        return collections.OrderedDict(eval=_finalize_metrics(model_fn, summed))
+        return collections.OrderedDict(eval=finalize_metrics(model_fn, summed))
 
     @federated_computation(ft.FederatedType(info.weights_type, SERVER), ft.FederatedType(ft.SequenceType(info.batch_type), CLIENTS))
     def evaluate(model_weights, client_data):

@@ -1,0 +1,131 @@
+"""The standard parts that `compose_learning_process` wires together.
+
+- `build_broadcast_distributor`: sends the global weights to the clients.
+- `build_model_delta_client_work`: trains locally, yields weight deltas (FedAvg, FedProx).
+- `build_gradient_client_work`: yields example-weighted mean gradients (FedSGD).
+- `build_weighted_mean_aggregator`: the weighted mean of the clients' updates.
+- `build_apply_optimizer_finalizer`: applies the aggregate with a functional optimizer.
+"""
+
+from __future__ import annotations
+
+import collections
+from typing import Any, Callable
+
+import tensorflow as tf
+
+from fedsim.core import intrinsics
+from fedsim.core import types as ft
+from fedsim.core.federated_tracing import federated_computation
+from fedsim.core.placements import CLIENTS, SERVER
+from fedsim.core.tensorflow_computation import tf_computation
+from fedsim.learning import optimizers as optimizers_lib
+from fedsim.learning.models import ModelWeights, VariableModel
+from fedsim.learning.templates import ClientResult
+from fedsim.templates import MeasuredProcess, MeasuredProcessOutput
+
+__all__ = [
+    "build_apply_optimizer_finalizer",
+    "build_broadcast_distributor",
+    "build_client_work",
+    "build_weighted_mean_aggregator",
+]
+
+
+@federated_computation
+def _no_state():
+    return intrinsics.federated_value((), SERVER)
+
+
+def build_broadcast_distributor(weights_type: ft.Type) -> MeasuredProcess:
+    """`next(state, weights@SERVER)`: the weights at every client; no state, no measurements."""
+
+    @federated_computation(_no_state.type_signature.result, ft.FederatedType(weights_type, SERVER))
+    def next_fn(state, weights):
+        return MeasuredProcessOutput(state=state, result=intrinsics.federated_broadcast(weights), measurements=intrinsics.federated_value((), SERVER))
+
+    return MeasuredProcess(_no_state, next_fn)
+
+
+def finalize_metrics(model_fn: Callable[[], VariableModel], summed: dict) -> dict:
+    """Summed unfinalized metrics -> their final values, by the model's own finalizers."""
+    finalizers = model_fn().metric_finalizers()
+    return collections.OrderedDict((name, finalizers[name](values)) for name, values in summed.items())
+
+
+def build_client_work(client_update: Any, model_fn: Callable[[], VariableModel], metrics_type: ft.Type) -> MeasuredProcess:
+    """Client work from a tf_computation `(weights, dataset) -> {update, update_weight, metrics}`.
+
+    The result is `ClientResult(update, update_weight)@CLIENTS`; the measurements are the
+    clients' metrics, summed then finalized, under `train`.
+    """
+    weights_type, dataset_type = client_update.type_signature.parameter
+
+    @tf_computation(metrics_type)
+    def finalize(summed):
+        return collections.OrderedDict(train=finalize_metrics(model_fn, summed))
+
+    @federated_computation(
+        _no_state.type_signature.result,
+        ft.FederatedType(weights_type, CLIENTS, all_equal=True),
+        ft.FederatedType(dataset_type, CLIENTS),
+    )
+    def next_fn(state, weights, client_data):
+        outputs = intrinsics.federated_map(client_update, (weights, client_data))
+        result = intrinsics.federated_zip(ClientResult(update=outputs.update, update_weight=outputs.update_weight))
+        measurements = intrinsics.federated_map(finalize, intrinsics.federated_sum(outputs.metrics))
+        return MeasuredProcessOutput(state=state, result=result, measurements=measurements)
+
+    return MeasuredProcess(_no_state, next_fn)
+
+
+def build_weighted_mean_aggregator(update_type: ft.Type) -> MeasuredProcess:
+    """`next(state, update@CLIENTS, weight@CLIENTS)`: the weighted mean at the server."""
+
+    @federated_computation(
+        _no_state.type_signature.result,
+        ft.FederatedType(update_type, CLIENTS),
+        ft.FederatedType(tf.float32, CLIENTS),
+    )
+    def next_fn(state, update, weight):
+        mean = intrinsics.federated_mean(update, weight=weight)
+        return MeasuredProcessOutput(state=state, result=mean, measurements=intrinsics.federated_value((), SERVER))
+
+    return MeasuredProcess(_no_state, next_fn)
+
+
+def build_apply_optimizer_finalizer(
+    optimizer: optimizers_lib.Optimizer, weights_type: ft.StructType, update_type: ft.Type, update_is_gradient: bool
+) -> MeasuredProcess:
+    """Applies the aggregated update to the trainable weights with a functional optimizer.
+
+    A FedAvg delta is applied as a negative gradient (SGD with rate 1.0 adds it); a FedSGD
+    gradient as it is. The optimizer's state is the finalizer's state.
+    """
+    trainable_specs = [tf.TensorSpec(t.shape, t.dtype) for t in weights_type[0]]
+    sign = 1.0 if update_is_gradient else -1.0
+
+    @tf_computation
+    def initial_state():
+        return optimizer.initialize(trainable_specs)
+
+    optimizer_state_type = initial_state.type_signature.result
+
+    @tf_computation(optimizer_state_type, weights_type, update_type)
+    def apply(optimizer_state, weights, update):
+        new_state, trainable = optimizer.next(optimizer_state, weights.trainable, [sign * u for u in update])
+        return new_state, ModelWeights(trainable, weights.non_trainable)
+
+    @federated_computation
+    def initialize():
+        return intrinsics.federated_eval(initial_state, SERVER)
+
+    @federated_computation(
+        ft.FederatedType(optimizer_state_type, SERVER), ft.FederatedType(weights_type, SERVER), ft.FederatedType(update_type, SERVER)
+    )
+    def next_fn(state, weights, update):
+        applied = intrinsics.federated_map(apply, (state, weights, update))
+        return MeasuredProcessOutput(state=applied[0], result=applied[1], measurements=intrinsics.federated_value((), SERVER))
+
+    return MeasuredProcess(initialize, next_fn)
+
