@@ -1,7 +1,16 @@
-"""Models for federated learning: `VariableModel`, `from_keras_model`, `ModelWeights`."""
+"""Models for federated learning: `VariableModel`, `from_keras_model`, `ModelWeights`, Keras files."""
 
+from fedsim.learning.models.keras_io import load_model_weights, save_keras_model
 from fedsim.learning.models.keras_model import KerasVariableModel, from_keras_model
 from fedsim.learning.models.model_weights import ModelWeights
 from fedsim.learning.models.variable_model import BatchOutput, VariableModel
 
-__all__ = ["BatchOutput", "KerasVariableModel", "ModelWeights", "VariableModel", "from_keras_model"]
+__all__ = [
+    "BatchOutput",
+    "KerasVariableModel",
+    "ModelWeights",
+    "VariableModel",
+    "from_keras_model",
+    "load_model_weights",
+    "save_keras_model",
+]
