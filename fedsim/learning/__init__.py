@@ -1,6 +1,6 @@
 """fedsim.learning: models, optimizers and algorithms with `tff.learning`'s names."""
 
-from fedsim.learning import algorithms, models, optimizers, templates
+from fedsim.learning import algorithms, metrics, models, optimizers, templates
 from fedsim.learning.algorithms import (
     ClientWeighting,
     build_fed_eval,
@@ -22,6 +22,7 @@ __all__ = [
     "ModelWeights",
     "VariableModel",
     "algorithms",
+    "metrics",
     "build_fed_eval",
     "build_fed_sgd",
     "build_federated_evaluation",

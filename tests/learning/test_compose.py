@@ -57,7 +57,7 @@ def test_custom_aggregator_in_a_composed_process(client_arrays):  # noqa: F811
     process = learning.templates.compose_learning_process(
         initial_weights,
         parts.build_broadcast_distributor(info.weights_type),
-        parts.build_client_work(client_update, model_fn, info.metrics_type),
+        parts.build_client_work(client_update, parts.build_metrics_aggregation(model_fn, info.metrics_type)),
         halving_counting_aggregator(update_type),
         parts.build_apply_optimizer_finalizer(optimizers.build_sgdm(1.0), info.weights_type, update_type, update_is_gradient=False),
     )
@@ -82,3 +82,68 @@ def test_parts_must_be_measured_processes():
 
     with pytest.raises(templates.ProcessTypeError, match="distributor must be a MeasuredProcess"):
         learning.templates.compose_learning_process(initial_weights, object(), None, None, None)
+
+
+class PlainMeanFactory:
+    """An unweighted aggregation factory in the factory -> process shape (create(value_type))."""
+
+    def __init__(self):
+        self.created_for = None
+
+    def create(self, value_type):
+        self.created_for = value_type
+
+        @fedsim.federated_computation
+        def initialize():
+            return fedsim.federated_value((), fedsim.SERVER)
+
+        @fedsim.federated_computation(initialize.type_signature.result, fedsim.FederatedType(value_type, fedsim.CLIENTS))
+        def next_fn(state, value):
+            return templates.MeasuredProcessOutput(
+                state=state, result=fedsim.federated_mean(value), measurements=fedsim.federated_value(np.int32(7), fedsim.SERVER)
+            )
+
+        return templates.MeasuredProcess(initialize, next_fn)
+
+
+def test_model_aggregator_factory_plugs_into_fed_avg(client_arrays):  # noqa: F811
+    factory = PlainMeanFactory()
+    custom = learning.build_weighted_fed_avg(model_fn, lambda: optimizers.build_sgdm(0.1), model_aggregator=factory)
+    unweighted = learning.build_unweighted_fed_avg(model_fn, lambda: optimizers.build_sgdm(0.1))
+    assert factory.created_for is not None
+    state = custom.initialize()
+    output = custom.next(state, _datasets(client_arrays))
+    expected = unweighted.next(unweighted.set_model_weights(unweighted.initialize(), custom.get_model_weights(state)), _datasets(client_arrays))
+    for got, want in zip(custom.get_model_weights(output.state).trainable, unweighted.get_model_weights(expected.state).trainable):
+        np.testing.assert_allclose(got, want, atol=1e-6)
+    assert output.metrics["aggregator"] == 7
+    with pytest.raises(TypeError, match="aggregation factory with a create"):
+        learning.build_weighted_fed_avg(model_fn, lambda: optimizers.build_sgdm(0.1), model_aggregator=object())
+
+
+def test_metrics_aggregator_and_distributor_hooks(client_arrays):  # noqa: F811
+    def with_client_count(metric_finalizers, unfinalized_type):
+        inner = learning.metrics.sum_then_finalize(metric_finalizers, unfinalized_type)
+
+        @fedsim.tf_computation(unfinalized_type)
+        def one(unfinalized):
+            del unfinalized
+            return tf.constant(1)
+
+        @fedsim.federated_computation(fedsim.FederatedType(unfinalized_type, fedsim.CLIENTS))
+        def aggregate(unfinalized):
+            return fedsim.federated_zip({"metrics": inner(unfinalized), "clients": fedsim.federated_sum(fedsim.federated_map(one, unfinalized))})
+
+        return aggregate
+
+    info = inspect_model_fn(model_fn)
+    process = learning.build_weighted_fed_avg(
+        model_fn,
+        lambda: optimizers.build_sgdm(0.1),
+        model_distributor=parts.build_broadcast_distributor(info.weights_type),
+        metrics_aggregator=with_client_count,
+    )
+    train = process.next(process.initialize(), _datasets(client_arrays)).metrics["client_work"]["train"]
+    assert train["clients"] == 3 and train["metrics"]["num_examples"] == 39
+    evaluation = learning.build_federated_evaluation(model_fn, metrics_aggregator=with_client_count)
+    assert evaluation(process.get_model_weights(process.initialize()), _datasets(client_arrays))["eval"]["clients"] == 3

@@ -129,8 +129,14 @@ def _build_process(
     server_optimizer_fn: Callable[[], Any],
     client_weighting: ClientWeighting,
     proximal_strength: float = 0.0,
+    model_distributor: Optional[Any] = None,
+    model_aggregator: Optional[Any] = None,
+    metrics_aggregator: Optional[Callable] = None,
 ) -> LearningProcess:
-    """FedAvg, FedProx and FedSGD (`client_optimizer_fn=None`) as compositions of the standard parts."""
+    """FedAvg, FedProx and FedSGD (`client_optimizer_fn=None`) as compositions of parts.
+
+    The defaults are a broadcast, the weighted mean and sum-then-finalize; each can be replaced.
+    """
     if not isinstance(client_weighting, ClientWeighting):
         raise TypeError(f"client_weighting must be a ClientWeighting, got {client_weighting!r}")
     if proximal_strength < 0:
@@ -149,11 +155,17 @@ def _build_process(
     def initial_weights():
         return ModelWeights.from_model(model_fn())
 
+    distributor = model_distributor if model_distributor is not None else parts.build_broadcast_distributor(info.weights_type)
+    if model_aggregator is None:
+        aggregator = parts.build_weighted_mean_aggregator(update_type)
+    else:
+        aggregator = parts.aggregator_from_factory(model_aggregator, update_type)
+    metrics_aggregation = parts.build_metrics_aggregation(model_fn, info.metrics_type, metrics_aggregator)
     return compose_learning_process(
         initial_weights,
-        parts.build_broadcast_distributor(info.weights_type),
-        parts.build_client_work(client_update, model_fn, info.metrics_type),
-        parts.build_weighted_mean_aggregator(update_type),
+        distributor,
+        parts.build_client_work(client_update, metrics_aggregation),
+        aggregator,
         parts.build_apply_optimizer_finalizer(server_optimizer, info.weights_type, update_type, update_is_gradient=client_optimizer_fn is None),
     )
 
@@ -180,8 +192,10 @@ def build_weighted_fed_avg(
         state = process.initialize()
         output = process.next(state, [client_1_dataset, client_2_dataset])
     """
-    _refuse_custom_parts(model_distributor, model_aggregator, metrics_aggregator)
-    return _build_process(model_fn, client_optimizer_fn, server_optimizer_fn, client_weighting)
+    return _build_process(
+        model_fn, client_optimizer_fn, server_optimizer_fn, client_weighting,
+        model_distributor=model_distributor, model_aggregator=model_aggregator, metrics_aggregator=metrics_aggregator,
+    )
 
 
 def build_unweighted_fed_avg(
@@ -193,8 +207,10 @@ def build_unweighted_fed_avg(
     metrics_aggregator: Optional[Any] = None,
 ) -> LearningProcess:
     """FedAvg with every client's update weighted equally."""
-    _refuse_custom_parts(model_distributor, model_aggregator, metrics_aggregator)
-    return _build_process(model_fn, client_optimizer_fn, server_optimizer_fn, ClientWeighting.UNIFORM)
+    return _build_process(
+        model_fn, client_optimizer_fn, server_optimizer_fn, ClientWeighting.UNIFORM,
+        model_distributor=model_distributor, model_aggregator=model_aggregator, metrics_aggregator=metrics_aggregator,
+    )
 
 
 def build_weighted_fed_prox(
@@ -219,11 +235,3 @@ def build_fed_sgd(
     gradient (batch gradients weighted by batch size).
     """
     return _build_process(model_fn, None, server_optimizer_fn, client_weighting)
-
-
-def _refuse_custom_parts(*parts: Any) -> None:
-    if any(part is not None for part in parts):
-        raise NotImplementedError(
-            "custom model_distributor / model_aggregator / metrics_aggregator arrive with the aggregators "
-            "issue; until then FedAvg uses broadcast, the weighted mean and sum-then-finalize"
-        )

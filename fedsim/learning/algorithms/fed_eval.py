@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import collections
-from typing import Callable
+from typing import Callable, Optional
 
 from fedsim.core import intrinsics
 from fedsim.core import types as ft
 from fedsim.core.federated_tracing import FederatedComputation, federated_computation
 from fedsim.core.placements import CLIENTS, SERVER
 from fedsim.core.tensorflow_computation import tf_computation
-from fedsim.learning.algorithms.parts import finalize_metrics
+from fedsim.learning.algorithms.parts import build_metrics_aggregation
 from fedsim.learning.algorithms.model_info import inspect_model_fn
 from fedsim.learning.models import ModelWeights, VariableModel
 from fedsim.learning.templates import LearningAlgorithmState, LearningProcess, LearningProcessOutput
@@ -18,7 +18,7 @@ from fedsim.learning.templates import LearningAlgorithmState, LearningProcess, L
 __all__ = ["build_fed_eval", "build_federated_evaluation"]
 
 
-def build_federated_evaluation(model_fn: Callable[[], VariableModel]) -> FederatedComputation:
+def build_federated_evaluation(model_fn: Callable[[], VariableModel], metrics_aggregator: Optional[Callable] = None) -> FederatedComputation:
     """`(model_weights@SERVER, datasets@CLIENTS) -> metrics@SERVER`: metrics summed, then finalized.
 
     Example::
@@ -37,14 +37,12 @@ def build_federated_evaluation(model_fn: Callable[[], VariableModel]) -> Federat
             model.forward_pass(batch, training=False)
         return model.report_local_unfinalized_metrics()
 
-    @tf_computation(info.metrics_type)
-    def finalize(summed):
-        return collections.OrderedDict(eval=finalize_metrics(model_fn, summed))
+    metrics_aggregation = build_metrics_aggregation(model_fn, info.metrics_type, metrics_aggregator)
 
     @federated_computation(ft.FederatedType(info.weights_type, SERVER), ft.FederatedType(ft.SequenceType(info.batch_type), CLIENTS))
     def evaluate(model_weights, client_data):
         unfinalized = intrinsics.federated_map(client_eval, (intrinsics.federated_broadcast(model_weights), client_data))
-        return intrinsics.federated_map(finalize, intrinsics.federated_sum(unfinalized))
+        return intrinsics.federated_zip({"eval": metrics_aggregation(unfinalized)})
 
     return evaluate
 

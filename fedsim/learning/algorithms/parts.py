@@ -9,8 +9,8 @@
 
 from __future__ import annotations
 
-import collections
-from typing import Any, Callable
+import inspect
+from typing import Any, Callable, Optional
 
 import tensorflow as tf
 
@@ -20,14 +20,17 @@ from fedsim.core.federated_tracing import federated_computation
 from fedsim.core.placements import CLIENTS, SERVER
 from fedsim.core.tensorflow_computation import tf_computation
 from fedsim.learning import optimizers as optimizers_lib
+from fedsim.learning.metrics import sum_then_finalize
 from fedsim.learning.models import ModelWeights, VariableModel
 from fedsim.learning.templates import ClientResult
 from fedsim.templates import MeasuredProcess, MeasuredProcessOutput
 
 __all__ = [
+    "aggregator_from_factory",
     "build_apply_optimizer_finalizer",
     "build_broadcast_distributor",
     "build_client_work",
+    "build_metrics_aggregation",
     "build_weighted_mean_aggregator",
 ]
 
@@ -47,24 +50,28 @@ def build_broadcast_distributor(weights_type: ft.Type) -> MeasuredProcess:
     return MeasuredProcess(_no_state, next_fn)
 
 
-def finalize_metrics(model_fn: Callable[[], VariableModel], summed: dict) -> dict:
-    """Summed unfinalized metrics -> their final values, by the model's own finalizers."""
-    finalizers = model_fn().metric_finalizers()
-    return collections.OrderedDict((name, finalizers[name](values)) for name, values in summed.items())
+def build_metrics_aggregation(model_fn: Callable[[], VariableModel], metrics_type: ft.Type, metrics_aggregator: Optional[Callable] = None) -> Any:
+    """The computation `{unfinalized}@CLIENTS -> metrics@SERVER` for a model's metrics."""
+    with tf.Graph().as_default():
+        finalizers = model_fn().metric_finalizers()
+    aggregate = (metrics_aggregator or sum_then_finalize)(finalizers, metrics_type)
+    expected = ft.FederatedType(metrics_type, CLIENTS)
+    parameter = getattr(aggregate, "type_signature", None)
+    if parameter is None or not ft.is_assignable_from(parameter.parameter, expected):
+        raise TypeError(
+            f"metrics_aggregator must return a computation taking {expected}, got "
+            f"{getattr(aggregate, 'type_signature', aggregate)}"
+        )
+    return aggregate
 
 
-def build_client_work(client_update: Any, model_fn: Callable[[], VariableModel], metrics_type: ft.Type) -> MeasuredProcess:
+def build_client_work(client_update: Any, metrics_aggregation: Any) -> MeasuredProcess:
     """Client work from a tf_computation `(weights, dataset) -> {update, update_weight, metrics}`.
 
     The result is `ClientResult(update, update_weight)@CLIENTS`; the measurements are the
-    clients' metrics, summed then finalized, under `train`.
+    clients' metrics, aggregated by `metrics_aggregation`, under `train`.
     """
     weights_type, dataset_type = client_update.type_signature.parameter
-
-    @tf_computation(metrics_type)
-    def finalize(summed):
-        return collections.OrderedDict(train=finalize_metrics(model_fn, summed))
-
     @federated_computation(
         _no_state.type_signature.result,
         ft.FederatedType(weights_type, CLIENTS, all_equal=True),
@@ -73,7 +80,7 @@ def build_client_work(client_update: Any, model_fn: Callable[[], VariableModel],
     def next_fn(state, weights, client_data):
         outputs = intrinsics.federated_map(client_update, (weights, client_data))
         result = intrinsics.federated_zip(ClientResult(update=outputs.update, update_weight=outputs.update_weight))
-        measurements = intrinsics.federated_map(finalize, intrinsics.federated_sum(outputs.metrics))
+        measurements = intrinsics.federated_zip({"train": metrics_aggregation(outputs.metrics)})
         return MeasuredProcessOutput(state=state, result=result, measurements=measurements)
 
     return MeasuredProcess(_no_state, next_fn)
@@ -92,6 +99,32 @@ def build_weighted_mean_aggregator(update_type: ft.Type) -> MeasuredProcess:
         return MeasuredProcessOutput(state=state, result=mean, measurements=intrinsics.federated_value((), SERVER))
 
     return MeasuredProcess(_no_state, next_fn)
+
+
+def aggregator_from_factory(factory: Any, update_type: ft.Type) -> MeasuredProcess:
+    """An aggregator for `compose_learning_process` from an aggregation factory.
+
+    A weighted factory's `create(value_type, weight_type)` gives a process whose `next` takes
+    `(state, value, weight)`; an unweighted factory's `create(value_type)` one that takes
+    `(state, value)`, and the clients' weights are then not used.
+    """
+    create = getattr(factory, "create", None)
+    if create is None:
+        raise TypeError(f"model_aggregator must be an aggregation factory with a create(...) method, got {factory!r}")
+    weighted = len([p for p in inspect.signature(create).parameters.values() if p.default is p.empty]) >= 2
+    process = create(update_type, ft.TensorType(tf.float32)) if weighted else create(update_type)
+    if not isinstance(process, MeasuredProcess):
+        raise TypeError(f"{type(factory).__name__}.create must return a MeasuredProcess, got {type(process).__name__}")
+    if weighted:
+        return process
+    state_type = process.next.type_signature.parameter[0]
+
+    @federated_computation(state_type, ft.FederatedType(update_type, CLIENTS), ft.FederatedType(tf.float32, CLIENTS))
+    def next_fn(state, update, weight):
+        del weight  # an unweighted aggregator does not use the clients' weights
+        return process.next(state, update)
+
+    return MeasuredProcess(process.initialize, next_fn)
 
 
 def build_apply_optimizer_finalizer(
