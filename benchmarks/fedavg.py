@@ -4,7 +4,8 @@ Synthetic EMNIST-shaped data (28x28x1, 62 classes, ~100 examples per client, non
 client draws most labels from a few classes), batch 20, one local epoch, client SGD 0.1.
 Models: a 2x200 MLP and the small EMNIST CNN (two 3x3 convs, pooling, dense 128).
 
-Baseline, same process and run: one Keras model, the client's local training in one compiled
+Baseline, same process and run, its rounds alternating with fedsim's so that both see the same
+machine conditions: one Keras model, the client's local training in one compiled
 `tf.function` per client, a numpy weighted average. Prints the median seconds per round
 (rounds 2..R) of both, their ratio (bar: <= 1.10 at 10 clients per round), and the peak RSS of
 fedsim at 10 and 200 clients per round, each measured in its own process with client datasets
@@ -66,19 +67,20 @@ def build_process(kind: str):
     return learning.build_weighted_fed_avg(model_fn, lambda: optimizers.build_sgdm(0.1))
 
 
-def time_fedsim(kind: str, client_data: list, rounds: int) -> tuple:
+def fedsim_rounds(kind: str, client_data: list):
+    """Yields (seconds, weights) per round of fedsim's FedAvg; first yields the initial weights."""
     process = build_process(kind)
     state = process.initialize()
-    initial = [np.array(w) for w in process.get_model_weights(state).trainable]
-    seconds = []
-    for _ in range(rounds):
+    yield None, [np.array(w) for w in process.get_model_weights(state).trainable]
+    while True:
         start = time.perf_counter()
         state = process.next(state, client_data).state
-        seconds.append(time.perf_counter() - start)
-    return initial, [np.array(w) for w in process.get_model_weights(state).trainable], statistics.median(seconds[1:])
+        seconds = time.perf_counter() - start
+        yield seconds, [np.array(w) for w in process.get_model_weights(state).trainable]
 
 
-def time_baseline(kind: str, initial: list, client_data: list, rounds: int) -> tuple:
+def baseline_rounds(kind: str, initial: list, client_data: list):
+    """Yields (seconds, weights) per round of the same arithmetic in plain TensorFlow + numpy."""
     model = keras_model(kind)
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
@@ -96,8 +98,8 @@ def time_baseline(kind: str, initial: list, client_data: list, rounds: int) -> t
             examples += tf.cast(tf.shape(batch["y"])[0], tf.float32)
         return [tf.convert_to_tensor(v) for v in model.trainable_variables], examples
 
-    weights, seconds = list(initial), []
-    for _ in range(rounds):
+    weights = list(initial)
+    while True:
         start = time.perf_counter()
         total, weight_sum = None, 0.0
         for dataset in client_data:
@@ -107,8 +109,22 @@ def time_baseline(kind: str, initial: list, client_data: list, rounds: int) -> t
             total = deltas if total is None else [t + d for t, d in zip(total, deltas)]
             weight_sum += n
         weights = [w + t / weight_sum for w, t in zip(weights, total)]
-        seconds.append(time.perf_counter() - start)
-    return weights, statistics.median(seconds[1:])
+        yield time.perf_counter() - start, weights
+
+
+def time_both(kind: str, client_data: list, rounds: int) -> tuple:
+    """Alternates fedsim and baseline rounds, so both see the same machine conditions."""
+    fedsim = fedsim_rounds(kind, client_data)
+    _, initial = next(fedsim)
+    baseline = baseline_rounds(kind, initial, client_data)
+    fedsim_seconds, baseline_seconds = [], []
+    for _ in range(rounds):
+        seconds, fedsim_weights = next(fedsim)
+        fedsim_seconds.append(seconds)
+        seconds, baseline_weights = next(baseline)
+        baseline_seconds.append(seconds)
+    difference = max(float(np.abs(a - b).max()) for a, b in zip(fedsim_weights, baseline_weights))
+    return statistics.median(fedsim_seconds[1:]), statistics.median(baseline_seconds[1:]), difference
 
 
 class LazyClientDatasets:
@@ -147,9 +163,7 @@ def main() -> None:
     print(f"FedAvg, {args.clients} clients/round, ~100 examples each, batch {BATCH}, 1 epoch, {args.rounds} rounds")
     print(f"{'model':>5} {'fedsim s/round':>15} {'baseline s/round':>17} {'ratio':>6} {'max |dw|':>9} {'RSS@10 MiB':>11} {'RSS@200 MiB':>12} {'RSS ratio':>9}")
     for kind in args.models:
-        initial, fedsim_weights, fedsim_seconds = time_fedsim(kind, client_data, args.rounds)
-        baseline_weights, baseline_seconds = time_baseline(kind, initial, client_data, args.rounds)
-        difference = max(float(np.abs(a - b).max()) for a, b in zip(fedsim_weights, baseline_weights))
+        fedsim_seconds, baseline_seconds, difference = time_both(kind, client_data, args.rounds)
         rss = []
         for cohort in (10, 200):
             out = subprocess.run([sys.executable, __file__, "--memory-child", kind, str(cohort)], check=True, capture_output=True, text=True)

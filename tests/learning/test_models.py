@@ -78,3 +78,20 @@ def test_several_inputs_and_outputs():
     np.testing.assert_allclose(metrics["loss"], total / count, rtol=1e-5)
     new_state = process.next(state, datasets).state
     assert any(np.abs(a - b).max() > 1e-4 for a, b in zip(new_state.global_model_weights.trainable, weights.trainable))
+
+
+def test_metrics_as_constructors_equal_metric_objects(client_arrays):  # noqa: F811
+    def constructor_model_fn():
+        return learning.from_keras_model(
+            _keras_model(),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            input_spec=model_fn().input_spec,
+            metrics=[keras.metrics.SparseCategoricalAccuracy],
+        )
+
+    weights = learning.build_weighted_fed_avg(model_fn, lambda: optimizers.build_sgdm(0.1)).initialize().global_model_weights
+    by_object = learning.build_federated_evaluation(model_fn)(weights, _datasets(client_arrays))
+    by_constructor = learning.build_federated_evaluation(constructor_model_fn)(weights, _datasets(client_arrays))
+    assert by_object == by_constructor
+    with pytest.raises(TypeError, match="Keras metric objects or constructors"):
+        learning.from_keras_model(_keras_model(), loss=keras.losses.MeanSquaredError(), input_spec=model_fn().input_spec, metrics=["accuracy"])
