@@ -1,3 +1,22 @@
-"""fedsim.aggregators: see ../shared/DESIGN.md; filled by its own issue."""
+"""Aggregators as factories -> processes: sums, means, and norm-bounding wrappers.
 
-__all__: list = []
+Example::
+
+    aggregator = fedsim.aggregators.clipping_factory(1.0, fedsim.aggregators.MeanFactory())
+    process = fedsim.learning.build_weighted_fed_avg(model_fn, client_optimizer_fn, model_aggregator=aggregator)
+"""
+
+from fedsim.aggregators.factory import AggregationFactoryError, UnweightedAggregationFactory, WeightedAggregationFactory
+from fedsim.aggregators.robustness import clipping_factory, zeroing_factory
+from fedsim.aggregators.sum_and_mean import MeanFactory, SumFactory, UnweightedMeanFactory
+
+__all__ = [
+    "AggregationFactoryError",
+    "MeanFactory",
+    "SumFactory",
+    "UnweightedAggregationFactory",
+    "UnweightedMeanFactory",
+    "WeightedAggregationFactory",
+    "clipping_factory",
+    "zeroing_factory",
+]

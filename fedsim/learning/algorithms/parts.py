@@ -14,6 +14,7 @@ from typing import Any, Callable, Optional
 
 import tensorflow as tf
 
+from fedsim import aggregators
 from fedsim.core import intrinsics
 from fedsim.core import types as ft
 from fedsim.core.federated_tracing import federated_computation
@@ -111,7 +112,12 @@ def aggregator_from_factory(factory: Any, update_type: ft.Type) -> MeasuredProce
     create = getattr(factory, "create", None)
     if create is None:
         raise TypeError(f"model_aggregator must be an aggregation factory with a create(...) method, got {factory!r}")
-    weighted = len([p for p in inspect.signature(create).parameters.values() if p.default is p.empty]) >= 2
+    if isinstance(factory, aggregators.WeightedAggregationFactory):
+        weighted = True
+    elif isinstance(factory, aggregators.UnweightedAggregationFactory):
+        weighted = False
+    else:  # duck-typed: the number of required parameters of create
+        weighted = len([p for p in inspect.signature(create).parameters.values() if p.default is p.empty]) >= 2
     process = create(update_type, ft.TensorType(tf.float32)) if weighted else create(update_type)
     if not isinstance(process, MeasuredProcess):
         raise TypeError(f"{type(factory).__name__}.create must return a MeasuredProcess, got {type(process).__name__}")
