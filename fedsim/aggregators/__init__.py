@@ -8,11 +8,13 @@ Example::
 
 from fedsim.aggregators.factory import AggregationFactoryError, UnweightedAggregationFactory, WeightedAggregationFactory
 from fedsim.aggregators.robustness import clipping_factory, zeroing_factory
+from fedsim.aggregators.secure import SecureSumFactory
 from fedsim.aggregators.sum_and_mean import MeanFactory, SumFactory, UnweightedMeanFactory
 
 __all__ = [
     "AggregationFactoryError",
     "MeanFactory",
+    "SecureSumFactory",
     "SumFactory",
     "UnweightedAggregationFactory",
     "UnweightedMeanFactory",

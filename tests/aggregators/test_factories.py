@@ -138,3 +138,44 @@ def test_plugged_into_fed_avg():
     default_weights = default.next(state, datasets).state.global_model_weights
     for a, b in zip(plain_weights.trainable, default_weights.trainable):
         np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_secure_sum_of_floats_equals_plain_sum_within_quantization(values):
+    bound, bitwidth = 4.0, 20
+    process = aggregators.SecureSumFactory(bound, bitwidth=bitwidth).create(VALUE_TYPE)
+    output = process.next(process.initialize(), values)
+    clipped = {k: np.clip(_stack(values, k), -bound, bound).sum(0) for k in ("a", "b")}
+    tolerance = NUM_CLIENTS * (2 * bound) / (2 * (2**bitwidth - 1))
+    for key in ("a", "b"):
+        assert np.max(np.abs(output.result[key] - clipped[key])) <= tolerance * 1.01
+    assert output.result["a"].dtype == np.float32 and output.result["b"].dtype == np.float64
+    over = sum(any(np.max(v[k]) > bound for k in ("a", "b")) for v in values)
+    assert output.measurements["secure_upper_clipped_count"] == over > 0
+    assert output.measurements["secure_lower_threshold"] == -bound
+
+
+def test_secure_sum_of_integers_is_exact():
+    process = aggregators.SecureSumFactory(100, 0).create(fedsim.TensorType(tf.int32, [3]))
+    client_values = [np.array([1, 50, 99], np.int32), np.array([7, 0, 100], np.int32), np.array([250, 3, 4], np.int32)]
+    output = process.next(process.initialize(), client_values)
+    np.testing.assert_array_equal(output.result, np.clip(client_values, 0, 100).sum(0))
+    assert output.measurements["secure_upper_clipped_count"] == 1
+
+
+def test_secure_sum_bad_bounds():
+    with pytest.raises(ValueError, match="must be below"):
+        aggregators.SecureSumFactory(1.0, 2.0)
+    with pytest.raises(ValueError, match="bitwidth"):
+        aggregators.SecureSumFactory(1.0, bitwidth=80)
+    with pytest.raises(aggregators.AggregationFactoryError, match="numeric tensors"):
+        aggregators.SecureSumFactory(1.0).create(fedsim.TensorType(tf.string))
+
+
+def test_secure_sum_nests_inside_the_mean(values, weights):
+    factory = aggregators.MeanFactory(value_sum_factory=aggregators.SecureSumFactory(50.0, bitwidth=30))
+    process = factory.create(VALUE_TYPE, WEIGHT_TYPE)
+    output = process.next(process.initialize(), values, weights)
+    w = np.asarray(weights, np.float64)
+    expected = {k: np.tensordot(w, _stack(values, k), axes=1) / w.sum() for k in ("a", "b")}
+    _check(output.result, expected, rtol=1e-4)
+    assert output.measurements["mean_value"]["secure_upper_clipped_count"] == 0
