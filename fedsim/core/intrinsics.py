@@ -62,8 +62,6 @@ def _tracer(name: str) -> fc.TracingContext:
 def _value(obj: Any, name: str, what: str) -> fc.Value:
     if isinstance(obj, fc.Value):
         return obj
-    if isinstance(obj, (dict, list, tuple)) and fc._contains_value(obj):
-        return fc.Value(fc.to_block(obj))
     try:
         return fc.Value(fc.to_block(obj))
     except TypeError as error:

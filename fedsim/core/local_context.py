@@ -637,9 +637,10 @@ def _finalize(run: _Run, value: Any, value_type: ft.Type) -> Any:
 
 
 def _is_client_sequence(value: Any) -> bool:
-    return isinstance(value, collections.abc.Sequence) and not isinstance(value, (str, bytes)) or (
-        hasattr(value, "__len__") and hasattr(value, "__getitem__") and not isinstance(value, (dict, str, bytes, np.ndarray))
-    )
+    """A list, tuple or lazy sequence (`__len__` + `__getitem__`) of client members."""
+    if isinstance(value, (dict, str, bytes, np.ndarray)) or hasattr(type(value), "_fields"):
+        return False
+    return hasattr(value, "__len__") and hasattr(value, "__getitem__")
 
 
 def _ingest(value: Any, value_type: ft.Type, name: str, path: str, counts: dict) -> Any:
@@ -649,7 +650,7 @@ def _ingest(value: Any, value_type: ft.Type, name: str, path: str, counts: dict)
         if value_type.placement is SERVER or value_type.all_equal:
             member = structure.check_and_normalize(value, value_type.member, what)
             return member if value_type.placement is SERVER else AllEqualClients(member)
-        if not _is_client_sequence(value) or isinstance(value, tuple) and hasattr(type(value), "_fields"):
+        if not _is_client_sequence(value):
             raise structure.mismatch_error(
                 what, value_type, value,
                 f"a CLIENTS-placed value is given as a list with one member per client, not as {structure.describe_value_type(value)}",
