@@ -1,24 +1,40 @@
-"""Aggregators as factories -> processes: sums, means, and norm-bounding wrappers.
+"""Aggregators as factories -> processes: sums, means, bounding, privacy, robustness, compression.
+
+A factory's `create(value_type[, weight_type])` gives an `AggregationProcess`; wrappers take
+an inner factory, so they stack.
 
 Example::
 
-    aggregator = fedsim.aggregators.clipping_factory(1.0, fedsim.aggregators.MeanFactory())
+    aggregator = fedsim.aggregators.clipping_factory(
+        fedsim.aggregators.AdaptiveNorm(initial_estimate=1.0, target_quantile=0.8),
+        fedsim.aggregators.MeanFactory(),
+    )
     process = fedsim.learning.build_weighted_fed_avg(model_fn, client_optimizer_fn, model_aggregator=aggregator)
 """
 
+from fedsim.aggregators.accounting import dp_epsilon
+from fedsim.aggregators.differential_privacy import DifferentiallyPrivateFactory
 from fedsim.aggregators.factory import AggregationFactoryError, UnweightedAggregationFactory, WeightedAggregationFactory
+from fedsim.aggregators.quantile_estimation import AdaptiveNorm
+from fedsim.aggregators.quantization import stochastic_quantization_factory
+from fedsim.aggregators.robust_mean import RobustMeanFactory
 from fedsim.aggregators.robustness import clipping_factory, zeroing_factory
 from fedsim.aggregators.secure import SecureSumFactory
 from fedsim.aggregators.sum_and_mean import MeanFactory, SumFactory, UnweightedMeanFactory
 
 __all__ = [
+    "AdaptiveNorm",
     "AggregationFactoryError",
+    "DifferentiallyPrivateFactory",
     "MeanFactory",
+    "RobustMeanFactory",
     "SecureSumFactory",
     "SumFactory",
     "UnweightedAggregationFactory",
     "UnweightedMeanFactory",
     "WeightedAggregationFactory",
     "clipping_factory",
+    "dp_epsilon",
+    "stochastic_quantization_factory",
     "zeroing_factory",
 ]

@@ -92,7 +92,7 @@ class SecureSumFactory(UnweightedAggregationFactory):
                 value_type,
                 [
                     tf.cast(tf.cast(t, tf.float64) / scale + tf.cast(clients, tf.float64) * lower, leaf.dtype)
-                    for t, leaf in zip(tf.nest.flatten(total), leaves)
+                    for t, leaf in zip(structure.flatten_value(total, encoded_type), leaves)
                 ],
             )
 

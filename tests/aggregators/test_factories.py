@@ -10,7 +10,8 @@ import fedsim
 from fedsim import aggregators, learning
 from fedsim.learning import optimizers
 
-VALUE_TYPE = fedsim.to_type({"a": (tf.float32, [2, 3]), "b": (tf.float64, [4])})
+# Keys out of sorted order: leaves must follow the type, not tf.nest's sorted order.
+VALUE_TYPE = fedsim.to_type({"b": (tf.float64, [4]), "a": (tf.float32, [2, 3])})
 WEIGHT_TYPE = fedsim.TensorType(tf.float32)
 NUM_CLIENTS = 6
 
