@@ -178,3 +178,18 @@ def test_private_and_robust_aggregators_serialize(values):
         for key in ("a", "b"):
             np.testing.assert_array_equal(got.result[key], expected.result[key])
         assert tf.nest.map_structure(float, dict(got.measurements)) == tf.nest.map_structure(float, dict(expected.measurements))
+
+
+def test_dp_sum_nests_inside_the_weighted_mean(values):
+    """Without clients_per_round the DP factory is a (noised) sum, so MeanFactory can wrap it."""
+    weights = [np.float32(w) for w in (1.0, 2.0, 0.5, 1.5, 3.0, 1.0)]
+    clip = 4.0
+    factory = aggregators.MeanFactory(value_sum_factory=aggregators.DifferentiallyPrivateFactory(0.0, clip=clip))
+    process = factory.create(VALUE_TYPE, fedsim.TensorType(tf.float32))
+    output = process.next(process.initialize(), values, weights)
+    weighted = [{k: np.asarray(v[k], np.float64) * w for k in v} for v, w in zip(values, weights)]
+    scales = [min(1.0, clip / _global_l2(v)) for v in weighted]
+    for key in ("a", "b"):
+        expected = sum(s * v[key] for s, v in zip(scales, weighted)) / sum(weights)
+        np.testing.assert_allclose(output.result[key], expected, rtol=1e-5, atol=1e-6)
+    assert output.measurements["mean_value"]["clipped_count"] == sum(s < 1 for s in scales) > 0
