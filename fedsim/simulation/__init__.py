@@ -1,6 +1,32 @@
-"""fedsim.simulation: synthetic federated data and training-loop helpers (ClientData comes with its issue)."""
+"""fedsim.simulation: federated datasets, client sampling, and the training loop with metrics and checkpoints.
 
+Example::
+
+    from fedsim import simulation
+    train = simulation.datasets.emnist.synthetic_client_data(num_clients=100, seed=0)
+    sample = simulation.build_uniform_sampling_fn(train.client_ids, random_seed=0)
+    state = simulation.run_training_process(process, lambda r: [...], total_rounds=10)
+"""
+
+from fedsim.simulation import datasets
+from fedsim.simulation.metrics_managers import CSVMetricsManager, TensorBoardMetricsManager, flatten_metrics
+from fedsim.simulation.program_state import FileProgramStateManager, ProgramStateError
 from fedsim.simulation.progress import ProgressBar
+from fedsim.simulation.sampling import build_uniform_sampling_fn
 from fedsim.simulation.synthetic import EMNIST_INPUT_SPEC, emnist_like_client_arrays, emnist_like_client_datasets
+from fedsim.simulation.training_loop import run_training_process
 
-__all__ = ["EMNIST_INPUT_SPEC", "ProgressBar", "emnist_like_client_arrays", "emnist_like_client_datasets"]
+__all__ = [
+    "CSVMetricsManager",
+    "EMNIST_INPUT_SPEC",
+    "FileProgramStateManager",
+    "ProgramStateError",
+    "ProgressBar",
+    "TensorBoardMetricsManager",
+    "build_uniform_sampling_fn",
+    "datasets",
+    "emnist_like_client_arrays",
+    "emnist_like_client_datasets",
+    "flatten_metrics",
+    "run_training_process",
+]

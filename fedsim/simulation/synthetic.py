@@ -23,19 +23,22 @@ EMNIST_INPUT_SPEC = collections.OrderedDict(
 
 
 def emnist_like_client_arrays(
-    num_clients: int, seed: int = 0, min_examples: int = 80, max_examples: int = 120, skew: float = 0.8, classes_per_client: int = 3
+    num_clients: int, seed: int = 0, min_examples: int = 80, max_examples: int = 120, skew: float = 0.8, classes_per_client: int = 3,
+    num_classes: int = NUM_CLASSES,
 ) -> list:
     """`[(pixels, labels), ...]`, one pair of numpy arrays per client."""
     if num_clients < 1:
         raise ValueError(f"num_clients must be at least 1, got {num_clients}")
+    if not 1 <= num_classes <= NUM_CLASSES:
+        raise ValueError(f"num_classes must be from 1 to {NUM_CLASSES}, got {num_classes}")
     if not 0.0 <= skew <= 1.0:
         raise ValueError(f"skew must be in [0, 1], got {skew}")
     rng = np.random.RandomState(seed)
     clients = []
     for _ in range(num_clients):
         n = int(rng.randint(min_examples, max_examples + 1))
-        favourite = rng.choice(NUM_CLASSES, classes_per_client, replace=False)
-        labels = np.where(rng.rand(n) < skew, rng.choice(favourite, n), rng.randint(0, NUM_CLASSES, n)).astype(np.int32)
+        favourite = rng.choice(num_classes, min(classes_per_client, num_classes), replace=False)
+        labels = np.where(rng.rand(n) < skew, rng.choice(favourite, n), rng.randint(0, num_classes, n)).astype(np.int32)
         pixels = (0.5 * _PROTOTYPES[labels] + 0.5 * rng.rand(n, 28, 28, 1)).astype(np.float32)
         clients.append((pixels, labels))
     return clients

@@ -1,0 +1,78 @@
+"""Finding a published dataset file on local disk: fedsim never downloads.
+
+`locate_database("emnist_all", cache_dir)` returns the path of `emnist_all.sqlite` in
+`cache_dir` (else `$FEDSIM_DATA_DIR`, else `~/.fedsim/datasets`). If only the published
+`emnist_all.sqlite.lzma` is there, it is decompressed once beside it (atomically, with an index on
+`examples(client_id)` so a client's read touches only its rows). If neither is there, the error
+names the exact file expected and where to get it.
+"""
+
+from __future__ import annotations
+
+import lzma
+import os
+import shutil
+import sqlite3
+from typing import Optional
+
+from absl import logging
+
+__all__ = ["DATA_DIR_ENVIRONMENT_VARIABLE", "PUBLIC_URL", "data_dir", "locate_database"]
+
+DATA_DIR_ENVIRONMENT_VARIABLE = "FEDSIM_DATA_DIR"
+PUBLIC_URL = "https://storage.googleapis.com/tff-datasets-public/{name}.sqlite.lzma"
+
+
+def data_dir(cache_dir: Optional[str] = None) -> str:
+    if cache_dir is not None:
+        return os.path.expanduser(os.fspath(cache_dir))
+    return os.path.expanduser(os.environ.get(DATA_DIR_ENVIRONMENT_VARIABLE, "~/.fedsim/datasets"))
+
+
+def locate_database(name: str, cache_dir: Optional[str] = None) -> str:
+    """The path of `<name>.sqlite`, decompressing `<name>.sqlite.lzma` if that is what is there."""
+    directory = data_dir(cache_dir)
+    database = os.path.join(directory, f"{name}.sqlite")
+    compressed = database + ".lzma"
+    if os.path.isfile(database):
+        return database
+    if not os.path.isfile(compressed):
+        where = "cache_dir" if cache_dir is not None else f"${DATA_DIR_ENVIRONMENT_VARIABLE} or ~/.fedsim/datasets"
+        raise FileNotFoundError(
+            f"dataset file not found: expected {compressed} (or the decompressed {database}), looked in {where}. "
+            f"fedsim does not download: fetch {PUBLIC_URL.format(name=name)} and put it in {directory}, "
+            f"or pass cache_dir= / set ${DATA_DIR_ENVIRONMENT_VARIABLE} to the directory that holds it."
+        )
+    _decompress(compressed, database)
+    return database
+
+
+def _decompress(compressed: str, database: str) -> None:
+    partial = f"{database}.partial-{os.getpid()}"
+    logging.info("decompressing %s", compressed)
+    try:
+        with lzma.open(compressed, "rb") as source, open(partial, "wb") as target:
+            shutil.copyfileobj(source, target, length=1 << 20)
+        connection = sqlite3.connect(partial)
+        try:
+            connection.execute("CREATE INDEX IF NOT EXISTS fedsim_examples_by_client ON examples (client_id, split_name)")
+            connection.commit()
+        finally:
+            connection.close()
+    except lzma.LZMAError as error:
+        _remove(partial)
+        raise ValueError(f"{compressed}: not a valid LZMA file ({error}); download it again") from None
+    except sqlite3.DatabaseError as error:
+        _remove(partial)
+        raise ValueError(f"{compressed}: decompressed, but not a SQLite database with an 'examples' table ({error})") from None
+    except BaseException:
+        _remove(partial)
+        raise
+    os.replace(partial, database)
+
+
+def _remove(path: str) -> None:
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass

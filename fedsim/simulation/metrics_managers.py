@@ -1,0 +1,108 @@
+"""Where round metrics go: a CSV file and TensorBoard. Each manager has `release(metrics, round_num)`
+and `clear_metrics(round_num)` (drops rounds >= round_num, for a resumed run).
+
+Nested metrics are flattened to `a/b/c` names; only numeric scalars are recorded.
+
+Example::
+
+    managers = [CSVMetricsManager("/tmp/run1/metrics.csv"), TensorBoardMetricsManager("/tmp/run1/tb")]
+"""
+
+from __future__ import annotations
+
+import csv
+import numbers
+import os
+from typing import Any, Mapping
+
+import numpy as np
+import tensorflow as tf
+from tensorflow.core.framework import summary_pb2
+
+__all__ = ["CSVMetricsManager", "TensorBoardMetricsManager", "flatten_metrics"]
+
+ROUND_KEY = "round_num"
+
+
+def flatten_metrics(metrics: Mapping[str, Any], prefix: str = "") -> dict:
+    """`{"a": {"b": 1.0}}` -> `{"a/b": 1.0}`, keeping numeric scalars only."""
+    flat = {}
+    for key, value in metrics.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten_metrics(value, name + "/"))
+        elif isinstance(value, (numbers.Number, np.number, np.ndarray)) and np.ndim(value) == 0 and not isinstance(value, bool):
+            flat[name] = float(value) if np.issubdtype(np.asarray(value).dtype, np.floating) else int(value)
+    return flat
+
+
+class CSVMetricsManager:
+    """One row per round; the header grows when a new metric appears (the file is rewritten)."""
+
+    def __init__(self, csv_filepath: str):
+        self.path = os.fspath(csv_filepath)
+        directory = os.path.dirname(self.path)
+        if directory:
+            os.makedirs(directory, exist_ok=True)
+        self._rows, self._fields = self._read()
+
+    def _read(self):
+        if not os.path.exists(self.path):
+            return [], [ROUND_KEY]
+        with open(self.path, newline="") as stream:
+            reader = csv.DictReader(stream)
+            fields = list(reader.fieldnames or [ROUND_KEY])
+            if ROUND_KEY not in fields:
+                raise ValueError(f"{self.path}: not a metrics CSV (no {ROUND_KEY!r} column)")
+            return list(reader), fields
+
+    def _rewrite(self) -> None:
+        partial = self.path + ".partial"
+        with open(partial, "w", newline="") as stream:
+            writer = csv.DictWriter(stream, fieldnames=self._fields, restval="")
+            writer.writeheader()
+            writer.writerows(self._rows)
+        os.replace(partial, self.path)
+
+    def release(self, metrics: Mapping[str, Any], round_num: int) -> None:
+        row = {ROUND_KEY: round_num, **flatten_metrics(metrics)}
+        new_fields = [name for name in row if name not in self._fields]
+        self._rows.append({k: str(v) for k, v in row.items()})
+        if new_fields or not os.path.exists(self.path):
+            self._fields += new_fields
+            self._rewrite()
+        else:
+            with open(self.path, "a", newline="") as stream:
+                csv.DictWriter(stream, fieldnames=self._fields, restval="").writerow(self._rows[-1])
+
+    def clear_metrics(self, round_num: int) -> None:
+        self._rows = [row for row in self._rows if int(row[ROUND_KEY]) < round_num]
+        self._rewrite()
+
+    def get_metrics(self) -> list:
+        """The rows as dicts of strings (as read back from the file)."""
+        return [dict(row) for row in self._read()[0]]
+
+
+# What TensorBoard's scalar plugin writes, so its dashboard shows these; TensorFlow's own
+# `tf.summary.write` needs no `tensorboard` package (which TF 2.21 no longer installs).
+_SCALAR_METADATA = summary_pb2.SummaryMetadata(
+    plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"), data_class=summary_pb2.DATA_CLASS_SCALAR
+).SerializeToString()
+
+
+class TensorBoardMetricsManager:
+    """Scalars through `tf.summary`, one step per round, readable by TensorBoard's scalar dashboard."""
+
+    def __init__(self, summary_dir: str):
+        self.summary_dir = os.fspath(summary_dir)
+        self._writer = tf.summary.create_file_writer(self.summary_dir)
+
+    def release(self, metrics: Mapping[str, Any], round_num: int) -> None:
+        with self._writer.as_default():
+            for name, value in flatten_metrics(metrics).items():
+                tf.summary.write(name, tf.constant(value, tf.float32), step=round_num, metadata=_SCALAR_METADATA)
+        self._writer.flush()
+
+    def clear_metrics(self, round_num: int) -> None:
+        del round_num  # TensorBoard shows the latest value written for a step; nothing to remove

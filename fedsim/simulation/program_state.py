@@ -1,0 +1,85 @@
+"""Saving a training process's state every few rounds, and resuming from the latest save.
+
+Each version is one `.npz` file of the state's leaves (numpy format, no pickle), written to a
+temporary name and renamed into place, so a crash never leaves a torn checkpoint. Loading packs
+the leaves into the structure of a fresh `initialize()` and checks shapes and dtypes.
+
+Example::
+
+    manager = FileProgramStateManager("/tmp/run1/state", keep_total=3)
+    state, round_num = manager.load_latest(process.initialize())
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any, Optional, Tuple
+
+import numpy as np
+import tensorflow as tf
+
+__all__ = ["FileProgramStateManager", "ProgramStateError"]
+
+_NAME = re.compile(r"^program_state_(\d+)\.npz$")
+
+
+class ProgramStateError(ValueError):
+    """A saved state does not fit the process it is loaded into."""
+
+
+class FileProgramStateManager:
+    """Versions of a program state in `root_dir`; keeps the newest `keep_total` (0 keeps all)."""
+
+    def __init__(self, root_dir: str, keep_total: int = 5):
+        if keep_total < 0:
+            raise ValueError(f"keep_total must be >= 0, got {keep_total}")
+        self.root_dir = os.fspath(root_dir)
+        self.keep_total = keep_total
+        os.makedirs(self.root_dir, exist_ok=True)
+
+    def versions(self) -> list:
+        """The saved versions, ascending."""
+        found = (_NAME.match(name) for name in os.listdir(self.root_dir))
+        return sorted(int(match.group(1)) for match in found if match)
+
+    def _path(self, version: int) -> str:
+        return os.path.join(self.root_dir, f"program_state_{version}.npz")
+
+    def save(self, program_state: Any, version: int) -> None:
+        leaves = [np.asarray(leaf) for leaf in tf.nest.flatten(program_state)]
+        partial = os.path.join(self.root_dir, f".partial-{version}-{os.getpid()}.npz")
+        with open(partial, "wb") as stream:
+            np.savez(stream, **{f"leaf_{i:06d}": leaf for i, leaf in enumerate(leaves)})
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(partial, self._path(version))
+        if self.keep_total:
+            for old in self.versions()[: -self.keep_total]:
+                os.remove(self._path(old))
+
+    def load(self, version: int, structure: Any) -> Any:
+        """The state saved as `version`, packed like `structure` (e.g. `process.initialize()`)."""
+        path = self._path(version)
+        expected = tf.nest.flatten(structure)
+        try:
+            with np.load(path, allow_pickle=False) as archive:
+                leaves = [archive[f"leaf_{i:06d}"] for i in range(len(archive.files))]
+        except (OSError, ValueError, KeyError) as error:
+            raise ProgramStateError(f"{path}: cannot read the saved state ({error})") from None
+        if len(leaves) != len(expected):
+            raise ProgramStateError(f"{path}: the saved state has {len(leaves)} leaves, the process state has {len(expected)}")
+        for index, (saved, like) in enumerate(zip(leaves, expected)):
+            like = np.asarray(like)
+            if saved.shape != like.shape or saved.dtype != like.dtype:
+                raise ProgramStateError(
+                    f"{path}: leaf {index} is {saved.dtype}{list(saved.shape)}, the process expects {like.dtype}{list(like.shape)}"
+                )
+        return tf.nest.pack_sequence_as(structure, leaves)
+
+    def load_latest(self, structure: Any) -> Tuple[Optional[Any], int]:
+        """`(state, version)` of the newest save, or `(None, 0)` when there is none."""
+        versions = self.versions()
+        if not versions:
+            return None, 0
+        return self.load(versions[-1], structure), versions[-1]

@@ -1,0 +1,103 @@
+"""`run_training_process`: the simulation loop around a learning process, as in TFF.
+
+Each round: pick the cohort, call `next`, evaluate every `rounds_per_evaluation` rounds, hand
+the metrics to the managers, save the state every `rounds_per_saving_program_state` rounds.
+With a state manager that already holds a save, the run resumes after the saved round and
+reaches the same final state as an uninterrupted run (the cohort depends only on the round).
+
+Example::
+
+    sample = build_uniform_sampling_fn(train.client_ids, random_seed=0)
+    final_state = run_training_process(
+        process,
+        training_selection_fn=lambda r: [train.create_tf_dataset_for_client(i) for i in sample(r, 10)],
+        total_rounds=100,
+        program_state_manager=FileProgramStateManager("/tmp/run/state"),
+        metrics_managers=[CSVMetricsManager("/tmp/run/metrics.csv")],
+    )
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any, Callable, Optional, Sequence, TextIO
+
+from absl import logging
+
+from fedsim.simulation.metrics_managers import flatten_metrics
+from fedsim.simulation.program_state import FileProgramStateManager
+from fedsim.simulation.progress import ProgressBar
+
+__all__ = ["run_training_process"]
+
+
+def _headline(metrics: dict) -> dict:
+    """The loss and the first accuracy of the training metrics, for the progress bar."""
+    flat = flatten_metrics(metrics)
+    shown = {}
+    for name, value in flat.items():
+        leaf = name.rsplit("/", 1)[-1]
+        if "eval" in name:
+            continue
+        if leaf == "loss" and "loss" not in shown:
+            shown["loss"] = value
+        elif "accuracy" in leaf and "accuracy" not in shown:
+            shown["accuracy"] = value
+    return shown
+
+
+def run_training_process(
+    training_process: Any,
+    training_selection_fn: Callable[[int], Any],
+    total_rounds: int,
+    evaluation_fn: Optional[Callable[[Any, Any], Any]] = None,
+    evaluation_selection_fn: Optional[Callable[[int], Any]] = None,
+    rounds_per_evaluation: int = 1,
+    program_state_manager: Optional[FileProgramStateManager] = None,
+    rounds_per_saving_program_state: int = 1,
+    metrics_managers: Sequence[Any] = (),
+    progress_stream: Optional[TextIO] = None,
+) -> Any:
+    """Runs rounds `1..total_rounds` (or resumes after the last saved one); returns the final state.
+
+    `training_selection_fn(round_num)` gives the `next` argument for that round (e.g. a list
+    of client datasets). `evaluation_fn(state, data)` gives evaluation metrics for
+    `evaluation_selection_fn(round_num)`; they are released under `evaluation`.
+    """
+    if not isinstance(total_rounds, int) or total_rounds < 1:
+        raise ValueError(f"total_rounds must be a positive int, got {total_rounds!r}")
+    if (evaluation_fn is None) != (evaluation_selection_fn is None):
+        raise ValueError("evaluation_fn and evaluation_selection_fn go together: give both or neither")
+    if rounds_per_evaluation < 1 or rounds_per_saving_program_state < 1:
+        raise ValueError("rounds_per_evaluation and rounds_per_saving_program_state must be >= 1")
+
+    state = training_process.initialize()
+    start_round = 1
+    if program_state_manager is not None:
+        saved, version = program_state_manager.load_latest(state)
+        if saved is None:
+            program_state_manager.save(state, 0)
+        else:
+            state, start_round = saved, version + 1
+            logging.info("resuming after round %d from %s", version, program_state_manager.root_dir)
+            for manager in metrics_managers:
+                manager.clear_metrics(start_round)
+
+    bar = ProgressBar(total_rounds, description="round", stream=progress_stream or sys.stderr)
+    for round_num in range(start_round, total_rounds + 1):
+        started = time.perf_counter()
+        output = training_process.next(state, training_selection_fn(round_num))
+        state = output.state
+        metrics = {"training": output.metrics, "training_time_in_seconds": time.perf_counter() - started}
+        if evaluation_fn is not None and (round_num % rounds_per_evaluation == 0 or round_num == total_rounds):
+            evaluation_started = time.perf_counter()
+            metrics["evaluation"] = evaluation_fn(state, evaluation_selection_fn(round_num))
+            metrics["evaluation_time_in_seconds"] = time.perf_counter() - evaluation_started
+        for manager in metrics_managers:
+            manager.release(metrics, round_num)
+        if program_state_manager is not None and (round_num % rounds_per_saving_program_state == 0 or round_num == total_rounds):
+            program_state_manager.save(state, round_num)
+        bar.update(round_num, **_headline(output.metrics))
+    bar.close()
+    return state
