@@ -24,6 +24,7 @@ benchmarks: $(STAMP)
 	$(PY) benchmarks/federated_mean_memory.py
 	$(PY) benchmarks/call_overhead.py
 	$(PY) benchmarks/fedavg.py
+	$(PY) benchmarks/client_data.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
