@@ -35,9 +35,15 @@ from fedsim.core.types import (
     to_type,
 )
 
+from fedsim.core.canonical_form import CanonicalForm, CanonicalFormError, compile_to_canonical_form, run_canonical_form
+
 __all__ = [
     "CLIENTS",
     "SERVER",
+    "CanonicalForm",
+    "CanonicalFormError",
+    "compile_to_canonical_form",
+    "run_canonical_form",
     "Computation",
     "FederatedComputation",
     "FederatedType",
