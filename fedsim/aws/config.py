@@ -1,0 +1,77 @@
+"""`StackConfig`: where a deployed server's pieces are (from the stack outputs), and clients for them.
+
+Example::
+
+    config = StackConfig.from_stack("fedsim", region="eu-west-1")      # a real deployment
+    config = StackConfig.from_json(pathlib.Path("stack.json").read_text())  # what LocalStack wrote
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Optional
+
+import attrs
+
+__all__ = ["StackConfig"]
+
+
+@attrs.frozen
+class StackConfig:
+    region: str
+    bucket: str
+    table: str
+    stream_arn: str
+    topic_arn: str
+    state_machine_arn: str
+    silo_queues: dict  # silo id -> queue URL
+    endpoint_url: Optional[str] = None  # the local stack's; None on AWS
+    access_key: Optional[str] = None
+    secret_key: Optional[str] = None
+
+    def client(self, service: str) -> Any:
+        import boto3
+        from botocore.config import Config
+
+        return boto3.client(
+            service,
+            region_name=self.region,
+            endpoint_url=self.endpoint_url,
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key,
+            config=Config(retries={"max_attempts": 5, "mode": "standard"}),
+        )
+
+    def to_json(self) -> str:
+        return json.dumps(attrs.asdict(self), sort_keys=True, indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> "StackConfig":
+        return cls(**json.loads(text))
+
+    @classmethod
+    def from_outputs(cls, outputs: dict, region: str, state_machine_arn: Optional[str] = None, **connection: Any) -> "StackConfig":
+        silo_queues = {}
+        for name, value in outputs.items():
+            if name.endswith("IdOut"):
+                slot = name[: -len("IdOut")]
+                silo_queues[value] = outputs[f"{slot}QueueUrl"]
+        return cls(
+            region=region,
+            bucket=outputs["BucketName"],
+            table=outputs["TableName"],
+            stream_arn=outputs["StreamArn"],
+            topic_arn=outputs["TopicArn"],
+            state_machine_arn=state_machine_arn or outputs["StateMachineArn"],
+            silo_queues=silo_queues,
+            **connection,
+        )
+
+    @classmethod
+    def from_stack(cls, stack_name: str, region: str) -> "StackConfig":
+        """Reads a deployed stack's outputs with the default AWS credentials."""
+        import boto3
+
+        stacks = boto3.client("cloudformation", region_name=region).describe_stacks(StackName=stack_name)["Stacks"]
+        outputs = {o["OutputKey"]: o["OutputValue"] for o in stacks[0].get("Outputs", [])}
+        return cls.from_outputs(outputs, region)

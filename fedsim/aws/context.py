@@ -1,0 +1,217 @@
+"""The AWS execution context: a canonical-form computation runs as serverless rounds.
+
+Inside `with fedsim.aws.execution_context(stack, silos=[...]):`, calling a computation of the
+shape `(state@SERVER, client_input@CLIENTS)` runs one round through the server: the phases are
+uploaded once (content-addressed), `prepare` runs here for the first round, the state machine
+publishes the round, the silos run `work`, the aggregation handler runs the rest, and the call
+returns the same Python structures as the local context. Anything else (e.g. `initialize`)
+runs in the local context. The CLIENTS argument is the list of silo ids that take part.
+`run_rounds` starts N rounds and leaves them to the server.
+
+Example::
+
+    with LocalStack(["a", "b", "c"]) as stack, fedsim.aws.execution_context(stack, silos=["a", "b", "c"]):
+        state = process.initialize()
+        output = process.next(state, ["a", "b", "c"])
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+import uuid
+from typing import Any, Iterator, Optional, Sequence
+
+import attrs
+
+from fedsim.aws import protocol
+from fedsim.aws.config import StackConfig
+from fedsim.aws.handler import prepare_round
+from fedsim.aws.store import Store
+from fedsim.core import canonical_form, context_stack, structure
+from fedsim.core import types as ft
+from fedsim.core.federated_tracing import FederatedComputation
+from fedsim.core.local_context import LocalExecutionContext
+from fedsim.core.placements import CLIENTS
+
+__all__ = ["AwsExecutionContext", "RoundFailedError", "RoundReport", "execution_context"]
+
+
+class RoundFailedError(RuntimeError):
+    """A serverless round did not complete; the message says which round and why."""
+
+
+@attrs.frozen
+class RoundReport:
+    """What happened in a run: per round, the silos aggregated and those rejected (with reasons)."""
+
+    run_id: str
+    rounds: tuple  # of dicts: round, aggregated, rejected, result_key
+    seconds: float
+
+
+class AwsExecutionContext:
+    def __init__(
+        self,
+        config: StackConfig,
+        silos: Sequence[str],
+        quorum: Optional[int] = None,
+        round_deadline_seconds: int = 300,
+        max_result_bytes: int = 256 * 2**20,
+        preprocess: Any = None,
+        poll_seconds: float = 0.2,
+    ):
+        silos = list(silos)
+        unknown = [s for s in silos if s not in config.silo_queues]
+        if not silos or unknown:
+            raise ValueError(f"silos {unknown or silos} are not silos of this stack (it has {sorted(config.silo_queues)})")
+        quorum = len(silos) if quorum is None else quorum
+        if not 1 <= quorum <= len(silos):
+            raise ValueError(f"quorum must be from 1 to {len(silos)}, got {quorum}")
+        self.config = config
+        self.silos = silos
+        self.quorum = quorum
+        self.round_deadline_seconds = int(round_deadline_seconds)
+        self.max_result_bytes = int(max_result_bytes)
+        self.preprocess = preprocess
+        self.poll_seconds = poll_seconds
+        self.store = Store(config)
+        self.sfn = config.client("stepfunctions")
+        self.local = LocalExecutionContext()
+        self._forms: dict = {}
+        self.last_report: Optional[RoundReport] = None
+
+    # the context protocol ---------------------------------------------------------------------
+
+    def invoke(self, computation: Any, argument: Any) -> Any:
+        if not _has_clients_parameter(computation):
+            return self.local.invoke(computation, argument)
+        state, silo_ids = structure.struct_elements(argument, computation.type_signature.parameter)
+        return self.run_rounds(computation, state, silo_ids, rounds=1)
+
+    # rounds -------------------------------------------------------------------------------------
+
+    def form(self, computation: FederatedComputation) -> canonical_form.CanonicalForm:
+        key = id(computation)
+        if key not in self._forms:
+            self._forms[key] = (computation, canonical_form.compile_to_canonical_form(computation))
+        return self._forms[key][1]
+
+    def start_rounds(self, computation: FederatedComputation, state: Any, silo_ids: Sequence[str], rounds: int = 1,
+                     stop_metric: Optional[str] = None, stop_metric_below: float = -1e308) -> tuple:
+        """Uploads what the server needs and starts the state machine; returns `(run_id, execution_arn)`.
+
+        The rounds then run without this process: the handler prepares each next round.
+        """
+        silo_ids = list(silo_ids)
+        unknown = [s for s in silo_ids if s not in self.silos]
+        if not silo_ids or unknown:
+            raise ValueError(f"the clients of a round are silo ids from {self.silos}; got {silo_ids}")
+        if rounds < 1:
+            raise ValueError(f"rounds must be >= 1, got {rounds}")
+        form = self.form(computation)
+        state_type = form.type_signature.parameter[0].member
+        state = structure.check_and_normalize(state, state_type, f"the server state given to {computation.name}")
+        run_id = uuid.uuid4().hex[:16]
+        phases = {name: self.store.put_computation(phase) for name, phase in form.phases().items()}
+        manifest = {
+            "run_id": run_id,
+            "computation": computation.name,
+            "phases": phases,
+            "max_result_bytes": self.max_result_bytes,
+            "total_rounds": rounds,
+            "stop_metric": stop_metric,
+            "stop_metric_below": stop_metric_below,
+        }
+        if self.preprocess is not None:
+            manifest["preprocess"] = self.store.put_computation(self.preprocess)
+        manifest_key = f"runs/{run_id}/manifest.json"
+        self.store.put_new(manifest_key, protocol.dumps(manifest))
+        template = {"silos": silo_ids, "quorum": min(self.quorum, len(silo_ids)), "manifest_key": manifest_key}
+        prepare_round(self.store, form.prepare, state_type, state, run_id, 1, template)
+        execution = self.sfn.start_execution(
+            stateMachineArn=self.config.state_machine_arn,
+            name=f"run-{run_id}",
+            input=json.dumps({
+                "run_id": run_id, "round": 1, "manifest_key": manifest_key, "silos": silo_ids,
+                "round_deadline_seconds": self.round_deadline_seconds, "total_rounds": rounds,
+                "stop_metric_below": stop_metric_below,
+            }),
+        )["executionArn"]
+        return run_id, execution
+
+    def run_rounds(self, computation: FederatedComputation, state: Any, silo_ids: Sequence[str], rounds: int = 1, **stop: Any) -> Any:
+        """Runs `rounds` rounds on the server and returns the last round's result."""
+        started = time.monotonic()
+        run_id, execution = self.start_rounds(computation, state, silo_ids, rounds, **stop)
+        status = self.wait(execution, timeout=rounds * (self.round_deadline_seconds + 60))
+        reports = self._round_reports(run_id)
+        self.last_report = RoundReport(run_id, tuple(reports), time.monotonic() - started)
+        if status["status"] != "SUCCEEDED":
+            raise RoundFailedError(self._failure_message(run_id, status, reports))
+        last = reports[-1]
+        form = self.form(computation)
+        data = self.store.get_checked(last["result_key"])
+        return protocol.decode_value(data, form.update.type_signature.result, f"round {last['round']}'s result")
+
+    def wait(self, execution_arn: str, timeout: float) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            description = self.sfn.describe_execution(executionArn=execution_arn)
+            if description["status"] != "RUNNING":
+                return description
+            if time.monotonic() > deadline:
+                raise RoundFailedError(f"the execution {execution_arn} is still running after {timeout:.0f}s")
+            time.sleep(self.poll_seconds)
+
+    def _round_reports(self, run_id: str) -> list:
+        reports, round_num = [], 1
+        while True:
+            item = self.store.get_item(protocol.round_item_key(run_id, round_num))
+            if item is None:
+                return reports
+            entry = {"round": round_num, "status": item["status"], "silos": item["silos"]}
+            if item.get("outcome"):
+                entry.update(json.loads(item["outcome"]))
+            if item.get("cause"):
+                entry["cause"] = item["cause"]
+            results = self.store.round_results(run_id, round_num)
+            entry["reported"] = sorted(r["pk"] for r in results)
+            entry.setdefault("rejected", {r["pk"]: r.get("reason", "") for r in results if r.get("status") == "rejected"})
+            reports.append(entry)
+            round_num += 1
+
+    def _failure_message(self, run_id: str, status: dict, reports: list) -> str:
+        last = reports[-1] if reports else {"round": 1, "reported": [], "silos": self.silos, "rejected": {}}
+        error, cause = status.get("error", ""), status.get("cause", "")
+        missing = [s for s in last["silos"] if s not in last["reported"]]
+        if error == "States.Timeout":
+            reason = (
+                f"round {last['round']} missed its deadline of {self.round_deadline_seconds}s: "
+                f"{len(last['reported'])} of {len(last['silos'])} silos reported (missing: {', '.join(missing) or 'none'}), "
+                f"quorum {self.quorum}"
+            )
+        else:
+            reason = last.get("cause") or f"{error}: {cause}"
+        rejected = "; ".join(f"{s}: {r}" for s, r in sorted(last.get("rejected", {}).items()))
+        return f"serverless run {run_id} failed: {reason}" + (f" (rejected: {rejected})" if rejected and rejected not in reason else "")
+
+
+def _has_clients_parameter(computation: Any) -> bool:
+    if not isinstance(computation, FederatedComputation):
+        return False
+    parameter = computation.type_signature.parameter
+    leaves = [parameter] if not isinstance(parameter, ft.StructType) else list(parameter)
+    return any(isinstance(t, ft.FederatedType) and t.placement is CLIENTS for t in leaves)
+
+
+@contextlib.contextmanager
+def execution_context(stack_or_config: Any, silos: Sequence[str], **options: Any) -> Iterator[AwsExecutionContext]:
+    """Installs an `AwsExecutionContext` for the `with` block (a LocalStack or a StackConfig)."""
+    config = getattr(stack_or_config, "config", stack_or_config)
+    if not isinstance(config, StackConfig):
+        raise TypeError(f"execution_context needs a LocalStack or a StackConfig, got {type(stack_or_config).__name__}")
+    context = AwsExecutionContext(config, silos, **options)
+    with context_stack.execution_context(context):
+        yield context

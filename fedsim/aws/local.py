@@ -1,0 +1,219 @@
+"""`LocalStack`: the serverless server on this machine, the embedded default.
+
+It starts a moto server on a free loopback port in a child process, enables Step Functions
+execution, deploys the package's CloudFormation template with `LocalEmulation=true`, creates the
+state machine from the template's own definition through the API (moto ignores a template's
+definition), and runs a local event-source-mapping loop that feeds the results table's stream
+records to the same aggregation handler a Lambda would run. Stopping it stops every process
+and thread it started.
+
+    python -m fedsim.aws.local --silos a,b,c --config-out stack.json   # serve until Ctrl-C
+
+Example::
+
+    with LocalStack(silo_ids=["a", "b", "c"]) as stack:
+        stack.config.to_json()    # what silo agents need (--stack-config)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from typing import Optional, Sequence
+
+from absl import logging
+
+from fedsim.aws import template
+from fedsim.aws.config import StackConfig
+from fedsim.aws.handler import AggregationHandler
+
+__all__ = ["LocalStack", "main"]
+
+REGION = "us-east-1"
+CREDENTIALS = {"access_key": "testing", "secret_key": "testing"}
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class LocalStack:
+    """A moto server + the deployed template + the stream loop; a context manager."""
+
+    def __init__(self, silo_ids: Sequence[str], stack_name: str = "fedsim", silo_visibility_timeout: int = 30,
+                 poll_seconds: float = 0.2):
+        silo_ids = list(silo_ids)
+        if not silo_ids or len(silo_ids) > template.MAX_SILOS:
+            raise ValueError(f"LocalStack needs 1 to {template.MAX_SILOS} silo ids, got {silo_ids}")
+        if len(set(silo_ids)) != len(silo_ids):
+            raise ValueError(f"silo ids must be unique, got {silo_ids}")
+        self.silo_ids = silo_ids
+        self.stack_name = stack_name
+        self.silo_visibility_timeout = silo_visibility_timeout
+        self.poll_seconds = poll_seconds
+        self.port: Optional[int] = None
+        self.config: Optional[StackConfig] = None
+        self.handler: Optional[AggregationHandler] = None
+        self._server: Optional[subprocess.Popen] = None
+        self._stop = threading.Event()
+        self._loop: Optional[threading.Thread] = None
+        self.handler_errors: list = []
+
+    # lifecycle -----------------------------------------------------------------------------------
+
+    def __enter__(self) -> "LocalStack":
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+    def start(self) -> "LocalStack":
+        self.port = _free_port()
+        endpoint = f"http://127.0.0.1:{self.port}"
+        env = dict(os.environ, MOTO_PORT=str(self.port), AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
+                   AWS_DEFAULT_REGION=REGION)
+        self._server = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )
+        try:
+            self._wait_until_up(endpoint)
+            _post_json(f"{endpoint}/moto-api/config", {"stepfunctions": {"execute_state_machine": True}})
+            self.config = self._deploy(endpoint)
+            self.handler = AggregationHandler(self.config)
+            self._loop = threading.Thread(target=self._stream_loop, name="fedsim-local-stream", daemon=True)
+            self._loop.start()
+        except BaseException:
+            self.stop()
+            raise
+        logging.info("local stack up at %s (silos %s)", endpoint, ", ".join(self.silo_ids))
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._loop is not None:
+            self._loop.join(timeout=10)
+        if self._server is not None and self._server.poll() is None:
+            try:
+                os.killpg(self._server.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                self._server.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self._server.pid, signal.SIGKILL)
+                self._server.wait()
+
+    def _wait_until_up(self, endpoint: str, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._server.poll() is not None:
+                raise RuntimeError(f"the moto server exited with code {self._server.returncode} (is moto[server] installed?)")
+            try:
+                urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1)
+                return
+            except OSError:
+                time.sleep(0.1)
+        raise TimeoutError(f"the moto server did not answer at {endpoint} within {timeout}s")
+
+    # deployment -----------------------------------------------------------------------------------
+
+    def _deploy(self, endpoint: str) -> StackConfig:
+        connection = dict(endpoint_url=endpoint, **CREDENTIALS)
+        bootstrap = StackConfig(region=REGION, bucket="", table="", stream_arn="", topic_arn="", state_machine_arn="",
+                                silo_queues={}, **connection)
+        cloudformation = bootstrap.client("cloudformation")
+        parameters = [
+            {"ParameterKey": "LocalEmulation", "ParameterValue": "true"},
+            {"ParameterKey": "SiloVisibilityTimeout", "ParameterValue": str(self.silo_visibility_timeout)},
+        ] + [{"ParameterKey": f"Silo{i}Id", "ParameterValue": silo} for i, silo in enumerate(self.silo_ids, start=1)]
+        cloudformation.create_stack(
+            StackName=self.stack_name, TemplateBody=template.template_path().read_text(), Parameters=parameters,
+            Capabilities=["CAPABILITY_IAM"],
+        )
+        stack = cloudformation.describe_stacks(StackName=self.stack_name)["Stacks"][0]
+        if stack["StackStatus"] != "CREATE_COMPLETE":
+            raise RuntimeError(f"the local stack is {stack['StackStatus']}: {stack.get('StackStatusReason', '')}")
+        outputs = {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}
+        # moto skips AWS::SNS::Subscription-like details it cannot emulate: check the fan-out is there.
+        sns = bootstrap.client("sns")
+        subscribed = {s["Endpoint"] for s in sns.list_subscriptions_by_topic(TopicArn=outputs["TopicArn"])["Subscriptions"]}
+        sqs = bootstrap.client("sqs")
+        for index, silo in enumerate(self.silo_ids, start=1):
+            queue_arn = sqs.get_queue_attributes(QueueUrl=outputs[f"Silo{index}QueueUrl"], AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+            if queue_arn not in subscribed:
+                sns.subscribe(TopicArn=outputs["TopicArn"], Protocol="sqs", Endpoint=queue_arn)
+        state_machine = bootstrap.client("stepfunctions").create_state_machine(
+            name=f"{self.stack_name}-rounds",
+            definition=template.state_machine_definition(outputs["TopicArn"]),
+            roleArn=outputs["StateMachineRoleArn"],
+        )["stateMachineArn"]
+        return StackConfig.from_outputs(outputs, REGION, state_machine_arn=state_machine, **connection)
+
+    # the event source mapping -------------------------------------------------------------------
+
+    def _stream_loop(self) -> None:
+        streams = self.config.client("dynamodbstreams")
+        iterators: dict = {}
+        while not self._stop.is_set():
+            try:
+                description = streams.describe_stream(StreamArn=self.config.stream_arn)["StreamDescription"]
+                for shard in description["Shards"]:
+                    if shard["ShardId"] not in iterators:
+                        iterators[shard["ShardId"]] = streams.get_shard_iterator(
+                            StreamArn=self.config.stream_arn, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
+                        )["ShardIterator"]
+                for shard_id, iterator in list(iterators.items()):
+                    response = streams.get_records(ShardIterator=iterator, Limit=100)
+                    iterators[shard_id] = response.get("NextShardIterator") or iterator
+                    if response["Records"]:
+                        self._deliver(response["Records"])
+            except Exception as error:  # keep serving: a Lambda would be retried too
+                if self._stop.is_set():
+                    break
+                logging.warning("local stream loop: %s: %s", type(error).__name__, error)
+            self._stop.wait(self.poll_seconds)
+
+    def _deliver(self, records: list) -> None:
+        try:
+            self.handler.handle({"Records": records})
+        except Exception as error:
+            self.handler_errors.append(error)
+            logging.exception("aggregation handler failed")
+
+
+def _post_json(url: str, document: dict) -> None:
+    request = urllib.request.Request(url, data=json.dumps(document).encode(), method="POST", headers={"Content-Type": "application/json"})
+    urllib.request.urlopen(request, timeout=10).read()
+
+
+def main(argv: Optional[list] = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m fedsim.aws.local", description="Serve the fedsim server on a local moto stack.")
+    parser.add_argument("--silos", required=True, help="comma-separated silo ids")
+    parser.add_argument("--config-out", default="fedsim-local-stack.json", help="where to write the stack config for silo agents")
+    args = parser.parse_args(argv)
+    logging.set_verbosity(logging.INFO)
+    with LocalStack(args.silos.split(",")) as stack:
+        with open(args.config_out, "w") as stream:
+            stream.write(stack.config.to_json())
+        logging.info("stack config written to %s; Ctrl-C stops the stack", args.config_out)
+        try:
+            while True:
+                time.sleep(1)
+        except KeyboardInterrupt:
+            pass
+
+
+if __name__ == "__main__":
+    main()

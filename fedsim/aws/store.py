@@ -1,0 +1,190 @@
+"""S3 and DynamoDB operations shared by the driver, the handler and the silo agent."""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any, Optional
+
+from botocore.exceptions import ClientError
+
+from fedsim.aws import protocol
+from fedsim.aws.config import StackConfig
+from fedsim.core import serialization
+
+__all__ = ["Store", "ObjectExistsError"]
+
+
+class ObjectExistsError(RuntimeError):
+    """A write would have overwritten an existing object (earlier rounds are never rewritten)."""
+
+
+class Store:
+    """The bucket and the table of one stack, with the small vocabulary the protocol needs."""
+
+    def __init__(self, config: StackConfig):
+        self.config = config
+        self.s3 = config.client("s3")
+        self.dynamodb = config.client("dynamodb")
+        self._computations: dict = {}
+        self._lock = threading.Lock()
+
+    # objects -------------------------------------------------------------------------------
+
+    def put_new(self, key: str, data: bytes, sha256: Optional[str] = None) -> str:
+        """Writes `key` only if it does not exist; returns the data's sha256."""
+        digest = sha256 or protocol.sha256(data)
+        try:
+            self.s3.put_object(Bucket=self.config.bucket, Key=key, Body=data, IfNoneMatch="*", Metadata={"sha256": digest})
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict"):
+                raise ObjectExistsError(f"s3://{self.config.bucket}/{key} already exists; it is never overwritten") from None
+            raise
+        return digest
+
+    def get(self, key: str, max_bytes: Optional[int] = None) -> tuple:
+        """`(data, sha256 recorded in the object's metadata)`; refuses objects over `max_bytes`."""
+        if max_bytes is not None:
+            size = self.s3.head_object(Bucket=self.config.bucket, Key=key)["ContentLength"]
+            if size > max_bytes:
+                raise protocol.InvalidValueError(f"s3://{self.config.bucket}/{key} is {size} bytes, over the limit of {max_bytes}")
+        response = self.s3.get_object(Bucket=self.config.bucket, Key=key)
+        return response["Body"].read(), response.get("Metadata", {}).get("sha256")
+
+    def get_checked(self, key: str, expected_sha256: Optional[str] = None, max_bytes: Optional[int] = None) -> bytes:
+        data, recorded = self.get(key, max_bytes)
+        expected = expected_sha256 or recorded
+        actual = protocol.sha256(data)
+        if expected is None or actual != expected:
+            raise protocol.InvalidValueError(f"s3://{self.config.bucket}/{key}: checksum mismatch (expected {expected}, got {actual})")
+        return data
+
+    def exists(self, key: str) -> bool:
+        try:
+            self.s3.head_object(Bucket=self.config.bucket, Key=key)
+            return True
+        except ClientError:
+            return False
+
+    def put_computation(self, computation: Any) -> dict:
+        """Uploads a serialized computation under its content hash (once); returns its reference."""
+        data = serialization.serialize_computation(computation)
+        digest = protocol.sha256(data)
+        key = protocol.computation_key(digest)
+        if not self.exists(key):
+            try:
+                self.put_new(key, data, digest)
+            except ObjectExistsError:
+                pass  # uploaded concurrently: same bytes
+        return {"key": key, "sha256": digest}
+
+    def get_computation(self, reference: dict) -> Any:
+        """The deserialized computation, cached by content hash for the life of this process."""
+        digest = reference["sha256"]
+        with self._lock:
+            cached = self._computations.get(digest)
+        if cached is None:
+            cached = serialization.deserialize_computation(self.get_checked(reference["key"], digest))
+            with self._lock:
+                self._computations[digest] = cached
+        return cached
+
+    def get_json(self, key: str) -> Any:
+        return json.loads(self.get_checked(key))
+
+    # records -------------------------------------------------------------------------------
+
+    def get_item(self, key: dict) -> Optional[dict]:
+        response = self.dynamodb.get_item(TableName=self.config.table, Key=_marshal(key), ConsistentRead=True)
+        return _unmarshal(response["Item"]) if "Item" in response else None
+
+    def put_item_if_absent(self, item: dict) -> bool:
+        """False when an item with the same key exists (a duplicate); nothing is overwritten."""
+        try:
+            self.dynamodb.put_item(TableName=self.config.table, Item=_marshal(item), ConditionExpression="attribute_not_exists(pk)")
+            return True
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
+                return False
+            raise
+
+    def transition(self, key: dict, attribute: str, expected: Optional[str], new: str, **values: Any) -> bool:
+        """Sets `attribute` from `expected` (None: absent) to `new` atomically; False if it was not `expected`."""
+        names = {"#a": attribute}
+        expression_values = {":new": new}
+        sets = ["#a = :new"]
+        for index, (name, value) in enumerate(values.items()):
+            names[f"#v{index}"] = name
+            expression_values[f":v{index}"] = value
+            sets.append(f"#v{index} = :v{index}")
+        if expected is None:
+            condition = "attribute_exists(pk) AND attribute_not_exists(#a)"
+        else:
+            condition = "#a = :expected"
+            expression_values[":expected"] = expected
+        try:
+            self.dynamodb.update_item(
+                TableName=self.config.table,
+                Key=_marshal(key),
+                UpdateExpression="SET " + ", ".join(sets),
+                ConditionExpression=condition,
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues=_marshal(expression_values),
+            )
+            return True
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
+                return False
+            raise
+
+    def round_results(self, run_id: str, round_num: int) -> list:
+        response = self.dynamodb.query(
+            TableName=self.config.table,
+            IndexName="by_round",
+            KeyConditionExpression="round_key = :r",
+            ExpressionAttributeValues={":r": {"S": protocol.round_key(run_id, round_num)}},
+        )
+        return [_unmarshal(item) for item in response.get("Items", [])]
+
+
+def _marshal(item: dict) -> dict:
+    from boto3.dynamodb.types import TypeSerializer
+
+    serializer = TypeSerializer()
+    return {k: serializer.serialize(_plain(v)) for k, v in item.items()}
+
+
+def _plain(value: Any) -> Any:
+    from decimal import Decimal
+
+    if isinstance(value, float):
+        return Decimal(repr(value))
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _unmarshal(item: dict) -> dict:
+    from boto3.dynamodb.types import TypeDeserializer
+
+    deserializer = TypeDeserializer()
+    return {k: _native(deserializer.deserialize(v)) for k, v in item.items()}
+
+
+def _native(value: Any) -> Any:
+    from decimal import Decimal
+
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, dict):
+        return {k: _native(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_native(v) for v in value]
+    return value
+
+
+def unmarshal_image(image: dict) -> dict:
+    """A DynamoDB stream record's NewImage as plain Python."""
+    return _unmarshal(image)
