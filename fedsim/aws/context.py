@@ -145,6 +145,12 @@ class AwsExecutionContext:
         """Runs `rounds` rounds on the server and returns the last round's result."""
         started = time.monotonic()
         run_id, execution = self.start_rounds(computation, state, silo_ids, rounds, **stop)
+        return self.finish(computation, run_id, execution, rounds, started)
+
+    def finish(self, computation: FederatedComputation, run_id: str, execution: str, rounds: int = 1,
+               started: Optional[float] = None) -> Any:
+        """Waits for a started run; returns its last result or raises `RoundFailedError` with the reason."""
+        started = time.monotonic() if started is None else started
         status = self.wait(execution, timeout=rounds * (self.round_deadline_seconds + 60))
         reports = self._round_reports(run_id)
         self.last_report = RoundReport(run_id, tuple(reports), time.monotonic() - started)

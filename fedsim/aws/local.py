@@ -18,6 +18,7 @@ Example::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -68,6 +69,8 @@ class LocalStack:
         self._stop = threading.Event()
         self._loop: Optional[threading.Thread] = None
         self.handler_errors: list = []
+        self._paused = threading.Event()
+        self.held_records: list = []
 
     # lifecycle -----------------------------------------------------------------------------------
 
@@ -185,7 +188,19 @@ class LocalStack:
                 logging.warning("local stream loop: %s: %s", type(error).__name__, error)
             self._stop.wait(self.poll_seconds)
 
+    @contextlib.contextmanager
+    def paused(self):
+        """Holds stream records instead of delivering them (to replay them, as a retried Lambda would)."""
+        self._paused.set()
+        try:
+            yield self.held_records
+        finally:
+            self._paused.clear()
+
     def _deliver(self, records: list) -> None:
+        if self._paused.is_set():
+            self.held_records.extend(records)
+            return
         try:
             self.handler.handle({"Records": records})
         except Exception as error:

@@ -89,6 +89,7 @@ class SiloAgent:
         self.store = Store(config)
         self.sqs = config.client("sqs")
         self.rounds_done = 0
+        self.outcomes: list = []
         self.fail_before_upload = fail_before_upload  # for fault tests: die after receiving
         self._stop = threading.Event()
         self._preprocessed: dict = {}
@@ -109,7 +110,7 @@ class SiloAgent:
             ).get("Messages", [])
             for message in messages:
                 last_message = time.monotonic()
-                self.process(message)
+                self.outcomes.append(self.process(message))
         return self.rounds_done
 
     def process(self, message: dict) -> str:
@@ -117,10 +118,16 @@ class SiloAgent:
         request = json.loads(body["Message"]) if "Message" in body else body  # SNS envelope on AWS
         if self.silo_id not in request.get("silos", []):
             self.sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=message["ReceiptHandle"])
+            self.rounds_done += 1
             return "not for this silo"
         if self.fail_before_upload:
             raise RuntimeError(f"silo {self.silo_id} failed mid-round (simulated)")
         run_id, round_num = request["run_id"], int(request["round"])
+        if self.store.exists(f"{protocol.round_prefix(run_id, round_num)}/result.npz"):
+            self.sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=message["ReceiptHandle"])
+            logging.info("silo %s, run %s round %d: already closed, skipped", self.silo_id, run_id, round_num)
+            self.rounds_done += 1
+            return "round already closed"
         key = protocol.silo_result_key(self.silo_id, run_id, round_num)
         if self.store.exists(key):  # a redelivered message after an upload: reuse it, never rewrite it
             output_bytes = self.store.get(key)[0]

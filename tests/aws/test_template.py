@@ -1,0 +1,51 @@
+"""The CloudFormation template: cfn-lint, generated from its source, least privilege, JSONPath only."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+from fedsim.aws import template
+
+
+def test_template_passes_cfn_lint():
+    cfn_lint = pathlib.Path(sys.executable).with_name("cfn-lint")
+    completed = subprocess.run([str(cfn_lint), str(template.template_path())], capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+
+
+def test_shipped_template_is_the_rendered_one():
+    assert template.template_path().read_text() == template.render_yaml()
+
+
+def test_each_silo_role_is_least_privilege():
+    resources = template.load_template()["Resources"]
+    statements = {s["Sid"]: s for s in resources["Silo2Role"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]}
+    assert statements["OwnQueueOnly"]["Resource"] == {"Fn::GetAtt": ["Silo2Queue", "Arn"]}
+    assert statements["WriteOwnPrefixOnly"]["Resource"] == {"Fn::Sub": ["${ModelBucket.Arn}/silos/${Id}/*", {"Id": {"Ref": "Silo2Id"}}]}
+    assert statements["WriteOwnResultItemsOnly"]["Action"] == "dynamodb:PutItem"
+    assert statements["WriteOwnResultItemsOnly"]["Condition"] == {"ForAllValues:StringEquals": {"dynamodb:LeadingKeys": [{"Ref": "Silo2Id"}]}}
+    actions = [a for s in statements.values() for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])]
+    assert not any(a.endswith("*") for a in actions)
+    assert "s3:PutObject" not in json.dumps(statements["ReadRoundObjects"])
+    assert resources["Silo2Queue"]["Properties"]["RedrivePolicy"]["deadLetterTargetArn"] == {"Fn::GetAtt": ["Silo2DeadLetterQueue", "Arn"]}
+    bucket = resources["ModelBucket"]["Properties"]
+    assert bucket["VersioningConfiguration"] == {"Status": "Enabled"} and "BucketEncryption" in bucket
+    assert resources["ResultsTable"]["Properties"]["StreamSpecification"] == {"StreamViewType": "NEW_IMAGE"}
+    for local_only_out in ("AggregationFunction", "AggregationEventSourceMapping", "RoundStateMachine"):
+        assert resources[local_only_out]["Condition"] == "NotLocal"
+
+
+def test_state_machine_is_jsonpath_and_carries_no_model_bytes():
+    definition = json.loads(template.state_machine_definition("arn:aws:sns:us-east-1:1:t"))
+    text = json.dumps(definition)
+    assert "JSONata" not in text and '"Assign"' not in text and "QueryLanguage" not in text
+    publish = definition["States"]["PublishRound"]
+    assert publish["Resource"] == "arn:aws:states:::sns:publish.waitForTaskToken"
+    assert publish["TimeoutSecondsPath"] == "$.round_deadline_seconds"
+    assert sorted(publish["Parameters"]["Message"]) == ["manifest_key.$", "round.$", "run_id.$", "silos.$", "task_token.$"]
+    choice = definition["States"]["ContinueOrStop"]["Choices"][0]["And"]
+    assert {c["Variable"] for c in choice} == {"$.outcome.round", "$.outcome.metric"}
+    # The template embeds the same definition.
+    embedded = template.load_template()["Resources"]["RoundStateMachine"]["Properties"]["DefinitionString"]["Fn::Sub"][0]
+    assert json.loads(embedded.replace(template.TOPIC_PLACEHOLDER, "arn:aws:sns:us-east-1:1:t")) == definition
