@@ -25,6 +25,7 @@ benchmarks: $(STAMP)
 	$(PY) benchmarks/call_overhead.py
 	$(PY) benchmarks/fedavg.py
 	$(PY) benchmarks/client_data.py
+	$(PY) benchmarks/aws_round.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

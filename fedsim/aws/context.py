@@ -184,6 +184,10 @@ class AwsExecutionContext:
                 entry["cause"] = item["cause"]
             results = self.store.round_results(run_id, round_num)
             entry["reported"] = sorted(r["pk"] for r in results)
+            entry["opened_at"] = item.get("opened_at")
+            entry["silo_timings"] = {
+                r["pk"]: {k: r.get(k) for k in ("received_at", "work_seconds", "written_at")} for r in results
+            }
             entry.setdefault("rejected", {r["pk"]: r.get("reason", "") for r in results if r.get("status") == "rejected"})
             reports.append(entry)
             round_num += 1

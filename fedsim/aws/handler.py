@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from typing import Any, Optional
 
 from absl import logging
@@ -139,6 +140,7 @@ class AggregationHandler:
             self.sfn.send_task_failure(taskToken=token, error="RoundFailed", cause=cause[:32000])
 
     def _aggregate(self, run_id: str, round_num: int, round_item: dict, results: list, rejected: dict) -> dict:
+        claimed_at = time.time()
         manifest = self.manifest(round_item["manifest_key"])
         phases = {name: self.store.get_computation(ref) for name, ref in manifest["phases"].items()}
         work_type = phases["work"].type_signature.result
@@ -148,6 +150,7 @@ class AggregationHandler:
             value = protocol.decode_value(data, work_type, f"{result['pk']}'s result", require_finite=True)
             accumulator = phases["accumulate"].call_value((accumulator, value))
         aggregates = phases["report"].call_value(accumulator)
+        aggregated_at = time.time()
         prefix = protocol.round_prefix(run_id, round_num)
         carry_type = phases["update"].type_signature.parameter[0]
         carry = protocol.decode_value(self.store.get_checked(f"{prefix}/carry.npz"), carry_type, "the round's carry")
@@ -155,6 +158,7 @@ class AggregationHandler:
         result = phases["update"].call_value((carry, aggregates))
         result_key = f"{prefix}/result.npz"
         self.store.put_new(result_key, protocol.encode_value(result, result_type))
+        updated_at = time.time()
 
         metric = NO_METRIC
         if manifest.get("stop_metric"):
@@ -168,11 +172,14 @@ class AggregationHandler:
             "result_key": result_key,
             "aggregated": [r["pk"] for r in results],
             "rejected": rejected,
+            "timings": {"claimed_at": claimed_at, "aggregate_seconds": aggregated_at - claimed_at,
+                        "update_seconds": updated_at - aggregated_at},
         }
         if round_num < int(manifest["total_rounds"]) and metric > float(manifest["stop_metric_below"]):
             state_type = phases["prepare"].type_signature.parameter
             next_state = _first_element(result, result_type)
             prepare_round(self.store, phases["prepare"], state_type, next_state, run_id, round_num + 1, round_item)
+        outcome["timings"]["prepare_next_seconds"] = time.time() - updated_at
         return outcome
 
 
@@ -209,6 +216,7 @@ def prepare_round(store: Store, prepare: Any, state_type: Any, state: Any, run_i
         "silos": list(template["silos"]),
         "quorum": int(template["quorum"]),
         "manifest_key": template["manifest_key"],
+        "opened_at": time.time(),
     })
     if not store.put_item_if_absent(item):
         raise RuntimeError(f"round {round_num} of run {run_id} is already open; it is never reopened")

@@ -90,6 +90,7 @@ class SiloAgent:
         self.sqs = config.client("sqs")
         self.rounds_done = 0
         self.outcomes: list = []
+        self.last_work_seconds = 0.0
         self.fail_before_upload = fail_before_upload  # for fault tests: die after receiving
         self._stop = threading.Event()
         self._preprocessed: dict = {}
@@ -129,6 +130,7 @@ class SiloAgent:
             self.rounds_done += 1
             return "round already closed"
         key = protocol.silo_result_key(self.silo_id, run_id, round_num)
+        received_at = time.time()
         if self.store.exists(key):  # a redelivered message after an upload: reuse it, never rewrite it
             output_bytes = self.store.get(key)[0]
             digest = protocol.sha256(output_bytes)
@@ -142,6 +144,8 @@ class SiloAgent:
             "sha256": digest,
             "size": len(output_bytes),
             "task_token": request["task_token"],
+            "received_at": received_at,
+            "work_seconds": self.last_work_seconds,
             "written_at": time.time(),
         })
         outcome = "reported" if self.store.put_item_if_absent(item) else "duplicate"
@@ -160,7 +164,9 @@ class SiloAgent:
             self.store.get_checked(f"{prefix}/broadcast.npz"), prepare.type_signature.result[0], "the round's broadcast"
         )
         dataset = self._input(manifest)
+        started = time.monotonic()
         output = work.call_value((dataset, broadcast))
+        self.last_work_seconds = time.monotonic() - started
         return protocol.encode_value(output, work.type_signature.result)
 
     def _input(self, manifest: dict) -> Any:
