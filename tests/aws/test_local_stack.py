@@ -295,3 +295,37 @@ def test_a_round_past_its_deadline_fails_clearly(fresh, arrays, process):
         with pytest.raises(aws.RoundFailedError, match=r"round 1 missed its deadline of 4s: 2 of 3 silos reported \(missing: c\)"):
             process.next(process.initialize(), SILOS)
         assert time.time() - started < 30
+
+
+def test_the_state_machine_stops_on_a_metric_threshold(fresh, arrays, process):
+    stack = fresh
+    with aws.execution_context(stack, silos=SILOS, preprocess=batch, round_deadline_seconds=60) as context:
+        agents, _, _ = _agents(stack, arrays, SILOS, rounds=5)
+        # Continue while the training loss is above 1e6: never, so the run stops after round 1 of 5.
+        output = context.run_rounds(process.next, process.initialize(), SILOS, rounds=5,
+                                    stop_metric="metrics/client_work/train/loss", stop_metric_below=1e6)
+        assert [r["round"] for r in context.last_report.rounds] == [1]
+        assert context.last_report.rounds[0]["metric"] == pytest.approx(float(output.metrics["client_work"]["train"]["loss"]))
+        for agent in agents:
+            agent.stop()
+
+
+def test_local_stack_command_line_serves_and_stops(tmp_path):
+    config_path = tmp_path / "stack.json"
+    server = subprocess.Popen([sys.executable, "-m", "fedsim.aws.local", "--silos", "x,y", "--config-out", str(config_path)],
+                              env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 120
+        while not config_path.exists():
+            assert server.poll() is None and time.time() < deadline, server.communicate()[1].decode()[-2000:]
+            time.sleep(0.2)
+        time.sleep(0.5)
+        config = aws.StackConfig.from_json(config_path.read_text())
+        assert sorted(config.silo_queues) == ["x", "y"]
+        port = int(config.endpoint_url.rsplit(":", 1)[1])
+        assert config.client("sqs").list_queues()["QueueUrls"]
+    finally:
+        server.send_signal(__import__("signal").SIGINT)
+        server.communicate(timeout=60)
+    with __import__("socket").socket() as probe:  # the moto server it started is gone: the port is free
+        probe.bind(("127.0.0.1", port))
