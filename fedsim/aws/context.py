@@ -80,6 +80,8 @@ class AwsExecutionContext:
         self.sfn = config.client("stepfunctions")
         self.local = LocalExecutionContext()
         self._forms: dict = {}
+        self._phase_references: dict = {}
+        self._preprocess_reference: Optional[dict] = None
         self.last_report: Optional[RoundReport] = None
 
     # the context protocol ---------------------------------------------------------------------
@@ -114,7 +116,7 @@ class AwsExecutionContext:
         state_type = form.type_signature.parameter[0].member
         state = structure.check_and_normalize(state, state_type, f"the server state given to {computation.name}")
         run_id = uuid.uuid4().hex[:16]
-        phases = {name: self.store.put_computation(phase) for name, phase in form.phases().items()}
+        phases = self._uploaded_phases(form)
         manifest = {
             "run_id": run_id,
             "computation": computation.name,
@@ -125,7 +127,9 @@ class AwsExecutionContext:
             "stop_metric_below": stop_metric_below,
         }
         if self.preprocess is not None:
-            manifest["preprocess"] = self.store.put_computation(self.preprocess)
+            if self._preprocess_reference is None:
+                self._preprocess_reference = self.store.put_computation(self.preprocess)
+            manifest["preprocess"] = self._preprocess_reference
         manifest_key = f"runs/{run_id}/manifest.json"
         self.store.put_new(manifest_key, protocol.dumps(manifest))
         template = {"silos": silo_ids, "quorum": min(self.quorum, len(silo_ids)), "manifest_key": manifest_key}
@@ -160,6 +164,13 @@ class AwsExecutionContext:
         form = self.form(computation)
         data = self.store.get_checked(last["result_key"])
         return protocol.decode_value(data, form.update.type_signature.result, f"round {last['round']}'s result")
+
+    def _uploaded_phases(self, form: canonical_form.CanonicalForm) -> dict:
+        """The phases' S3 references: serialized and uploaded once per form, not once per round."""
+        key = id(form)
+        if key not in self._phase_references:
+            self._phase_references[key] = {name: self.store.put_computation(phase) for name, phase in form.phases().items()}
+        return self._phase_references[key]
 
     def wait(self, execution_arn: str, timeout: float) -> dict:
         deadline = time.monotonic() + timeout

@@ -129,6 +129,9 @@ def test_rounds_with_silo_processes_equal_the_simulation(fresh, arrays, process,
             expected.append(state)
             state = state.state
         with aws.execution_context(stack, silos=SILOS, preprocess=batch, round_deadline_seconds=120) as context:
+            serialized = []
+            real_put = context.store.put_computation
+            context.store.put_computation = lambda computation: serialized.append(computation) or real_put(computation)
             state = process.initialize()  # not a round: runs locally
             _assert_close(initial, state)
             for round_expected in expected:
@@ -137,6 +140,7 @@ def test_rounds_with_silo_processes_equal_the_simulation(fresh, arrays, process,
                 state = output.state
             # The server-side driver: three rounds in one execution, no call back here in between.
             final = context.run_rounds(process.next, initial, SILOS, rounds=3)
+            assert len(serialized) == 8  # 7 phases + the preprocessing, serialized once for all 6 rounds
             _assert_close(expected[-1], final)
             assert [r["round"] for r in context.last_report.rounds] == [1, 2, 3]
             assert all(r["aggregated"] == SILOS for r in context.last_report.rounds)
