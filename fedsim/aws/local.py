@@ -159,7 +159,7 @@ class LocalStack:
                 sns.subscribe(TopicArn=outputs["TopicArn"], Protocol="sqs", Endpoint=queue_arn)
         state_machine = bootstrap.client("stepfunctions").create_state_machine(
             name=f"{self.stack_name}-rounds",
-            definition=template.state_machine_definition(outputs["TopicArn"]),
+            definition=template.definition_from_template(template.load_template(), outputs["TopicArn"]),
             roleArn=outputs["StateMachineRoleArn"],
         )["stateMachineArn"]
         return StackConfig.from_outputs(outputs, REGION, state_machine_arn=state_machine, **connection)

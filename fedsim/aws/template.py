@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-__all__ = ["MAX_SILOS", "render", "state_machine_definition", "template_path", "load_template"]
+__all__ = ["MAX_SILOS", "definition_from_template", "load_template", "render", "state_machine_definition", "template_path"]
 
 MAX_SILOS = 10
 TOPIC_PLACEHOLDER = "${GlobalModelReadyTopic}"
@@ -86,6 +86,14 @@ def _definition(topic: str) -> dict:
 def state_machine_definition(topic_arn: str) -> str:
     """The definition as JSON, for creating the state machine through the API (local stack)."""
     return json.dumps(_definition(topic_arn), sort_keys=True)
+
+
+def definition_from_template(template_document: dict, topic_arn: str) -> str:
+    """The state machine's definition as the template declares it, with the topic filled in."""
+    text, variables = template_document["Resources"]["RoundStateMachine"]["Properties"]["DefinitionString"]["Fn::Sub"]
+    if set(variables) != {"GlobalModelReadyTopic"}:
+        raise ValueError(f"unexpected variables in the template's state machine definition: {sorted(variables)}")
+    return text.replace(TOPIC_PLACEHOLDER, topic_arn)
 
 
 def _silo_resources(index: int) -> tuple:

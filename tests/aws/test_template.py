@@ -47,5 +47,5 @@ def test_state_machine_is_jsonpath_and_carries_no_model_bytes():
     choice = definition["States"]["ContinueOrStop"]["Choices"][0]["And"]
     assert {c["Variable"] for c in choice} == {"$.outcome.round", "$.outcome.metric"}
     # The template embeds the same definition.
-    embedded = template.load_template()["Resources"]["RoundStateMachine"]["Properties"]["DefinitionString"]["Fn::Sub"][0]
-    assert json.loads(embedded.replace(template.TOPIC_PLACEHOLDER, "arn:aws:sns:us-east-1:1:t")) == definition
+    embedded = template.definition_from_template(template.load_template(), "arn:aws:sns:us-east-1:1:t")
+    assert json.loads(embedded) == definition
