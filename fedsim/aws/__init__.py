@@ -16,7 +16,6 @@ from fedsim.aws.context import AwsExecutionContext, RoundFailedError, RoundRepor
 from fedsim.aws.handler import AggregationHandler, handler
 from fedsim.aws.local import LocalStack
 from fedsim.aws.silo import SiloAgent, load_silo_data
-from fedsim.aws import store
 from fedsim.aws.template import template_path
 
 __all__ = [

@@ -38,6 +38,7 @@ from fedsim.core import intrinsics as ops
 from fedsim.core import structure
 from fedsim.core import tensorflow_computation as tfc
 from fedsim.core import types as ft
+from fedsim.core.environment import Environment
 from fedsim.core.federated_tracing import FederatedComputation
 from fedsim.core.placements import CLIENTS, SERVER
 
@@ -97,20 +98,7 @@ class SymStruct:
 @attrs.define
 class Closure:
     block: bb.Lambda
-    env: "_Env"
-
-
-class _Env:
-    def __init__(self, parent: Optional["_Env"] = None):
-        self.parent, self.values = parent, {}
-
-    def lookup(self, name: str) -> Any:
-        env = self
-        while env is not None:
-            if name in env.values:
-                return env.values[name]
-            env = env.parent
-        raise NameError(f"unbound reference {name!r}")
+    env: Environment
 
 
 AGGREGATES = {
@@ -133,7 +121,7 @@ class _Interpreter:
         self.name = name
         self.aggregates: list = []
 
-    def evaluate(self, block: bb.BuildingBlock, env: _Env) -> Any:
+    def evaluate(self, block: bb.BuildingBlock, env: Environment) -> Any:
         if isinstance(block, bb.Reference):
             return env.lookup(block.name)
         if isinstance(block, bb.Call):
@@ -143,9 +131,9 @@ class _Interpreter:
             argument = None if block.argument is None else self.evaluate(block.argument, env)
             return self.apply(function, argument, block.type_signature)
         if isinstance(block, bb.Block):
-            inner = _Env(env)
+            inner = Environment(env)
             for name, value in block.locals:
-                inner.values[name] = self.evaluate(value, inner)
+                inner.bind(name, self.evaluate(value, inner))
             return self.evaluate(block.result, inner)
         if isinstance(block, bb.Lambda):
             return Closure(block, env)
@@ -159,9 +147,9 @@ class _Interpreter:
 
     def apply(self, function: Any, argument: Any, result_type: ft.Type) -> Any:
         if isinstance(function, Closure):
-            env = _Env(function.env)
+            env = Environment(function.env)
             if function.block.parameter_name is not None:
-                env.values[function.block.parameter_name] = argument
+                env.bind(function.block.parameter_name, argument)
             return self.evaluate(function.block.result, env)
         if isinstance(function, tfc.TensorFlowComputation):
             return Node("apply", result_type, () if argument is None else (argument,), fn=function)
@@ -456,7 +444,7 @@ def compile_to_canonical_form(computation: Any) -> CanonicalForm:
     interpreter = _Interpreter(name)
     state_param = Node("param", state_type, name="server_state")
     client_param = Node("param", client_type, name="client_input")
-    function = interpreter.evaluate(computation.ir, _Env())
+    function = interpreter.evaluate(computation.ir, Environment())
     arguments = SymStruct([state_param, client_param], computation.type_signature.parameter)
     result = interpreter.apply(function, arguments, computation.type_signature.result)
     aggregates = interpreter.aggregates

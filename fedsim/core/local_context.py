@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
+from fedsim.core.environment import Environment
 from fedsim.core import building_blocks as bb
 from fedsim.core import federated_tracing as fc
 from fedsim.core import intrinsics as ops
@@ -165,13 +166,13 @@ class Deferred(Lazy):
 class _Closure:
     """A traced lambda with its environment, callable like a computation."""
 
-    def __init__(self, block: bb.Lambda, env: "_Env", run: "_Run"):
+    def __init__(self, block: bb.Lambda, env: "Environment", run: "_Run"):
         self.block = block
         self.env = env
         self.run = run
 
     def __call__(self, argument: Any) -> Any:
-        env = _Env(self.env)
+        env = Environment(self.env)
         if self.block.parameter_name is not None:
             env.bind(self.block.parameter_name, argument)
         return self.run.evaluate(self.block.result, env)
@@ -183,23 +184,6 @@ class _TensorFlowFunction:
 
     def __call__(self, argument: Any) -> Any:
         return self.computation.call_value(_force_all(argument))
-
-
-class _Env:
-    def __init__(self, parent: Optional["_Env"] = None):
-        self.parent = parent
-        self.values: dict = {}
-
-    def bind(self, name: str, value: Any) -> None:
-        self.values[name] = value
-
-    def lookup(self, name: str) -> Any:
-        env = self
-        while env is not None:
-            if name in env.values:
-                return env.values[name]
-            env = env.parent
-        raise NameError(f"unbound reference {name!r} in the computation")
 
 
 def _unforced(value: Any) -> list:
@@ -412,7 +396,7 @@ class _Run:
 
     # Evaluation ------------------------------------------------------------------------------
 
-    def evaluate(self, block: bb.BuildingBlock, env: _Env) -> Any:
+    def evaluate(self, block: bb.BuildingBlock, env: Environment) -> Any:
         if isinstance(block, bb.Reference):
             return env.lookup(block.name)
         if isinstance(block, bb.Call):
@@ -423,7 +407,7 @@ class _Run:
             argument = None if block.argument is None else self.evaluate(block.argument, env)
             return function(argument)
         if isinstance(block, bb.Block):
-            inner = _Env(env)
+            inner = Environment(env)
             for name, value in block.locals:
                 inner.bind(name, self.evaluate(value, inner))
             return self.evaluate(block.result, inner)
@@ -613,7 +597,7 @@ class LocalExecutionContext:
             raise ValueError(f"{computation.name}: the CLIENTS-placed arguments have different numbers of clients: {listing}")
         num_clients = next(iter(counts.values()), self.default_num_clients)
         run = _Run(self, num_clients)
-        function = run.evaluate(computation.ir, _Env())
+        function = run.evaluate(computation.ir, Environment())
         result = function(value)
         return _finalize(run, result, computation.type_signature.result)
 

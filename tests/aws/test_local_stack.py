@@ -16,6 +16,7 @@ import tensorflow as tf
 import fedsim
 from fedsim import aws, learning
 from fedsim.aws import protocol
+from fedsim.aws.store import ObjectExistsError
 from fedsim.core import context_stack
 from fedsim.learning import optimizers
 
@@ -287,7 +288,7 @@ def test_aggregation_fired_twice_aggregates_once(fresh, arrays, process):
         s3 = stack.config.client("s3")
         versions = s3.list_object_versions(Bucket=stack.config.bucket, Prefix=f"runs/{run_id}/round-1/result.npz")["Versions"]
         assert len(versions) == 1
-        with pytest.raises(aws.store.ObjectExistsError, match="never overwritten"):
+        with pytest.raises(ObjectExistsError, match="never overwritten"):
             context.store.put_new(f"runs/{run_id}/round-1/result.npz", b"a later write")
 
 
