@@ -60,7 +60,7 @@ class AwsExecutionContext:
         round_deadline_seconds: int = 300,
         max_result_bytes: int = 256 * 2**20,
         preprocess: Any = None,
-        poll_seconds: float = 0.2,
+        poll_seconds: float = 0.05,
     ):
         silos = list(silos)
         unknown = [s for s in silos if s not in config.silo_queues]

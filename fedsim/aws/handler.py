@@ -17,6 +17,7 @@ Example (what the local stack does with each batch of stream records)::
 
 from __future__ import annotations
 
+import collections
 import json
 import math
 import os
@@ -33,6 +34,7 @@ from fedsim.simulation.metrics_managers import flatten_metrics
 __all__ = ["AggregationHandler", "handler", "NO_METRIC"]
 
 NO_METRIC = 1e308  # what the state machine's Choice compares when no stop metric is set
+VALIDATED_CACHE_BYTES = 512 * 2**20
 
 
 class AggregationHandler:
@@ -41,46 +43,67 @@ class AggregationHandler:
         self.store = store or Store(config)
         self.sfn = config.client("stepfunctions")
         self._manifests: dict = {}
+        # Results validated by this process, kept (up to a byte budget) so that aggregating them
+        # does not download and decode them a second time.
+        self._validated: collections.OrderedDict = collections.OrderedDict()
+        self._validated_bytes = 0
 
     def manifest(self, key: str) -> dict:
         if key not in self._manifests:
             self._manifests[key] = self.store.get_json(key)
         return self._manifests[key]
 
+    def _remember(self, key: tuple, value: Any, size: int) -> None:
+        self._validated[key] = (value, size)
+        self._validated_bytes += size
+        while self._validated_bytes > VALIDATED_CACHE_BYTES and self._validated:
+            _, (_, evicted) = self._validated.popitem(last=False)
+            self._validated_bytes -= evicted
+
     def handle(self, event: dict) -> list:
-        """Processes every INSERT of a silo result in `event["Records"]`; returns what happened to each."""
-        outcomes = []
+        """Processes every INSERT of a silo result in `event["Records"]`; returns what happened to each round.
+
+        Results are validated one by one; each round they belong to is then checked for its
+        quorum once per batch.
+        """
+        rounds: dict = {}
         for record in event.get("Records", []):
             if record.get("eventName") != "INSERT":
                 continue
             item = unmarshal_image(record["dynamodb"]["NewImage"])
             if item["pk"].startswith("round#"):
                 continue
-            outcomes.append(self.handle_result(item))
+            round_item = self.validate_result(item)
+            if round_item is not None:
+                rounds[item["round_key"]] = round_item
+        outcomes = []
+        for round_key, round_item in rounds.items():
+            run_id, round_text = round_key.rsplit("#", 1)
+            outcomes.append(self._maybe_close(run_id, int(round_text), round_item))
         return outcomes
 
     # One silo result ---------------------------------------------------------------------------
 
-    def handle_result(self, item: dict) -> str:
+    def validate_result(self, item: dict) -> Optional[dict]:
+        """Marks the result valid, rejected (with the reason) or late; returns its open round, if any."""
         run_id, round_text = item["round_key"].rsplit("#", 1)
         round_num = int(round_text)
-        round_key = protocol.round_item_key(run_id, round_num)
-        round_item = self.store.get_item(round_key)
+        round_item = self.store.get_item(protocol.round_item_key(run_id, round_num))
         silo_key = {"pk": item["pk"], "sk": item["sk"]}
         if round_item is None:
             logging.warning("result of %s for unknown round %s ignored", item["pk"], item["round_key"])
-            return "unknown round"
+            return None
         if round_item["status"] != "open":
             self.store.transition(silo_key, "status", None, "late")
             logging.info("late result of %s for round %d ignored (round %s)", item["pk"], round_num, round_item["status"])
-            return "late"
+            return None
         reason = self._check(item, round_item)
         if reason is None:
             self.store.transition(silo_key, "status", None, "valid")
         else:
             self.store.transition(silo_key, "status", None, "rejected", reason=reason)
             logging.warning("round %d: rejected the result of %s: %s", round_num, item["pk"], reason)
-        return self._maybe_close(run_id, round_num, round_item)
+        return round_item
 
     def _check(self, item: dict, round_item: dict) -> Optional[str]:
         silo = item["pk"]
@@ -94,7 +117,8 @@ class AggregationHandler:
         work = self.store.get_computation(manifest["phases"]["work"])
         try:
             data = self.store.get_checked(item["key"], item.get("sha256"), max_bytes=int(manifest["max_result_bytes"]))
-            protocol.decode_value(data, work.type_signature.result, f"{silo}'s result", require_finite=True)
+            value = protocol.decode_value(data, work.type_signature.result, f"{silo}'s result", require_finite=True)
+            self._remember((item["key"], item["sha256"]), value, len(data))
         except protocol.InvalidValueError as error:
             return str(error)
         except Exception as error:  # a missing object, a network failure: the result cannot be used
@@ -146,8 +170,13 @@ class AggregationHandler:
         work_type = phases["work"].type_signature.result
         accumulator = phases["zero"].call_value(None)
         for result in results:
-            data = self.store.get_checked(result["key"], result["sha256"])
-            value = protocol.decode_value(data, work_type, f"{result['pk']}'s result", require_finite=True)
+            cached = self._validated.pop((result["key"], result["sha256"]), None)
+            if cached is not None:
+                value, size = cached
+                self._validated_bytes -= size
+            else:  # validated by another invocation: fetch and check it again
+                data = self.store.get_checked(result["key"], result["sha256"])
+                value = protocol.decode_value(data, work_type, f"{result['pk']}'s result", require_finite=True)
             accumulator = phases["accumulate"].call_value((accumulator, value))
         aggregates = phases["report"].call_value(accumulator)
         aggregated_at = time.time()

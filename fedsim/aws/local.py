@@ -52,7 +52,7 @@ class LocalStack:
     """A moto server + the deployed template + the stream loop; a context manager."""
 
     def __init__(self, silo_ids: Sequence[str], stack_name: str = "fedsim", silo_visibility_timeout: int = 30,
-                 poll_seconds: float = 0.2):
+                 poll_seconds: float = 0.05):
         silo_ids = list(silo_ids)
         if not silo_ids or len(silo_ids) > template.MAX_SILOS:
             raise ValueError(f"LocalStack needs 1 to {template.MAX_SILOS} silo ids, got {silo_ids}")
