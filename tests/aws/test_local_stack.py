@@ -294,10 +294,10 @@ def test_aggregation_fired_twice_aggregates_once(fresh, arrays, process):
 
 def test_a_round_past_its_deadline_fails_clearly(fresh, arrays, process):
     stack = fresh
-    with aws.execution_context(stack, silos=SILOS, preprocess=batch, round_deadline_seconds=4):
+    with aws.execution_context(stack, silos=SILOS, preprocess=batch, round_deadline_seconds=8):
         _agents(stack, arrays, ["a", "b"])
         started = time.time()
-        with pytest.raises(aws.RoundFailedError, match=r"round 1 missed its deadline of 4s: 2 of 3 silos reported \(missing: c\)"):
+        with pytest.raises(aws.RoundFailedError, match=r"round 1 missed its deadline of 8s: 2 of 3 silos reported \(missing: c\)"):
             process.next(process.initialize(), SILOS)
         assert time.time() - started < 30
 
