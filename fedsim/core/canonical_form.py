@@ -119,7 +119,6 @@ class _Interpreter:
 
     def __init__(self, name: str):
         self.name = name
-        self.aggregates: list = []
 
     def evaluate(self, block: bb.BuildingBlock, env: Environment) -> Any:
         if isinstance(block, bb.Reference):
@@ -187,18 +186,15 @@ class _Interpreter:
                         )
                 inputs = (value,)
                 node = Node("aggregate", result_type, inputs, kind=kind, zero=zero, accumulate=accumulate, merge=merge, report=report)
-                self.aggregates.append(node)
                 return node
             elif kind == "secure_sum":
                 value, bitwidth = elements()
                 widths = _constant_value(bitwidth, self.name)
                 node = Node("aggregate", result_type, (value,), kind=kind, bitwidths=tuple(int(w) for w in tf.nest.flatten(widths)))
-                self.aggregates.append(node)
                 return node
             else:
                 inputs = (argument,)
             node = Node("aggregate", result_type, inputs, kind=kind)
-            self.aggregates.append(node)
             return node
         raise CanonicalFormError(f"{self.name}: the intrinsic {uri} has no place in canonical form (yet)")
 
@@ -248,15 +244,13 @@ def _children(value: Any) -> list:
     return []
 
 
-def _reaches(value: Any, predicate: Callable[[Node], bool], stop: Callable[[Node], bool], memo: dict) -> bool:
-    """Whether a node satisfying `predicate` is reachable without crossing a `stop` node."""
+def _reaches(value: Any, predicate: Callable[[Node], bool], memo: dict) -> bool:
+    """Whether a node satisfying `predicate` is reachable from `value`."""
     key = id(value)
     if key in memo:
         return memo[key]
     memo[key] = False
-    found = isinstance(value, Node) and predicate(value)
-    if not found and not (isinstance(value, Node) and stop(value)):
-        found = any(_reaches(child, predicate, stop, memo) for child in _children(value))
+    found = (isinstance(value, Node) and predicate(value)) or any(_reaches(child, predicate, memo) for child in _children(value))
     memo[key] = found
     return found
 
@@ -314,10 +308,8 @@ def _tuple_type(types: list) -> ft.StructType:
 # The accumulator of each kind of aggregation, in TensorFlow
 
 
-def _zeros(value_type: ft.Type, dtype_of: Callable = lambda t: t.dtype) -> Any:
-    return structure.unflatten_value(
-        value_type, [tf.zeros(leaf.shape, dtype_of(leaf)) for leaf in ft.flatten_type(value_type)]
-    )
+def _zeros(value_type: ft.Type) -> Any:
+    return structure.unflatten_value(value_type, [tf.zeros(leaf.shape, leaf.dtype) for leaf in ft.flatten_type(value_type)])
 
 
 def _leaves(value: Any, value_type: ft.Type) -> list:
@@ -447,20 +439,18 @@ def compile_to_canonical_form(computation: Any) -> CanonicalForm:
     function = interpreter.evaluate(computation.ir, Environment())
     arguments = SymStruct([state_param, client_param], computation.type_signature.parameter)
     result = interpreter.apply(function, arguments, computation.type_signature.result)
-    aggregates = interpreter.aggregates
 
     # Every broadcast must depend only on the state (one broadcast stage).
     broadcasts = _collect(result, lambda n: n.kind == "broadcast")
     for node in broadcasts:
-        if _reaches(node.inputs[0], _is_aggregate, lambda n: False, {}):
+        if _reaches(node.inputs[0], _is_aggregate, {}):
             raise CanonicalFormError(
                 f"{name}: a value broadcast to the clients ({node.type_signature}) is computed from an aggregate of the same "
                 f"round; canonical form has one broadcast stage and one aggregation stage. Split the computation into two rounds."
             )
-        if _reaches(node.inputs[0], lambda n: n is client_param, lambda n: False, {}):
+        if _reaches(node.inputs[0], lambda n: n is client_param, {}):
             raise CanonicalFormError(f"{name}: a broadcast value depends on the clients' input")
-    used = [a for a in aggregates if _reaches(result, lambda n, a=a: n is a, lambda n: False, {})]
-    kinds = [_Kind(a) for a in used]
+    kinds = [_Kind(a) for a in _collect(result, _is_aggregate)]  # the aggregations the result uses
 
     # prepare: state -> (broadcast values, carry)
     carry = _carry(result, client_param)
@@ -555,7 +545,7 @@ def _carry(result: Any, client_param: Node) -> list:
         if isinstance(value, Node):
             if value.kind == "aggregate":
                 return
-            if not _reaches(value, _is_aggregate, lambda n: False, {}):
+            if not _reaches(value, _is_aggregate, {}):
                 if isinstance(value.type_signature, ft.FederatedType) or value.kind == "param":
                     carry.append(value)
                     return

@@ -52,16 +52,21 @@ def test_dataset_computation_runs_from_bytes(arrays):
 
 
 def test_preprocess_reads_nothing_until_asked(arrays):
-    calls = []
+    reads = []
 
-    def preprocess(dataset):
-        calls.append(1)
-        return dataset.map(lambda e: (e["x"] * 2, e["y"])).batch(4)
+    class CountingClientData(TestClientData):
+        def _dataset_for_known_client(self, client_id):
+            reads.append(client_id)
+            return super()._dataset_for_known_client(client_id)
 
-    data = TestClientData(arrays).preprocess(preprocess)
+    base = CountingClientData(arrays)
+    base._element_spec_cache = TestClientData(arrays).element_type_structure  # the base spec, known up front
+    data = base.preprocess(lambda dataset: dataset.map(lambda e: (e["x"] * 2, e["y"])).batch(4))
     spec = data.element_type_structure
     assert spec == (tf.TensorSpec([None, 3], tf.float32), tf.TensorSpec([None], tf.int32))
+    assert reads == []  # preprocessing and its element spec read no client's data
     x, _ = next(iter(data.create_tf_dataset_for_client("c4")))
+    assert reads == ["c4"]  # one client asked for, one client read
     np.testing.assert_allclose(x, arrays["c4"]["x"][:4] * 2)
 
 
