@@ -127,9 +127,7 @@ class AwsExecutionContext:
             "stop_metric_below": stop_metric_below,
         }
         if self.preprocess is not None:
-            if self._preprocess_reference is None:
-                self._preprocess_reference = self.store.put_computation(self.preprocess)
-            manifest["preprocess"] = self._preprocess_reference
+            manifest["preprocess"] = self._preprocess()
         manifest_key = f"runs/{run_id}/manifest.json"
         self.store.put_new(manifest_key, protocol.dumps(manifest))
         template = {"silos": silo_ids, "quorum": min(self.quorum, len(silo_ids)), "manifest_key": manifest_key}
@@ -164,6 +162,22 @@ class AwsExecutionContext:
         form = self.form(computation)
         data = self.store.get_checked(last["result_key"])
         return protocol.decode_value(data, form.update.type_signature.result, f"round {last['round']}'s result")
+
+    def silo_computation_hashes(self, computation: FederatedComputation) -> dict:
+        """`{phase: sha256}` of what silos run for `computation` (uploaded if needed).
+
+        Give these to silo operators: they review them (`python -m fedsim.aws.review --hash`)
+        and pin them (`python -m fedsim.aws.silo ... --accept HASH,HASH`).
+        """
+        hashes = {"work": self._uploaded_phases(self.form(computation))["work"]["sha256"]}
+        if self.preprocess is not None:
+            hashes["preprocess"] = self._preprocess()["sha256"]
+        return hashes
+
+    def _preprocess(self) -> dict:
+        if self._preprocess_reference is None:
+            self._preprocess_reference = self.store.put_computation(self.preprocess)
+        return self._preprocess_reference
 
     def _uploaded_phases(self, form: canonical_form.CanonicalForm) -> dict:
         """The phases' S3 references: serialized and uploaded once per form, not once per round."""

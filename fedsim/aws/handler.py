@@ -3,11 +3,12 @@
 For each new silo result it
 1. checks the result belongs to an open round and to one of its silos (late or foreign: ignored),
 2. verifies the uploaded object (size limit, SHA-256, dtypes and shapes of the work phase's
-   output type, finite values) and marks the result `valid` or `rejected` with the reason,
+   output type, finite values) and marks the result `valid` or `rejected` with the reason (a
+   silo that refused the round's computation is rejected with the silo's reason),
 3. when the round's quorum of valid results is in, claims the round with a conditional write
    (so a record delivered twice aggregates once), runs zero/accumulate/report and update, writes
    the result under a new key, prepares the next round if there is one, and answers the round's
-   task token with `SendTaskSuccess`; if every silo has answered and the quorum cannot be met,
+   task token with `SendTaskSuccess`; as soon as the quorum can no longer be met,
    `SendTaskFailure` names the rejected results.
 
 Example (what the local stack does with each batch of stream records)::
@@ -29,7 +30,7 @@ from absl import logging
 from fedsim.aws import protocol
 from fedsim.aws.config import StackConfig
 from fedsim.aws.store import Store, unmarshal_image
-from fedsim.simulation.metrics_managers import flatten_metrics
+from fedsim.core.structure import flatten_metrics
 
 __all__ = ["AggregationHandler", "handler", "NO_METRIC"]
 
@@ -109,6 +110,8 @@ class AggregationHandler:
         silo = item["pk"]
         if silo not in round_item["silos"]:
             return f"{silo} is not a silo of this round"
+        if "refused" in item:  # the silo would not run the round's computation; its words, bounded
+            return f"the silo refused the round: {str(item['refused'])[:protocol.MAX_REASON_CHARS]}"
         run_id, round_text = item["round_key"].rsplit("#", 1)
         expected_key = protocol.silo_result_key(silo, run_id, int(round_text))
         if item.get("key") != expected_key:
@@ -149,10 +152,12 @@ class AggregationHandler:
             self.sfn.send_task_success(taskToken=token, output=json.dumps(outcome))
             return "aggregated"
         answered = len(valid) + len(rejected)
-        if answered == len(round_item["silos"]):
+        if len(valid) + len(round_item["silos"]) - answered < quorum:  # the quorum can no longer be met
+            pending = [s for s in round_item["silos"] if s not in valid and s not in rejected]
             cause = (
                 f"round {round_num}: {len(valid)} valid result(s), quorum {quorum}; rejected: "
                 + "; ".join(f"{silo}: {reason}" for silo, reason in sorted(rejected.items()))
+                + (f"; not waiting for {', '.join(pending)}" if pending else "")
             )
             if self.store.transition(round_key, "status", "open", "failed", cause=cause):
                 self._fail(token, cause)

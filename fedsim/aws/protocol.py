@@ -10,7 +10,8 @@ S3 (one bucket):
 
 DynamoDB (one table, stream of new images):
     pk="round#<run>",  sk="<r>"               the round: expected silos, quorum, status, outcome
-    pk="<silo>",       sk="<run>#<r>"         a silo's result: key, sha256, size, token (GSI by_round: round_key)
+    pk="<silo>",       sk="<run>#<r>"         a silo's result: key, sha256, size, token (GSI by_round: round_key),
+                                              or `refused`: why the silo would not run the round's computation
 
 Values are `.npz` archives of a value's leaves in the order of its fedsim type (no pickle);
 decoding checks every leaf's dtype and shape against the type, and (optionally) finiteness.
@@ -40,6 +41,9 @@ __all__ = [
     "silo_result_key",
     "silo_item_key",
 ]
+
+
+MAX_REASON_CHARS = 2000  # a silo's refusal reason, as stored and shown
 
 
 class InvalidValueError(ValueError):

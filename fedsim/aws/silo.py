@@ -7,7 +7,13 @@ with a conditional write (a duplicate is not written twice), and only then delet
 A silo that dies mid-round leaves the message in the queue, to be redelivered after the
 visibility timeout.
 
-    python -m fedsim.aws.silo --stack-config stack.json --silo-id hospital-a --data /data/a.npz
+What a silo accepts: a computation whose bytes pass `deserialize_computation` (data only, no
+imports; every graph op in the silo's op allowlist) and, when the silo pins computations
+(`--accept`), whose SHA-256 is pinned. A refused computation is never run; the refusal, with
+its reason, is the silo's result for the round, so the caller's round fails at once.
+
+    python -m fedsim.aws.silo --stack-config stack.json --silo-id hospital-a --data /data/a.npz \
+        --accept 3f1c...e9,77ab...02      # or --accept-file pinned.txt
 
 Example (Python)::
 
@@ -33,8 +39,34 @@ from absl import logging
 from fedsim.aws import protocol
 from fedsim.aws.config import StackConfig
 from fedsim.aws.store import Store
+from fedsim.core import op_allowlist
+from fedsim.core.errors import SerializationError
 
-__all__ = ["SiloAgent", "load_silo_data", "main"]
+__all__ = ["SiloAgent", "ComputationRefusedError", "load_silo_data", "read_pins", "main"]
+
+_HASH_LENGTH = 64
+
+
+class ComputationRefusedError(RuntimeError):
+    """The silo will not run a round's computation; the message says which and why."""
+
+
+def read_pins(values: Any) -> frozenset:
+    """SHA-256 hashes from strings such as ``"abc...,def..."`` or the lines of a pins file.
+
+    Blank lines and ``#`` comments are skipped; anything that is not 64 hex digits is an error.
+    """
+    if isinstance(values, str):
+        values = [values]
+    pins = set()
+    for value in values:
+        for line in value.splitlines():
+            for part in line.split("#", 1)[0].replace(",", " ").split():
+                digest = part.strip().lower()
+                if len(digest) != _HASH_LENGTH or any(c not in "0123456789abcdef" for c in digest):
+                    raise ValueError(f"{part!r} is not a computation hash (64 hex digits, as printed by fedsim.aws.review)")
+                pins.add(digest)
+    return frozenset(pins)
 
 
 def load_silo_data(path: str, split: Optional[str] = None, client_id: Optional[str] = None) -> tf.data.Dataset:
@@ -78,7 +110,10 @@ class SiloAgent:
     """One silo: its id, its queue (from the stack config) and its local dataset."""
 
     def __init__(self, config: StackConfig, silo_id: str, dataset: tf.data.Dataset, poll_seconds: int = 1,
-                 fail_before_upload: bool = False):
+                 fail_before_upload: bool = False, accept: Optional[Any] = None,
+                 allowed_ops: op_allowlist.OpAllowlist = op_allowlist.DEFAULT_OP_ALLOWLIST):
+        """`accept`: the hashes of the only computations this silo runs (None: any that passes
+        `allowed_ops`). `allowed_ops`: the ops a computation's graphs may use here."""
         if silo_id not in config.silo_queues:
             raise ValueError(f"silo {silo_id!r} has no queue in this stack (silos: {sorted(config.silo_queues)})")
         self.config = config
@@ -86,7 +121,8 @@ class SiloAgent:
         self.dataset = dataset
         self.poll_seconds = poll_seconds
         self.queue_url = config.silo_queues[silo_id]
-        self.store = Store(config)
+        self.accept = None if accept is None else read_pins(accept)
+        self.store = Store(config, allowed_ops=allowed_ops)
         self.sqs = config.client("sqs")
         self.rounds_done = 0
         self.outcomes: list = []
@@ -131,24 +167,24 @@ class SiloAgent:
             return "round already closed"
         key = protocol.silo_result_key(self.silo_id, run_id, round_num)
         received_at = time.time()
-        if self.store.exists(key):  # a redelivered message after an upload: reuse it, never rewrite it
-            output_bytes = self.store.get(key)[0]
-            digest = protocol.sha256(output_bytes)
-        else:
-            output_bytes = self.work(request)
-            digest = self.store.put_new(key, output_bytes)
         item = dict(protocol.silo_item_key(self.silo_id, run_id, round_num))
-        item.update({
-            "round_key": protocol.round_key(run_id, round_num),
-            "key": key,
-            "sha256": digest,
-            "size": len(output_bytes),
-            "task_token": request["task_token"],
-            "received_at": received_at,
-            "work_seconds": self.last_work_seconds,
-            "written_at": time.time(),
-        })
-        outcome = "reported" if self.store.put_item_if_absent(item) else "duplicate"
+        item.update({"round_key": protocol.round_key(run_id, round_num), "task_token": request["task_token"],
+                     "received_at": received_at})
+        try:
+            if self.store.exists(key):  # a redelivered message after an upload: reuse it, never rewrite it
+                output_bytes = self.store.get(key)[0]
+                digest = protocol.sha256(output_bytes)
+            else:
+                output_bytes = self.work(request)
+                digest = self.store.put_new(key, output_bytes)
+        except ComputationRefusedError as refusal:
+            logging.warning("silo %s, run %s round %d: %s", self.silo_id, run_id, round_num, refusal)
+            item.update({"refused": str(refusal)[:protocol.MAX_REASON_CHARS], "written_at": time.time()})
+            outcome = "refused" if self.store.put_item_if_absent(item) else "duplicate"
+        else:
+            item.update({"key": key, "sha256": digest, "size": len(output_bytes),
+                         "work_seconds": self.last_work_seconds, "written_at": time.time()})
+            outcome = "reported" if self.store.put_item_if_absent(item) else "duplicate"
         self.sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=message["ReceiptHandle"])
         self.rounds_done += 1
         logging.info("silo %s, run %s round %d: %s", self.silo_id, run_id, round_num, outcome)
@@ -157,23 +193,45 @@ class SiloAgent:
     def work(self, request: dict) -> bytes:
         """Runs the round's work phase on the local data; returns the encoded output."""
         manifest = self.store.get_json(request["manifest_key"])
-        work = self.store.get_computation(manifest["phases"]["work"])
-        prepare = self.store.get_computation(manifest["phases"]["prepare"])
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("phases"), dict):
+            raise ComputationRefusedError(f"the run's manifest {request['manifest_key']!r} is malformed (no phases)")
+        work = self.accepted_computation(manifest["phases"].get("work"), "work")
         prefix = protocol.round_prefix(request["run_id"], int(request["round"]))
-        broadcast = protocol.decode_value(
-            self.store.get_checked(f"{prefix}/broadcast.npz"), prepare.type_signature.result[0], "the round's broadcast"
-        )
+        broadcast_type = work.type_signature.parameter[1]
+        broadcast = protocol.decode_value(self.store.get_checked(f"{prefix}/broadcast.npz"), broadcast_type, "the round's broadcast")
         dataset = self._input(manifest)
         started = time.monotonic()
         output = work.call_value((dataset, broadcast))
         self.last_work_seconds = time.monotonic() - started
         return protocol.encode_value(output, work.type_signature.result)
 
+    def accepted_computation(self, reference: Any, role: str) -> Any:
+        """The computation `reference` names, if this silo accepts it; else `ComputationRefusedError`.
+
+        Checked before anything runs: the reference's form, the pin (if the silo pins), the
+        object's size and checksum, and deserialization (data only, ops in the allowlist).
+        """
+        if not (isinstance(reference, dict) and isinstance(reference.get("sha256"), str) and isinstance(reference.get("key"), str)):
+            raise ComputationRefusedError(f"the {role} computation's reference is malformed: {str(reference)[:200]}")
+        digest = reference["sha256"]
+        if reference["key"] != protocol.computation_key(digest):
+            raise ComputationRefusedError(f"the {role} computation's key {reference['key'][:200]!r} is not its content address")
+        if self.accept is not None and digest not in self.accept:
+            raise ComputationRefusedError(
+                f"silo {self.silo_id} refused the {role} computation {digest}: it is not pinned "
+                f"(this silo accepts {len(self.accept)} computation(s); review it with python -m fedsim.aws.review "
+                f"and add its hash to --accept)"
+            )
+        try:
+            return self.store.get_computation(reference)
+        except (SerializationError, protocol.InvalidValueError) as error:
+            raise ComputationRefusedError(f"silo {self.silo_id} refused the {role} computation {digest}: {error}") from None
+
     def _input(self, manifest: dict) -> Any:
         reference = manifest.get("preprocess")
         if reference is None:
             return self.dataset
-        preprocess = self.store.get_computation(reference)
+        preprocess = self.accepted_computation(reference, "preprocess")
         return preprocess.call_value(self.dataset)
 
 
@@ -186,11 +244,30 @@ def main(argv: Optional[list] = None) -> None:
     parser.add_argument("--client-id", default=None)
     parser.add_argument("--rounds", type=int, default=None, help="stop after this many rounds")
     parser.add_argument("--idle-timeout", type=float, default=None, help="stop after this many idle seconds")
+    parser.add_argument("--accept", action="append", default=None, metavar="HASH[,HASH]",
+                        help="run only the computations with these SHA-256 hashes (see python -m fedsim.aws.review)")
+    parser.add_argument("--accept-file", action="append", default=None, metavar="PATH",
+                        help="a file of pinned hashes, one per line (# comments allowed)")
     args = parser.parse_args(argv)
+    pins = None
+    if args.accept or args.accept_file:
+        texts = list(args.accept or [])
+        for path in args.accept_file or []:
+            try:
+                with open(path) as stream:
+                    texts.append(stream.read())
+            except OSError as error:
+                parser.error(f"--accept-file {path}: {error.strerror}")
+        try:
+            pins = read_pins(texts)
+        except ValueError as error:
+            parser.error(str(error))
+        if not pins:
+            parser.error("--accept/--accept-file named no hash; a silo that accepts nothing would refuse every round")
     logging.set_verbosity(logging.INFO)
     with open(args.stack_config) as stream:
         config = StackConfig.from_json(stream.read())
-    agent = SiloAgent(config, args.silo_id, load_silo_data(args.data, args.split, args.client_id))
+    agent = SiloAgent(config, args.silo_id, load_silo_data(args.data, args.split, args.client_id), accept=pins)
     agent.run(stop_after_rounds=args.rounds, idle_timeout=args.idle_timeout)
 
 

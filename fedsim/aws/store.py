@@ -10,9 +10,11 @@ from botocore.exceptions import ClientError
 
 from fedsim.aws import protocol
 from fedsim.aws.config import StackConfig
-from fedsim.core import serialization
+from fedsim.core import op_allowlist, serialization
 
-__all__ = ["Store", "ObjectExistsError"]
+__all__ = ["Store", "ObjectExistsError", "MAX_COMPUTATION_BYTES"]
+
+MAX_COMPUTATION_BYTES = 2**31  # a serialized computation larger than this is not downloaded
 
 
 class ObjectExistsError(RuntimeError):
@@ -22,8 +24,9 @@ class ObjectExistsError(RuntimeError):
 class Store:
     """The bucket and the table of one stack, with the small vocabulary the protocol needs."""
 
-    def __init__(self, config: StackConfig):
+    def __init__(self, config: StackConfig, allowed_ops: op_allowlist.OpAllowlist = op_allowlist.DEFAULT_OP_ALLOWLIST):
         self.config = config
+        self.allowed_ops = allowed_ops
         self.s3 = config.client("s3")
         self.dynamodb = config.client("dynamodb")
         self._computations: dict = {}
@@ -79,12 +82,16 @@ class Store:
         return {"key": key, "sha256": digest}
 
     def get_computation(self, reference: dict) -> Any:
-        """The deserialized computation, cached by content hash for the life of this process."""
+        """The deserialized computation, cached by content hash for the life of this process.
+
+        The bytes are checked against the hash and deserialized with this store's op allowlist.
+        """
         digest = reference["sha256"]
         with self._lock:
             cached = self._computations.get(digest)
         if cached is None:
-            cached = serialization.deserialize_computation(self.get_checked(reference["key"], digest))
+            data = self.get_checked(reference["key"], digest, max_bytes=MAX_COMPUTATION_BYTES)
+            cached = serialization.deserialize_computation(data, allowed_ops=self.allowed_ops)
             with self._lock:
                 self._computations[digest] = cached
         return cached

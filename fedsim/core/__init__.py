@@ -1,6 +1,7 @@
 """The federated core: types and placements, computations, intrinsics, contexts, serialization."""
 
 from fedsim.core.computation import Computation
+from fedsim.core.containers import register_container
 from fedsim.core.context_stack import execution_context, get_context, set_default_context
 from fedsim.core.federated_tracing import FederatedComputation, Value, federated_computation
 from fedsim.core.intrinsics import (
@@ -20,7 +21,7 @@ from fedsim.core.intrinsics import (
 )
 from fedsim.core.local_context import LocalExecutionContext
 from fedsim.core.placements import CLIENTS, SERVER, Placement
-from fedsim.core.serialization import SerializationError, deserialize_computation, serialize_computation
+from fedsim.core.serialization import SerializationError, computation_hash, deserialize_computation, serialize_computation
 from fedsim.core.structure import TypeSignatureMismatchError
 from fedsim.core.tensorflow_computation import TensorFlowComputation, tf_computation
 from fedsim.core.types import (
@@ -59,6 +60,7 @@ __all__ = [
     "Type",
     "TypeSignatureMismatchError",
     "Value",
+    "computation_hash",
     "deserialize_computation",
     "execution_context",
     "federated_aggregate",
@@ -78,6 +80,7 @@ __all__ = [
     "sequence_reduce",
     "sequence_sum",
     "serialize_computation",
+    "register_container",
     "set_default_context",
     "tf_computation",
     "to_type",

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional
 
+from fedsim.core import containers
 from fedsim.core import types as ft
+from fedsim.core.errors import SerializationError
 
 __all__ = [
     "BuildingBlock",
@@ -113,7 +115,7 @@ class Call(BuildingBlock):
 
 
 class Struct(BuildingBlock):
-    def __init__(self, elements: list, container: Optional[type] = None):
+    def __init__(self, elements: list, container: Any = None):
         self.elements = [(name, element) for name, element in elements]
         self.type_signature = ft.StructType(
             [(name, element.type_signature) for name, element in self.elements], container=container
@@ -206,30 +208,83 @@ class Compiled(BuildingBlock):
         return f"comp#{self.computation.name}"
 
 
-def from_json(data: dict, resolve: Callable) -> BuildingBlock:
-    """Inverse of `to_json`; `resolve(key)` returns the embedded TensorFlow computation."""
-    if "ref" in data:
-        return Reference(data["ref"], ft.type_from_json(data["type"]))
-    if "lambda" in data:
-        body = data["lambda"]
-        return Lambda(body["parameter"], ft.type_from_json(body["parameter_type"]), from_json(body["result"], resolve))
-    if "call" in data:
-        body = data["call"]
-        argument = None if body["argument"] is None else from_json(body["argument"], resolve)
-        return Call(from_json(body["function"], resolve), argument)
-    if "struct" in data:
-        container = ft._container_from_json(data.get("container"))
-        return Struct([(name, from_json(element, resolve)) for name, element in data["struct"]], container)
-    if "select" in data:
-        return Selection(from_json(data["select"]["source"], resolve), data["select"]["index"])
-    if "block" in data:
-        body = data["block"]
-        return Block(
-            [(name, from_json(value, resolve)) for name, value in body["locals"]],
-            from_json(body["result"], resolve),
-        )
-    if "intrinsic" in data:
-        return Intrinsic(data["intrinsic"], ft.type_from_json(data["type"]))
-    if "compiled" in data:
-        return Compiled(resolve(data["compiled"]))
-    raise ValueError(f"not a serialized building block: {sorted(data)}")
+def from_json(data: Any, resolve: Callable, path: str = "ir") -> BuildingBlock:
+    """Inverse of `to_json`; `resolve(key)` returns the embedded TensorFlow computation.
+
+    The data may come from anywhere: every field is checked and a problem raises `ValueError`
+    naming its place in the IR. Types are read with `types.type_from_json` (no imports).
+    """
+    if not isinstance(data, dict) or not data:
+        raise ValueError(f"{path}: not a serialized building block")
+    kinds = [key for key in _KINDS if key in data]
+    kind = kinds[0] if len(kinds) == 1 else None
+    try:
+        if kind == "ref":
+            _expect(data, {"ref", "type"}, path)
+            return Reference(_name(data["ref"], path), ft.type_from_json(data["type"], f"{path}.type"))
+        if kind == "lambda":
+            body = _expect(data["lambda"], {"parameter", "parameter_type", "result"}, path)
+            parameter = None if body["parameter"] is None else _name(body["parameter"], path)
+            return Lambda(
+                parameter,
+                ft.type_from_json(body["parameter_type"], f"{path}.parameter_type"),
+                from_json(body["result"], resolve, f"{path}.result"),
+            )
+        if kind == "call":
+            body = _expect(data["call"], {"function", "argument"}, path)
+            argument = None if body["argument"] is None else from_json(body["argument"], resolve, f"{path}.argument")
+            return Call(from_json(body["function"], resolve, f"{path}.function"), argument)
+        if kind == "struct":
+            _expect(data, {"struct", "container"}, path)
+            if not isinstance(data["struct"], list):
+                raise ValueError("a structure's elements must be a list")
+            elements = []
+            for index, element in enumerate(data["struct"]):
+                if not (isinstance(element, list) and len(element) == 2):
+                    raise ValueError(f"element {index} must be [name, block]")
+                name = None if element[0] is None else _name(element[0], path)
+                elements.append((name, from_json(element[1], resolve, f"{path}[{index}]")))
+            name = containers.check_wire_name(data["container"])
+            return Struct(elements, containers.container_class(name) or name)
+        if kind == "select":
+            body = _expect(data["select"], {"source", "index"}, path)
+            if isinstance(body["index"], bool) or not isinstance(body["index"], int):
+                raise ValueError("a selection index must be an integer")
+            return Selection(from_json(body["source"], resolve, f"{path}.source"), body["index"])
+        if kind == "block":
+            body = _expect(data["block"], {"locals", "result"}, path)
+            if not isinstance(body["locals"], list) or not all(isinstance(b, list) and len(b) == 2 for b in body["locals"]):
+                raise ValueError("a block's locals must be a list of [name, block]")
+            return Block(
+                [(_name(name, path), from_json(value, resolve, f"{path}.{name}")) for name, value in body["locals"]],
+                from_json(body["result"], resolve, f"{path}.result"),
+            )
+        if kind == "intrinsic":
+            _expect(data, {"intrinsic", "type"}, path)
+            return Intrinsic(_name(data["intrinsic"], path), ft.type_from_json(data["type"], f"{path}.type"))
+        if kind == "compiled":
+            _expect(data, {"compiled"}, path)
+            return Compiled(resolve(data["compiled"]))
+    except (ft.MalformedTypeError, SerializationError):
+        raise
+    except (TypeError, ValueError, IndexError) as error:
+        if str(error).startswith(path):
+            raise ValueError(str(error)) from None
+        raise ValueError(f"{path}: {error}") from None
+    raise ValueError(f"{path}: not a serialized building block (keys {sorted(data)[:5]})")
+
+
+_KINDS = ("ref", "lambda", "call", "struct", "select", "block", "intrinsic", "compiled")
+
+
+def _expect(body: Any, keys: set, path: str) -> dict:
+    if not isinstance(body, dict) or set(body) != keys:
+        found = sorted(body)[:6] if isinstance(body, dict) else type(body).__name__
+        raise ValueError(f"{path}: expected the fields {sorted(keys)}, found {found}")
+    return body
+
+
+def _name(name: Any, path: str) -> str:
+    if not isinstance(name, str) or not 0 < len(name) <= 200:
+        raise ValueError(f"{path}: a name must be a string of 1 to 200 characters, got {str(name)[:60]!r}")
+    return name

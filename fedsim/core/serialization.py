@@ -3,8 +3,13 @@
 Layout: an 8-byte magic, the length of a JSON header, the header, then the blobs (serialized
 GraphDefs), each listed in the header with its size and SHA-256. Embedded TensorFlow
 computations are stored once each, under the hash of their bytes; the header is written with
-sorted keys, so equal computations give equal bytes. No pickle and no Python source: the bytes
-run in a process that never imported the code that defined the computation.
+sorted keys, so equal computations give equal bytes.
+
+The bytes carry data only (format 2): types name fields, dtypes, shapes and placements, and a
+Python container only by a registered name (`fedsim.core.containers`). Reading them never
+imports a module, unpickles or calls a class that was not registered in the reading process,
+and every graph is checked against an op allowlist (`fedsim.core.op_allowlist`) before it
+can run. Format 1, which named containers as import paths, is refused.
 """
 
 from __future__ import annotations
@@ -12,21 +17,28 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
+from typing import Any
 
 from fedsim.core import building_blocks as bb
 from fedsim.core import computation as computation_lib
 from fedsim.core import federated_tracing as fc
+from fedsim.core import op_allowlist
 from fedsim.core import tensorflow_computation as tfc
 from fedsim.core import types as ft
+from fedsim.core.errors import SerializationError
 
-__all__ = ["serialize_computation", "deserialize_computation", "SerializationError"]
+__all__ = ["serialize_computation", "deserialize_computation", "computation_hash", "read_envelope", "SerializationError", "FORMAT_VERSION"]
 
 _MAGIC = b"FEDSIM\x00\x01"
 _LENGTH = struct.Struct(">Q")
+FORMAT_VERSION = 2
+MAX_HEADER_BYTES = 64 * 2**20
+MAX_GRAPHS = 10_000
 
 
-class SerializationError(ValueError):
-    """Bytes that are not a (complete, uncorrupted) serialized fedsim computation."""
+def computation_hash(data: bytes) -> str:
+    """The SHA-256 of serialized bytes: what a silo pins (`--accept`) and S3 keys name."""
+    return hashlib.sha256(bytes(data)).hexdigest()
 
 
 def _tf_header(computation: tfc.TensorFlowComputation, blob: int) -> dict:
@@ -68,7 +80,7 @@ def serialize_computation(computation: computation_lib.Computation) -> bytes:
     else:
         raise TypeError(f"cannot serialize {computation!r}: not a fedsim computation")
     header = {
-        "format": 1,
+        "format": FORMAT_VERSION,
         "root": root,
         "blobs": [{"size": len(b), "sha256": hashlib.sha256(b).hexdigest()} for b in blobs],
     }
@@ -76,11 +88,49 @@ def serialize_computation(computation: computation_lib.Computation) -> bytes:
     return b"".join([_MAGIC, _LENGTH.pack(len(header_bytes)), header_bytes, *blobs])
 
 
-def deserialize_computation(data: bytes) -> computation_lib.Computation:
-    """Rebuilds a computation from `serialize_computation` bytes, verifying every checksum."""
+def deserialize_computation(
+    data: bytes, allowed_ops: op_allowlist.OpAllowlist = op_allowlist.DEFAULT_OP_ALLOWLIST
+) -> computation_lib.Computation:
+    """Rebuilds a computation from `serialize_computation` bytes.
+
+    The bytes are untrusted: every checksum, field and type is checked, and every graph (with
+    its function library) must use only ops of `allowed_ops`. Problems raise
+    `SerializationError` (`op_allowlist.DisallowedOpError` for a refused op) naming the place.
+
+    Example::
+
+        computation = fedsim.deserialize_computation(open("next.bin", "rb").read())
+    """
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise TypeError(f"deserialize_computation takes bytes, got {type(data).__name__}")
     data = bytes(data)
+    header, blobs = read_envelope(data)
+    try:
+        root = header["root"]
+        kind = root.get("kind") if isinstance(root, dict) else None
+        if kind == "tensorflow":
+            computation = _TensorFlowReader(blobs, allowed_ops).read(root, "the computation")
+        elif kind == "federated":
+            _expect_keys(root, {"kind", "name", "unpack", "ir"}, "the federated computation")
+            reader = _TensorFlowReader(blobs, allowed_ops)
+            ir = bb.from_json(root["ir"], lambda entry: reader.read(entry, "an embedded TensorFlow computation"))
+            if not isinstance(ir, bb.Lambda):
+                raise SerializationError("a serialized federated computation must be a lambda")
+            computation = fc.FederatedComputation(ir, _text(root["name"], "name"), _flag(root["unpack"], "unpack"))
+        else:
+            raise SerializationError(f"unknown computation kind {str(kind)[:40]!r} (expected 'tensorflow' or 'federated')")
+    except SerializationError:
+        raise
+    except RecursionError:
+        raise SerializationError("the serialized computation is nested too deeply to read") from None
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as error:
+        raise SerializationError(f"malformed serialized computation: {error}") from None
+    return computation
+
+
+def read_envelope(data: bytes) -> tuple:
+    """`(header, graph blobs)` of serialized bytes: the format and every checksum verified,
+    nothing deserialized. For tools that look at a computation without building it."""
     if not data.startswith(_MAGIC):
         raise SerializationError("these bytes are not a serialized fedsim computation (bad magic header)")
     offset = len(_MAGIC)
@@ -88,45 +138,106 @@ def deserialize_computation(data: bytes) -> computation_lib.Computation:
         raise SerializationError("serialized computation is truncated (no header length)")
     (header_length,) = _LENGTH.unpack_from(data, offset)
     offset += _LENGTH.size
+    if header_length > MAX_HEADER_BYTES:
+        raise SerializationError(f"serialized computation declares a header of {header_length} bytes, over {MAX_HEADER_BYTES}")
     if len(data) < offset + header_length:
         raise SerializationError(f"serialized computation is truncated: header needs {header_length} bytes")
     try:
         header = json.loads(data[offset:offset + header_length])
+    except RecursionError:
+        raise SerializationError("serialized computation has a header nested too deeply to read") from None
     except ValueError as error:
         raise SerializationError(f"serialized computation has a corrupt header: {error}") from None
     offset += header_length
-    if header.get("format") != 1:
-        raise SerializationError(f"unsupported serialization format {header.get('format')!r}")
+    if not isinstance(header, dict):
+        raise SerializationError("serialized computation has a corrupt header: not a JSON object")
+    version = header.get("format")
+    if version == 1:
+        raise SerializationError(
+            "these bytes are in fedsim's serialization format 1, which named Python classes as import paths "
+            f"and is no longer read; serialize the computation again with this fedsim (format {FORMAT_VERSION})"
+        )
+    if version != FORMAT_VERSION:
+        raise SerializationError(f"unsupported serialization format {version!r:.20} (this fedsim reads format {FORMAT_VERSION})")
+    _expect_keys(header, {"format", "root", "blobs"}, "the header")
+    entries = header["blobs"]
+    if not isinstance(entries, list) or len(entries) > MAX_GRAPHS:
+        raise SerializationError(f"the header's graph list must be a list of at most {MAX_GRAPHS} entries")
     blobs = []
-    for index, entry in enumerate(header["blobs"]):
-        blob = data[offset:offset + entry["size"]]
-        if len(blob) != entry["size"]:
+    for index, entry in enumerate(entries):
+        _expect_keys(entry, {"size", "sha256"}, f"graph entry {index}")
+        size = entry["size"]
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise SerializationError(f"graph entry {index} has an invalid size {str(size)[:20]!r}")
+        blob = data[offset:offset + size]
+        if len(blob) != size:
             raise SerializationError(f"serialized computation is truncated in graph {index}")
         if hashlib.sha256(blob).hexdigest() != entry["sha256"]:
             raise SerializationError(f"graph {index} of the serialized computation is corrupt (checksum mismatch)")
         blobs.append(blob)
-        offset += entry["size"]
+        offset += size
     if offset != len(data):
         raise SerializationError(f"{len(data) - offset} unexpected bytes after the serialized computation")
-    cache: dict = {}
+    return header, blobs
 
-    def resolve(entry: dict) -> tfc.TensorFlowComputation:
+
+class _TensorFlowReader:
+    """Builds embedded TensorFlow computations from header entries, each graph checked once."""
+
+    def __init__(self, blobs: list, allowed_ops: op_allowlist.OpAllowlist):
+        self._blobs = blobs
+        self._allowed_ops = allowed_ops
+        self._checked: set = set()
+        self._cache: dict = {}
+
+    def read(self, entry: Any, what: str) -> tfc.TensorFlowComputation:
+        _expect_keys(entry, {"kind", "name", "type", "unpack", "graph", "parameter_names", "result_names"}, what)
+        if entry["kind"] != "tensorflow":
+            raise SerializationError(f"{what} is not of kind 'tensorflow'")
         key = json.dumps(entry, sort_keys=True)
-        if key not in cache:
-            cache[key] = tfc.TensorFlowComputation(
-                blobs[entry["graph"]],
-                entry["parameter_names"],
-                entry["result_names"],
-                ft.type_from_json(entry["type"]),
-                entry["name"],
-                entry["unpack"],
-            )
-        return cache[key]
+        if key in self._cache:
+            return self._cache[key]
+        name = _text(entry["name"], f"{what}'s name")
+        index = entry["graph"]
+        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(self._blobs):
+            raise SerializationError(f"{what} {name!r} refers to graph {str(index)[:20]!r}, which is not in the bytes")
+        if index not in self._checked:
+            op_allowlist.check_graph(self._blobs[index], self._allowed_ops, name)
+            self._checked.add(index)
+        type_signature = ft.type_from_json(entry["type"], f"the type of {name!r}")
+        if not isinstance(type_signature, ft.FunctionType):
+            raise SerializationError(f"{what} {name!r} has the type {type_signature}, not a function type")
+        computation = tfc.TensorFlowComputation(
+            self._blobs[index],
+            _names(entry["parameter_names"], f"{name!r}'s parameter names"),
+            _names(entry["result_names"], f"{name!r}'s result names"),
+            type_signature,
+            name,
+            _flag(entry["unpack"], f"{name!r}'s unpack flag"),
+        )
+        self._cache[key] = computation
+        return computation
 
-    root = header["root"]
-    if root["kind"] == "tensorflow":
-        return resolve(root)
-    ir = bb.from_json(root["ir"], resolve)
-    if not isinstance(ir, bb.Lambda):
-        raise SerializationError("a serialized federated computation must be a lambda")
-    return fc.FederatedComputation(ir, root["name"], root["unpack"])
+
+def _expect_keys(body: Any, keys: set, what: str) -> None:
+    if not isinstance(body, dict) or set(body) != keys:
+        found = sorted(body)[:8] if isinstance(body, dict) else type(body).__name__
+        raise SerializationError(f"{what} must have the fields {sorted(keys)}, found {found}")
+
+
+def _text(value: Any, what: str) -> str:
+    if not isinstance(value, str) or len(value) > 500:
+        raise SerializationError(f"{what} must be a string of at most 500 characters")
+    return value
+
+
+def _flag(value: Any, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise SerializationError(f"{what} must be true or false")
+    return value
+
+
+def _names(values: Any, what: str) -> list:
+    if not isinstance(values, list) or not all(isinstance(v, str) and len(v) <= 500 for v in values):
+        raise SerializationError(f"{what} must be a list of strings")
+    return values

@@ -8,12 +8,14 @@ into the containers the type remembers.
 
 from __future__ import annotations
 
-from typing import Any
+import numbers
+from typing import Any, Mapping
 
 import attrs
 import numpy as np
 import tensorflow as tf
 
+from fedsim.core import containers
 from fedsim.core import types as ft
 
 __all__ = [
@@ -23,6 +25,7 @@ __all__ = [
     "pack_struct",
     "flatten_value",
     "unflatten_value",
+    "flatten_metrics",
 ]
 
 
@@ -146,10 +149,11 @@ def struct_elements(value: Any, struct_type: ft.StructType, path: str = "") -> l
 def pack_struct(struct_type: ft.StructType, values: list, like: Any = None) -> Any:
     """Builds the Python container for a structure from its element values.
 
-    Uses the type's remembered container; else the container of `like`; else a dict when every
-    element is named and a tuple otherwise.
+    Uses the type's remembered container (a class, or a name registered in
+    `fedsim.core.containers`); else the container of `like`; else a dict when every element is
+    named and a tuple otherwise.
     """
-    container = struct_type.container
+    container = containers.resolve(struct_type.container)
     if container is None and like is not None and isinstance(like, (dict, list, tuple)) or (
         container is None and like is not None and attrs.has(type(like))
     ):
@@ -228,3 +232,15 @@ def map_structure(fn, type_spec: ft.Type, *values: Any) -> Any:
     flat = [flatten_value(v, type_spec) for v in values]
     leaf_types = ft.flatten_type(type_spec)
     return unflatten_value(type_spec, [fn(t, *leaves) for t, *leaves in zip(leaf_types, *flat)])
+
+
+def flatten_metrics(metrics: Mapping[str, Any], prefix: str = "") -> dict:
+    """`{"a": {"b": 1.0}}` -> `{"a/b": 1.0}`, keeping numeric scalars only."""
+    flat = {}
+    for key, value in metrics.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten_metrics(value, name + "/"))
+        elif isinstance(value, (numbers.Number, np.number, np.ndarray)) and np.ndim(value) == 0 and not isinstance(value, bool):
+            flat[name] = float(value) if np.issubdtype(np.asarray(value).dtype, np.floating) else int(value)
+    return flat

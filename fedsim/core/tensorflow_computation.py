@@ -34,14 +34,13 @@ import tensorflow as tf
 from tensorflow.python.framework import auto_control_deps
 
 from fedsim.core import computation as computation_lib
+from fedsim.core import op_allowlist
 from fedsim.core import structure
 from fedsim.core import types as ft
 
 __all__ = ["TensorFlowComputation", "tf_computation", "type_to_tf_spec"]
 
-# A VarHandleOp with this shared name creates a new variable every time it runs
-# (TensorFlow's ResourceHandle::ANONYMOUS_NAME, used by eager variables).
-_ANONYMOUS_SHARED_NAME = b"cd2c89b7-88b7-44c8-ad83-06c2a9158347"
+_ANONYMOUS_SHARED_NAME = op_allowlist.ANONYMOUS_SHARED_NAME
 
 
 def type_to_tf_spec(type_spec: ft.Type) -> Any:

@@ -15,13 +15,13 @@ Example::
 from __future__ import annotations
 
 import collections
-import importlib
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Optional, Union
 
 import attrs
 import numpy as np
 import tensorflow as tf
 
+from fedsim.core import containers
 from fedsim.core.placements import Placement, placement_from_uri
 
 __all__ = [
@@ -107,50 +107,19 @@ class TensorType(Type):
         }
 
 
-def _container_to_json(container: Optional[type]) -> Optional[str]:
-    if container is None:
-        return None
-    for name, kind in _BUILTIN_CONTAINERS.items():
-        if container is kind:
-            return name
-    return f"py:{container.__module__}:{container.__qualname__}"
-
-
-def _container_from_json(name: Optional[str]) -> Optional[type]:
-    """Returns the Python container class; unknown classes fall back to `None` (a dict/tuple)."""
-    if name is None:
-        return None
-    if name in _BUILTIN_CONTAINERS:
-        return _BUILTIN_CONTAINERS[name]
-    _, module_name, qualname = name.split(":", 2)
-    try:
-        obj: Any = importlib.import_module(module_name)
-        for part in qualname.split("."):
-            obj = getattr(obj, part)
-        return obj
-    except (ImportError, AttributeError):
-        return None
-
-
-_BUILTIN_CONTAINERS = {
-    "dict": dict,
-    "odict": collections.OrderedDict,
-    "list": list,
-    "tuple": tuple,
-}
-
-
 @attrs.frozen(repr=False)
 class StructType(Type):
     """An ordered structure of elements, each optionally named: `<a=int32,float32>`.
 
     `container` remembers the Python class the structure came from (dict, list, tuple, a
     namedtuple or attrs class) so results come back in the shape users passed in. It takes
-    no part in equality or assignability.
+    no part in equality or assignability. On the wire it is a registered name (see
+    `fedsim.core.containers`); a type read from bytes whose name is not registered in this
+    process keeps the name as a string and packs its values as plain structures.
     """
 
     elements: tuple = attrs.field(converter=lambda els: tuple((n, to_type(t)) for n, t in els))
-    container: Optional[type] = attrs.field(default=None, eq=False)
+    container: Union[type, str, None] = attrs.field(default=None, eq=False)
 
     def __attrs_post_init__(self):
         names = [n for n, _ in self.elements if n is not None]
@@ -188,7 +157,7 @@ class StructType(Type):
     def to_json(self) -> dict:
         return {
             "struct": [[n, t.to_json()] for n, t in self.elements],
-            "container": _container_to_json(self.container),
+            "container": containers.wire_name(self.container),
         }
 
 
@@ -264,30 +233,91 @@ class FederatedType(Type):
         }
 
 
-def type_from_json(data: Optional[dict]) -> Optional[Type]:
-    """Inverse of `Type.to_json`."""
+# The dtypes a type read from bytes may name: values, never handles (resource, variant).
+WIRE_DTYPES = frozenset({
+    "bool", "string", "bfloat16", "float16", "float32", "float64", "complex64", "complex128",
+    "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
+})
+MAX_WIRE_RANK = 32
+MAX_WIRE_DIMENSION = 2**40
+
+
+class MalformedTypeError(ValueError):
+    """A serialized type that is not well formed; the message says where."""
+
+
+def type_from_json(data: Optional[dict], path: str = "type") -> Optional[Type]:
+    """Inverse of `Type.to_json`, for data read from anywhere: every field is checked.
+
+    Containers come back only through the registry of `fedsim.core.containers`; nothing is
+    imported. Raises `MalformedTypeError` naming the place of the first problem.
+    """
     if data is None:
         return None
-    if "tensor" in data:
-        return TensorType(data["tensor"]["dtype"], data["tensor"]["shape"])
-    if "struct" in data:
-        return StructType(
-            [(n, type_from_json(t)) for n, t in data["struct"]],
-            container=_container_from_json(data.get("container")),
-        )
-    if "sequence" in data:
-        return SequenceType(type_from_json(data["sequence"]))
-    if "function" in data:
-        return FunctionType(
-            type_from_json(data["function"]["parameter"]),
-            type_from_json(data["function"]["result"]),
-        )
-    if "federated" in data:
-        fed = data["federated"]
-        return FederatedType(
-            type_from_json(fed["member"]), placement_from_uri(fed["placement"]), fed["all_equal"]
-        )
-    raise ValueError(f"not a serialized fedsim type: {data!r}")
+    if not isinstance(data, dict) or len(data) != 1 and not (len(data) == 2 and "struct" in data):
+        raise MalformedTypeError(f"{path}: not a serialized fedsim type: {str(data)[:120]}")
+    try:
+        if "tensor" in data:
+            return _tensor_from_json(data["tensor"], path)
+        if "struct" in data:
+            elements = data["struct"]
+            if not isinstance(elements, list):
+                raise MalformedTypeError(f"{path}: a structure's elements must be a list")
+            parsed = []
+            for index, element in enumerate(elements):
+                if not (isinstance(element, list) and len(element) == 2):
+                    raise MalformedTypeError(f"{path}[{index}]: an element must be [name, type]")
+                name, element_type = element
+                if name is not None and not (isinstance(name, str) and 0 < len(name) <= 200):
+                    raise MalformedTypeError(f"{path}[{index}]: an element name must be null or a short string")
+                parsed.append((name, type_from_json(element_type, f"{path}.{name}" if name else f"{path}[{index}]")))
+            try:
+                container = containers.check_wire_name(data.get("container"))
+            except ValueError as error:
+                raise MalformedTypeError(f"{path}: {error}") from None
+            return StructType(parsed, container=containers.container_class(container) or container)
+        if "sequence" in data:
+            return SequenceType(type_from_json(data["sequence"], f"{path}*"))
+        if "function" in data:
+            body = _fields(data["function"], {"parameter", "result"}, path)
+            return FunctionType(
+                type_from_json(body["parameter"], f"{path}(parameter)"),
+                type_from_json(body["result"], f"{path}(result)"),
+            )
+        if "federated" in data:
+            body = _fields(data["federated"], {"member", "placement", "all_equal"}, path)
+            if not isinstance(body["all_equal"], bool):
+                raise MalformedTypeError(f"{path}: all_equal must be true or false")
+            if not isinstance(body["placement"], str):
+                raise MalformedTypeError(f"{path}: a placement must be a string")
+            return FederatedType(
+                type_from_json(body["member"], path), placement_from_uri(body["placement"]), body["all_equal"]
+            )
+    except MalformedTypeError:
+        raise
+    except (TypeError, ValueError) as error:
+        raise MalformedTypeError(f"{path}: {error}") from None
+    raise MalformedTypeError(f"{path}: not a serialized fedsim type (keys {sorted(data)[:5]})")
+
+
+def _fields(body: Any, names: set, path: str) -> dict:
+    if not isinstance(body, dict) or set(body) != names:
+        raise MalformedTypeError(f"{path}: expected the fields {sorted(names)}")
+    return body
+
+
+def _tensor_from_json(body: Any, path: str) -> TensorType:
+    body = _fields(body, {"dtype", "shape"}, path)
+    dtype, shape = body["dtype"], body["shape"]
+    if dtype not in WIRE_DTYPES:
+        raise MalformedTypeError(f"{path}: dtype {str(dtype)[:40]!r} is not a value dtype ({', '.join(sorted(WIRE_DTYPES))})")
+    if shape is not None:
+        if not isinstance(shape, list) or len(shape) > MAX_WIRE_RANK:
+            raise MalformedTypeError(f"{path}: a shape must be null or a list of at most {MAX_WIRE_RANK} dimensions")
+        for dim in shape:
+            if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int) or not 0 <= dim <= MAX_WIRE_DIMENSION):
+                raise MalformedTypeError(f"{path}: dimension {dim!r} is not null or an integer from 0 to 2**40")
+    return TensorType(dtype, shape)
 
 
 def _is_dtype_like(obj: Any) -> bool:

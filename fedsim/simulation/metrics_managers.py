@@ -11,29 +11,17 @@ Example::
 from __future__ import annotations
 
 import csv
-import numbers
 import os
 from typing import Any, Mapping
 
-import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
+
+from fedsim.core.structure import flatten_metrics
 
 __all__ = ["CSVMetricsManager", "TensorBoardMetricsManager", "flatten_metrics"]
 
 ROUND_KEY = "round_num"
-
-
-def flatten_metrics(metrics: Mapping[str, Any], prefix: str = "") -> dict:
-    """`{"a": {"b": 1.0}}` -> `{"a/b": 1.0}`, keeping numeric scalars only."""
-    flat = {}
-    for key, value in metrics.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(flatten_metrics(value, name + "/"))
-        elif isinstance(value, (numbers.Number, np.number, np.ndarray)) and np.ndim(value) == 0 and not isinstance(value, bool):
-            flat[name] = float(value) if np.issubdtype(np.asarray(value).dtype, np.floating) else int(value)
-    return flat
 
 
 class CSVMetricsManager:

@@ -13,12 +13,14 @@ import attrs
 
 from fedsim.core import computation as computation_lib
 from fedsim.core import types as ft
+from fedsim.core.containers import register_container
 from fedsim.templates.errors import ProcessTypeError
 from fedsim.templates.iterative_process import IterativeProcess
 
 __all__ = ["MeasuredProcess", "MeasuredProcessOutput"]
 
 
+@register_container("fedsim.templates.MeasuredProcessOutput")
 @attrs.frozen
 class MeasuredProcessOutput:
     """The output of `MeasuredProcess.next`."""

@@ -7,6 +7,8 @@ from typing import Any
 import attrs
 import tensorflow as tf
 
+from fedsim.core.containers import register_container
+
 __all__ = ["ModelWeights"]
 
 
@@ -14,6 +16,7 @@ def _read(variable: Any) -> tf.Tensor:
     return tf.convert_to_tensor(variable)
 
 
+@register_container("fedsim.learning.models.ModelWeights")
 @attrs.frozen
 class ModelWeights:
     """Lists of trainable and non-trainable weights, in the model's variable order."""

@@ -12,9 +12,12 @@ from typing import Any, Callable
 
 import attrs
 
+from fedsim.core.containers import register_container
+
 __all__ = ["BatchOutput", "VariableModel"]
 
 
+@register_container("fedsim.learning.models.BatchOutput")
 @attrs.frozen
 class BatchOutput:
     """What a forward pass returns: the loss, the predictions and how many examples it saw."""

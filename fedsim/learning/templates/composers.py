@@ -21,6 +21,7 @@ import attrs
 from fedsim.core import intrinsics
 from fedsim.core.computation import Computation
 from fedsim.core.federated_tracing import federated_computation
+from fedsim.core.containers import register_container
 from fedsim.core.placements import SERVER
 from fedsim.templates import MeasuredProcess, ProcessTypeError
 from fedsim.learning.templates.learning_process import LearningAlgorithmState, LearningProcess, LearningProcessOutput
@@ -28,6 +29,7 @@ from fedsim.learning.templates.learning_process import LearningAlgorithmState, L
 __all__ = ["ClientResult", "compose_learning_process"]
 
 
+@register_container("fedsim.learning.templates.ClientResult")
 @attrs.frozen
 class ClientResult:
     """What a client's work yields: an update and the weight it gets in the aggregate."""

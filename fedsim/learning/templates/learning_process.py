@@ -11,11 +11,13 @@ from typing import Any
 import attrs
 
 from fedsim.core import computation as computation_lib
+from fedsim.core.containers import register_container
 from fedsim.templates import IterativeProcess
 
 __all__ = ["LearningAlgorithmState", "LearningProcess", "LearningProcessOutput"]
 
 
+@register_container("fedsim.learning.templates.LearningAlgorithmState")
 @attrs.frozen
 class LearningAlgorithmState:
     """The server state of a learning algorithm: the global model and each part's state."""
@@ -27,6 +29,7 @@ class LearningAlgorithmState:
     finalizer: Any
 
 
+@register_container("fedsim.learning.templates.LearningProcessOutput")
 @attrs.frozen
 class LearningProcessOutput:
     state: Any

@@ -1,0 +1,64 @@
+"""What the local-stack tests share: a small model, the preprocessing, simulation and silo agents in threads."""
+
+import collections
+import threading
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+import fedsim
+from fedsim import aws, learning
+from fedsim.core import context_stack
+
+SILOS = ["a", "b", "c"]
+ELEMENT = collections.OrderedDict(x=tf.TensorSpec([5], tf.float32), y=tf.TensorSpec([], tf.int32))
+
+
+def model_fn():
+    model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(3)])
+    return learning.from_keras_model(
+        model, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        input_spec=collections.OrderedDict(x=tf.TensorSpec([None, 5], tf.float32), y=tf.TensorSpec([None], tf.int32)),
+        metrics=[keras.metrics.SparseCategoricalAccuracy()],
+    )
+
+
+@fedsim.tf_computation(fedsim.SequenceType(ELEMENT))
+def batch(dataset):
+    return dataset.batch(4)
+
+
+def local_datasets(arrays, silos):
+    return [tf.data.Dataset.from_tensor_slices(arrays[s]).batch(4) for s in silos]
+
+
+def simulate(process, state, arrays, silos):
+    """One round in the local simulation context, even inside an AWS context block."""
+    with context_stack.execution_context(fedsim.LocalExecutionContext()):
+        return process.next(state, local_datasets(arrays, silos))
+
+
+def assert_close(expected, got):
+    assert type(expected) is type(got)
+    for a, b in zip(tf.nest.flatten(expected), tf.nest.flatten(got)):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-6, atol=1e-6)
+
+
+def start_agents(stack, arrays, silos, rounds=1, agent_class=aws.SiloAgent, **kwargs):
+    """Silo agents in threads (the fault tests); returns (agents, threads, errors)."""
+    agents, threads, errors = [], [], []
+    for silo in silos:
+        agent = agent_class(stack.config, silo, tf.data.Dataset.from_tensor_slices(arrays[silo]), **kwargs)
+
+        def run(agent=agent):
+            try:
+                agent.run(stop_after_rounds=rounds, idle_timeout=60)
+            except Exception as error:
+                errors.append((agent.silo_id, error))
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        agents.append(agent)
+        threads.append(thread)
+    return agents, threads, errors
