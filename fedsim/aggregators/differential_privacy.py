@@ -25,11 +25,12 @@ import tensorflow as tf
 from fedsim.aggregators.factory import UnweightedAggregationFactory, check_value_type
 from fedsim.aggregators.quantile_estimation import AdaptiveNorm, build_norm_process, seed_computation
 from fedsim.aggregators.robustness import clip_by_global_l2
+from fedsim.core import structure
 from fedsim.core import intrinsics
 from fedsim.core import types as ft
-from fedsim.core.federated_tracing import federated_computation
+from fedsim.core.wrappers import federated_computation
 from fedsim.core.placements import CLIENTS, SERVER
-from fedsim.core.tensorflow_computation import tf_computation
+from fedsim.core.wrappers import tf_computation
 from fedsim.templates import AggregationProcess, MeasuredProcessOutput
 
 __all__ = ["DifferentiallyPrivateFactory"]
@@ -128,13 +129,13 @@ class DifferentiallyPrivateFactory(UnweightedAggregationFactory):
         @tf_computation(value_type, tf.float32, ft.TensorType(tf.int64, [2]))
         def add_noise(total, clip_norm, seed):
             stddev = noise_multiplier * clip_norm
-            leaves = tf.nest.flatten(total)
+            leaves = structure.leaves(total)
             noised = []
             for index, leaf in enumerate(leaves):
                 leaf_seed = seed + tf.constant([0, index], tf.int64)
                 noise = tf.random.stateless_normal(tf.shape(leaf), seed=leaf_seed, stddev=tf.cast(stddev, leaf.dtype), dtype=leaf.dtype)
                 noised.append((leaf + noise) / tf.cast(denominator, leaf.dtype))
-            return tf.nest.pack_sequence_as(total, noised), seed + tf.constant([1, 0], tf.int64), stddev / denominator
+            return structure.pack_like(total, noised), seed + tf.constant([1, 0], tf.int64), stddev / denominator
 
         @federated_computation
         def initialize():

@@ -16,7 +16,7 @@ import abc
 from typing import Any, Callable, Optional, Union
 
 from fedsim.core import types as ft
-from fedsim.core.federated_tracing import federated_computation
+from fedsim.core.wrappers import federated_computation
 from fedsim.core.placements import CLIENTS
 from fedsim.templates import AggregationProcess
 

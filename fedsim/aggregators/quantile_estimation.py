@@ -27,9 +27,9 @@ import tensorflow as tf
 
 from fedsim.core import intrinsics
 from fedsim.core import types as ft
-from fedsim.core.federated_tracing import federated_computation
+from fedsim.core.wrappers import federated_computation
 from fedsim.core.placements import CLIENTS, SERVER
-from fedsim.core.tensorflow_computation import tf_computation
+from fedsim.core.wrappers import tf_computation
 
 __all__ = ["AdaptiveNorm", "NormProcess", "build_norm_process", "seed_computation"]
 

@@ -31,7 +31,7 @@ from fedsim.aggregators.factory import (
 from fedsim.core import intrinsics, structure
 from fedsim.core import types as ft
 from fedsim.core.placements import SERVER
-from fedsim.core.tensorflow_computation import tf_computation
+from fedsim.core.wrappers import tf_computation
 from fedsim.templates import AggregationProcess, MeasuredProcessOutput
 
 __all__ = ["stochastic_quantization_factory"]

@@ -21,9 +21,9 @@ from fedsim.aggregators.factory import UnweightedAggregationFactory, check_value
 from fedsim.aggregators.sum_and_mean import no_state
 from fedsim.core import intrinsics, structure
 from fedsim.core import types as ft
-from fedsim.core.federated_tracing import federated_computation
+from fedsim.core.wrappers import federated_computation
 from fedsim.core.placements import CLIENTS
-from fedsim.core.tensorflow_computation import tf_computation
+from fedsim.core.wrappers import tf_computation
 from fedsim.templates import AggregationProcess, MeasuredProcessOutput
 
 __all__ = ["RobustMeanFactory"]

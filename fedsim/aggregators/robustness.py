@@ -29,10 +29,11 @@ from fedsim.aggregators.factory import (
     wrapper_factory,
 )
 from fedsim.aggregators.quantile_estimation import AdaptiveNorm, build_norm_process
+from fedsim.core import structure
 from fedsim.core import intrinsics
 from fedsim.core import types as ft
-from fedsim.core.federated_tracing import federated_computation
-from fedsim.core.tensorflow_computation import tf_computation
+from fedsim.core.wrappers import federated_computation
+from fedsim.core.wrappers import tf_computation
 from fedsim.templates import AggregationProcess, MeasuredProcessOutput
 
 __all__ = ["clipping_factory", "zeroing_factory", "global_norm", "clip_by_global_l2"]
@@ -42,7 +43,7 @@ Norm = Union[float, AdaptiveNorm]
 
 def global_norm(value, order: float) -> tf.Tensor:
     """The L2 or L-inf norm of all the leaves of `value` taken together, as float32."""
-    leaves = [tf.cast(tf.reshape(leaf, [-1]), tf.float32) for leaf in tf.nest.flatten(value)]
+    leaves = [tf.cast(tf.reshape(leaf, [-1]), tf.float32) for leaf in structure.leaves(value)]
     if not leaves:
         return tf.constant(0.0)
     flat = tf.concat(leaves, axis=0)
@@ -55,14 +56,14 @@ def clip_by_global_l2(value, bound: tf.Tensor):
     """`(clipped value, was it clipped, its norm before)`: scales `value` into the L2 ball."""
     value_norm = global_norm(value, 2.0)
     scale = tf.minimum(1.0, bound / tf.maximum(value_norm, 1e-30))
-    return tf.nest.map_structure(lambda v: v * tf.cast(scale, v.dtype), value), value_norm > bound, value_norm
+    return structure.map_leaves(lambda v: v * tf.cast(scale, v.dtype), value), value_norm > bound, value_norm
 
 
 def _zero_if_above(order: float) -> Callable:
     def zero(value, bound):
         value_norm = global_norm(value, order)
         too_large = value_norm > bound
-        return tf.nest.map_structure(lambda v: tf.where(too_large, tf.zeros_like(v), v), value), too_large, value_norm
+        return structure.map_leaves(lambda v: tf.where(too_large, tf.zeros_like(v), v), value), too_large, value_norm
 
     return zero
 

@@ -20,9 +20,9 @@ from fedsim.aggregators.factory import UnweightedAggregationFactory, check_value
 from fedsim.aggregators.sum_and_mean import no_state
 from fedsim.core import intrinsics, structure
 from fedsim.core import types as ft
-from fedsim.core.federated_tracing import federated_computation
+from fedsim.core.wrappers import federated_computation
 from fedsim.core.placements import CLIENTS, SERVER
-from fedsim.core.tensorflow_computation import tf_computation
+from fedsim.core.wrappers import tf_computation
 from fedsim.templates import AggregationProcess, MeasuredProcessOutput
 
 __all__ = ["SecureSumFactory"]
@@ -70,15 +70,15 @@ class SecureSumFactory(UnweightedAggregationFactory):
 
         @tf_computation(value_type)
         def encode(value):
-            above = tf.add_n([tf.cast(tf.reduce_any(v > upper), tf.int32) for v in tf.nest.flatten(value)])
-            below = tf.add_n([tf.cast(tf.reduce_any(v < lower), tf.int32) for v in tf.nest.flatten(value)])
+            above = tf.add_n([tf.cast(tf.reduce_any(v > upper), tf.int32) for v in structure.leaves(value)])
+            below = tf.add_n([tf.cast(tf.reduce_any(v < lower), tf.int32) for v in structure.leaves(value)])
 
             def to_int(v):
                 shifted = tf.cast(tf.clip_by_value(v, tf.cast(lower, v.dtype), tf.cast(upper, v.dtype)), tf.float64) - lower
                 return tf.cast(tf.round(shifted * scale), tf.int64)
 
             return {
-                "encoded": tf.nest.map_structure(to_int, value),
+                "encoded": structure.map_leaves(to_int, value),
                 "upper_clipped": tf.minimum(above, 1),
                 "lower_clipped": tf.minimum(below, 1),
                 "one": tf.constant(1, tf.int64),

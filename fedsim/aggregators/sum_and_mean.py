@@ -12,11 +12,12 @@ from fedsim.aggregators.factory import (
     check_value_type,
     check_weight_type,
 )
+from fedsim.core import structure
 from fedsim.core import intrinsics
 from fedsim.core import types as ft
-from fedsim.core.federated_tracing import federated_computation
+from fedsim.core.wrappers import federated_computation
 from fedsim.core.placements import CLIENTS, SERVER
-from fedsim.core.tensorflow_computation import tf_computation
+from fedsim.core.wrappers import tf_computation
 from fedsim.templates import AggregationProcess, MeasuredProcessOutput
 
 __all__ = ["SumFactory", "MeanFactory", "UnweightedMeanFactory", "no_state", "no_measurements"]
@@ -47,7 +48,7 @@ class SumFactory(UnweightedAggregationFactory):
 
 def _divide(no_nan_division: bool):
     divide = tf.math.divide_no_nan if no_nan_division else tf.math.divide
-    return lambda total, count: tf.nest.map_structure(lambda t: divide(t, tf.cast(count, t.dtype)), total)
+    return lambda total, count: structure.map_leaves(lambda t: divide(t, tf.cast(count, t.dtype)), total)
 
 
 class MeanFactory(WeightedAggregationFactory):
@@ -79,7 +80,7 @@ class MeanFactory(WeightedAggregationFactory):
 
         @tf_computation(value_type, weight_type)
         def multiply(value, weight):
-            return tf.nest.map_structure(lambda v: v * tf.cast(weight, v.dtype), value)
+            return structure.map_leaves(lambda v: v * tf.cast(weight, v.dtype), value)
 
         @tf_computation(value_type, weight_type)
         def divide(total, weight_total):

@@ -29,7 +29,7 @@ from fedsim.aws import protocol
 from fedsim.aws.config import StackConfig
 from fedsim.aws.handler import prepare_round
 from fedsim.aws.store import Store
-from fedsim.core import canonical_form, context_stack, structure
+from fedsim.core import canonical_form, compiler, context_stack, structure
 from fedsim.core import types as ft
 from fedsim.core.federated_tracing import FederatedComputation
 from fedsim.core.local_context import LocalExecutionContext
@@ -97,7 +97,7 @@ class AwsExecutionContext:
     def form(self, computation: FederatedComputation) -> canonical_form.CanonicalForm:
         key = id(computation)
         if key not in self._forms:
-            self._forms[key] = (computation, canonical_form.compile_to_canonical_form(computation))
+            self._forms[key] = (computation, compiler.compile_to_canonical_form(computation))
         return self._forms[key][1]
 
     def start_rounds(self, computation: FederatedComputation, state: Any, silo_ids: Sequence[str], rounds: int = 1,
@@ -121,6 +121,7 @@ class AwsExecutionContext:
             "run_id": run_id,
             "computation": computation.name,
             "phases": phases,
+            "types": form.types_json(),
             "max_result_bytes": self.max_result_bytes,
             "total_rounds": rounds,
             "stop_metric": stop_metric,
@@ -131,7 +132,7 @@ class AwsExecutionContext:
         manifest_key = f"runs/{run_id}/manifest.json"
         self.store.put_new(manifest_key, protocol.dumps(manifest))
         template = {"silos": silo_ids, "quorum": min(self.quorum, len(silo_ids)), "manifest_key": manifest_key}
-        prepare_round(self.store, form.prepare, state_type, state, run_id, 1, template)
+        prepare_round(self.store, form, state, run_id, 1, template)
         execution = self.sfn.start_execution(
             stateMachineArn=self.config.state_machine_arn,
             name=f"run-{run_id}",

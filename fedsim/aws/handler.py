@@ -30,6 +30,9 @@ from absl import logging
 from fedsim.aws import protocol
 from fedsim.aws.config import StackConfig
 from fedsim.aws.store import Store, unmarshal_image
+from fedsim.core import phase_runner, structure
+from fedsim.core import types as ft
+from fedsim.core.canonical_form import CanonicalForm
 from fedsim.core.structure import flatten_metrics
 
 __all__ = ["AggregationHandler", "handler", "NO_METRIC"]
@@ -168,12 +171,17 @@ class AggregationHandler:
         if token:
             self.sfn.send_task_failure(taskToken=token, error="RoundFailed", cause=cause[:32000])
 
+    def form(self, manifest: dict) -> CanonicalForm:
+        """The run's phases as a checked canonical form (they must fit together and iterate)."""
+        phases = {name: self.store.get_computation(ref) for name, ref in manifest["phases"].items()}
+        signature = ft.type_from_json(manifest["types"]["signature"], "the manifest's signature")
+        return CanonicalForm.from_phases(signature, phases)
+
     def _aggregate(self, run_id: str, round_num: int, round_item: dict, results: list, rejected: dict) -> dict:
         claimed_at = time.time()
         manifest = self.manifest(round_item["manifest_key"])
-        phases = {name: self.store.get_computation(ref) for name, ref in manifest["phases"].items()}
-        work_type = phases["work"].type_signature.result
-        accumulator = phases["zero"].call_value(None)
+        form = self.form(manifest)
+        aggregation = phase_runner.Aggregation.of(form)
         for result in results:
             cached = self._validated.pop((result["key"], result["sha256"]), None)
             if cached is not None:
@@ -181,22 +189,20 @@ class AggregationHandler:
                 self._validated_bytes -= size
             else:  # validated by another invocation: fetch and check it again
                 data = self.store.get_checked(result["key"], result["sha256"])
-                value = protocol.decode_value(data, work_type, f"{result['pk']}'s result", require_finite=True)
-            accumulator = phases["accumulate"].call_value((accumulator, value))
-        aggregates = phases["report"].call_value(accumulator)
+                value = protocol.decode_value(data, form.client_output_type, f"{result['pk']}'s result", require_finite=True)
+            aggregation.add(value)
+        aggregates = aggregation.result()
         aggregated_at = time.time()
         prefix = protocol.round_prefix(run_id, round_num)
-        carry_type = phases["update"].type_signature.parameter[0]
-        carry = protocol.decode_value(self.store.get_checked(f"{prefix}/carry.npz"), carry_type, "the round's carry")
-        result_type = phases["update"].type_signature.result
-        result = phases["update"].call_value((carry, aggregates))
+        carry = protocol.decode_value(self.store.get_checked(f"{prefix}/carry.npz"), form.carry_type, "the round's carry")
+        result = phase_runner.update(form.update, carry, aggregates)
         result_key = f"{prefix}/result.npz"
-        self.store.put_new(result_key, protocol.encode_value(result, result_type))
+        self.store.put_new(result_key, protocol.encode_value(result, form.result_type))
         updated_at = time.time()
 
         metric = NO_METRIC
         if manifest.get("stop_metric"):
-            flat = flatten_metrics(_as_mapping(result))
+            flat = flatten_metrics(structure.to_mapping(result, form.result_type))
             if manifest["stop_metric"] in flat and math.isfinite(flat[manifest["stop_metric"]]):
                 metric = float(flat[manifest["stop_metric"]])
         outcome = {
@@ -210,38 +216,17 @@ class AggregationHandler:
                         "update_seconds": updated_at - aggregated_at},
         }
         if round_num < int(manifest["total_rounds"]) and metric > float(manifest["stop_metric_below"]):
-            state_type = phases["prepare"].type_signature.parameter
-            next_state = _first_element(result, result_type)
-            prepare_round(self.store, phases["prepare"], state_type, next_state, run_id, round_num + 1, round_item)
+            prepare_round(self.store, form, form.next_state(result), run_id, round_num + 1, round_item)
         outcome["timings"]["prepare_next_seconds"] = time.time() - updated_at
         return outcome
 
 
-def _as_mapping(value: Any) -> dict:
-    import attrs
-
-    if attrs.has(type(value)):
-        return {f.name: _as_mapping(getattr(value, f.name)) for f in attrs.fields(type(value))}
-    if isinstance(value, dict):
-        return {k: _as_mapping(v) for k, v in value.items()}
-    if hasattr(type(value), "_fields"):
-        return {k: _as_mapping(v) for k, v in value._asdict().items()}
-    return value
-
-
-def _first_element(result: Any, result_type: Any) -> Any:
-    from fedsim.core import structure
-
-    return structure.struct_elements(result, result_type)[0]
-
-
-def prepare_round(store: Store, prepare: Any, state_type: Any, state: Any, run_id: str, round_num: int, template: dict) -> None:
+def prepare_round(store: Store, form: CanonicalForm, state: Any, run_id: str, round_num: int, template: dict) -> None:
     """Runs prepare on `state`, uploads the broadcast and carry, and opens round `round_num`."""
-    broadcast, carry = prepare.call_value(state)
-    broadcast_type, carry_type = prepare.type_signature.result[0], prepare.type_signature.result[1]
+    broadcast, carry = phase_runner.prepare(form.prepare, state)
     prefix = protocol.round_prefix(run_id, round_num)
-    store.put_new(f"{prefix}/broadcast.npz", protocol.encode_value(broadcast, broadcast_type))
-    store.put_new(f"{prefix}/carry.npz", protocol.encode_value(carry, carry_type))
+    store.put_new(f"{prefix}/broadcast.npz", protocol.encode_value(broadcast, form.broadcast_type))
+    store.put_new(f"{prefix}/carry.npz", protocol.encode_value(carry, form.carry_type))
     item = dict(protocol.round_item_key(run_id, round_num))
     item.update({
         "status": "open",

@@ -39,7 +39,8 @@ from absl import logging
 from fedsim.aws import protocol
 from fedsim.aws.config import StackConfig
 from fedsim.aws.store import Store
-from fedsim.core import op_allowlist
+from fedsim.core import op_allowlist, phase_runner
+from fedsim.core import types as ft
 from fedsim.core.errors import SerializationError
 
 __all__ = ["SiloAgent", "ComputationRefusedError", "load_silo_data", "read_pins", "main"]
@@ -196,14 +197,27 @@ class SiloAgent:
         if not isinstance(manifest, dict) or not isinstance(manifest.get("phases"), dict):
             raise ComputationRefusedError(f"the run's manifest {request['manifest_key']!r} is malformed (no phases)")
         work = self.accepted_computation(manifest["phases"].get("work"), "work")
+        broadcast_type = self._manifest_type(manifest, "broadcast")
+        input_type = self._manifest_type(manifest, "client_input")
+        if work.type_signature.parameter != ft.StructType([(None, input_type), (None, broadcast_type)]):
+            raise ComputationRefusedError(
+                f"the work computation takes {work.type_signature.parameter}, but the run's manifest says "
+                f"<{input_type},{broadcast_type}>"
+            )
         prefix = protocol.round_prefix(request["run_id"], int(request["round"]))
-        broadcast_type = work.type_signature.parameter[1]
         broadcast = protocol.decode_value(self.store.get_checked(f"{prefix}/broadcast.npz"), broadcast_type, "the round's broadcast")
         dataset = self._input(manifest)
         started = time.monotonic()
-        output = work.call_value((dataset, broadcast))
+        output = phase_runner.work(work, dataset, broadcast, f"silo {self.silo_id}'s data")
         self.last_work_seconds = time.monotonic() - started
         return protocol.encode_value(output, work.type_signature.result)
+
+    @staticmethod
+    def _manifest_type(manifest: dict, name: str) -> ft.Type:
+        try:
+            return ft.type_from_json(manifest["types"][name], f"the manifest's {name} type")
+        except (KeyError, TypeError, ValueError) as error:
+            raise ComputationRefusedError(f"the run's manifest has no valid {name} type: {error}") from None
 
     def accepted_computation(self, reference: Any, role: str) -> Any:
         """The computation `reference` names, if this silo accepts it; else `ComputationRefusedError`.

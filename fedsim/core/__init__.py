@@ -1,9 +1,19 @@
-"""The federated core: types and placements, computations, intrinsics, contexts, serialization."""
+"""The federated core: types and placements, computations, intrinsics, contexts, serialization.
 
+Modules, one job each: `placements`, `types`, `containers` (Python classes by registered name),
+`structure` (values against types, in the type's order), `computation` / `tensorflow_computation`
+/ `federated_tracing` / `wrappers` (computations and their decorators), `building_blocks` (the
+IR), `intrinsic_defs` (the intrinsic registry) and `intrinsics` (their tracing API),
+`aggregations` (each aggregation defined once), `evaluator` (the one IR interpreter),
+`values` + `local_context` (concrete values, the default context), `compiler` +
+`canonical_form` + `phase_runner` (phases for silos), `serialization`, `op_allowlist`, `review`.
+"""
+
+from fedsim.core import context_stack
 from fedsim.core.computation import Computation
 from fedsim.core.containers import register_container
 from fedsim.core.context_stack import execution_context, get_context, set_default_context
-from fedsim.core.federated_tracing import FederatedComputation, Value, federated_computation
+from fedsim.core.federated_tracing import FederatedComputation, Value
 from fedsim.core.intrinsics import (
     FederatedTypeError,
     federated_aggregate,
@@ -23,7 +33,7 @@ from fedsim.core.local_context import LocalExecutionContext
 from fedsim.core.placements import CLIENTS, SERVER, Placement
 from fedsim.core.serialization import SerializationError, computation_hash, deserialize_computation, serialize_computation
 from fedsim.core.structure import TypeSignatureMismatchError
-from fedsim.core.tensorflow_computation import TensorFlowComputation, tf_computation
+from fedsim.core.tensorflow_computation import TensorFlowComputation
 from fedsim.core.types import (
     FederatedType,
     FunctionType,
@@ -35,8 +45,12 @@ from fedsim.core.types import (
     is_assignable_from,
     to_type,
 )
+from fedsim.core.wrappers import federated_computation, tf_computation
+from fedsim.core.canonical_form import CanonicalForm, CanonicalFormError
+from fedsim.core.compiler import compile_to_canonical_form
+from fedsim.core.phase_runner import run_round as run_canonical_form
 
-from fedsim.core.canonical_form import CanonicalForm, CanonicalFormError, compile_to_canonical_form, run_canonical_form
+context_stack.install_default_context(LocalExecutionContext())
 
 __all__ = [
     "CLIENTS",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional
 
-from fedsim.core import containers
+from fedsim.core import containers, intrinsic_defs
 from fedsim.core import types as ft
 from fedsim.core.errors import SerializationError
 
@@ -261,7 +261,9 @@ def from_json(data: Any, resolve: Callable, path: str = "ir") -> BuildingBlock:
             )
         if kind == "intrinsic":
             _expect(data, {"intrinsic", "type"}, path)
-            return Intrinsic(_name(data["intrinsic"], path), ft.type_from_json(data["type"], f"{path}.type"))
+            uri, intrinsic_type = _name(data["intrinsic"], path), ft.type_from_json(data["type"], f"{path}.type")
+            intrinsic_defs.check_call_type(uri, intrinsic_type)  # known, and typed by its rule
+            return Intrinsic(uri, intrinsic_type)
         if kind == "compiled":
             _expect(data, {"compiled"}, path)
             return Compiled(resolve(data["compiled"]))

@@ -1,7 +1,9 @@
 """The stack of execution contexts: calling a computation runs it in the current one.
 
-The default is the local simulation context. Swap it for a block with
-``with fedsim.core.execution_context(ctx):`` or for good with ``set_default_context(ctx)``.
+The package installs the local simulation context as the default (`install_default_context`,
+called by `fedsim.core`'s `__init__`), so this module depends on no context. Swap it for a
+block with ``with fedsim.core.execution_context(ctx):`` or for good with
+``set_default_context(ctx)``.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import contextlib
 import threading
 from typing import Any, Iterator, Optional, Protocol
 
-__all__ = ["Context", "execution_context", "get_context", "set_default_context"]
+__all__ = ["Context", "execution_context", "get_context", "install_default_context", "set_default_context"]
 
 
 class Context(Protocol):
@@ -25,8 +27,16 @@ class _ContextStack(threading.local):
 
 
 _stack = _ContextStack()
-_default: Optional[Context] = None
+_installed: Optional[Context] = None  # the package's default (the local simulation context)
+_default: Optional[Context] = None  # the user's, if set
 _default_lock = threading.Lock()
+
+
+def install_default_context(context: Context) -> None:
+    """Installs the context used when no other is set (the package calls this once)."""
+    global _installed
+    with _default_lock:
+        _installed = context
 
 
 def set_default_context(context: Optional[Context]) -> None:
@@ -43,13 +53,11 @@ def get_context() -> Context:
     """The context that a call of a computation runs in now."""
     if _stack.stack:
         return _stack.stack[-1]
-    global _default
     with _default_lock:
-        if _default is None:
-            from fedsim.core.local_context import LocalExecutionContext
-
-            _default = LocalExecutionContext()
-        return _default
+        context = _default or _installed
+    if context is None:
+        raise RuntimeError("no execution context is installed; import fedsim (or fedsim.core) first")
+    return context
 
 
 @contextlib.contextmanager

@@ -5,13 +5,7 @@ operations (intrinsics, calls of computations, selections) record IR nodes. Ever
 bound to a named local of one `Block`, so each is computed once. The traced `Lambda` is the
 computation: typed, serializable and run by whichever execution context is current.
 
-Example::
-
-    @fedsim.federated_computation(fedsim.FederatedType(tf.float32, fedsim.CLIENTS))
-    def mean_temperature(readings):
-        return fedsim.federated_mean(readings)
-
-    mean_temperature([20.0, 22.0, 27.0])  # -> 23.0
+The decorator users write is `fedsim.federated_computation` (`wrappers`).
 """
 
 from __future__ import annotations
@@ -25,11 +19,12 @@ import tensorflow as tf
 from fedsim.core import building_blocks as bb
 from fedsim.core import computation as computation_lib
 from fedsim.core import context_stack
+from fedsim.core import intrinsic_defs as defs
 from fedsim.core import structure
 from fedsim.core import tensorflow_computation as tfc
 from fedsim.core import types as ft
 
-__all__ = ["FederatedComputation", "federated_computation", "Value", "TracingContext"]
+__all__ = ["FederatedComputation", "Value", "TracingContext", "current_tracer", "to_block", "trace_federated_function", "type_of_call_argument"]
 
 
 class FederatedComputation(computation_lib.Computation):
@@ -51,6 +46,11 @@ class Value:
         self._block = block
 
     @property
+    def block(self) -> bb.BuildingBlock:
+        """The IR node this value stands for."""
+        return self._block
+
+    @property
     def type_signature(self) -> ft.Type:
         return self._block.type_signature
 
@@ -70,9 +70,7 @@ class Value:
                 raise IndexError(f"index {key} out of range for {value_type}")
             index %= len(member)
         if isinstance(value_type, ft.FederatedType):
-            from fedsim.core import intrinsics
-
-            return intrinsics.federated_select_member(self, index)
+            return _select_member(self, index)
         return Value(bb.Selection(self._block, index))
 
     def __getattr__(self, name: str) -> "Value":
@@ -98,7 +96,7 @@ class Value:
         function_type = self.type_signature
         if not isinstance(function_type, ft.FunctionType):
             raise TypeError(f"a value of type {function_type} is not a function")
-        return _current_tracer("calling a function value").invoke_block(self._block, args, kwargs)
+        return current_tracer("calling a function value").invoke_block(self._block, args, kwargs)
 
     def __bool__(self) -> bool:
         raise TypeError(
@@ -150,7 +148,18 @@ def _has_federated(type_spec: ft.Type) -> bool:
     return isinstance(type_spec, ft.StructType) and any(_has_federated(t) for t in type_spec)
 
 
-def _current_tracer(what: str) -> TracingContext:
+def _select_member(value: Value, index: int) -> Value:
+    """`value[index]` for a federated structure: a federated_map of a selection lambda."""
+    value_type = value.type_signature
+    member = value_type.member
+    selector = bb.Lambda("_member", member, bb.Selection(bb.Reference("_member", member), index))
+    argument = bb.Struct([(None, selector), (None, value.block)])
+    result_type = defs.lookup(defs.FEDERATED_MAP).type_rule(argument.type_signature, None)
+    intrinsic = bb.Intrinsic(defs.FEDERATED_MAP, ft.FunctionType(argument.type_signature, result_type))
+    return current_tracer("selecting from a federated value").bind(bb.Call(intrinsic, argument))
+
+
+def current_tracer(what: str) -> TracingContext:
     context = context_stack.get_context()
     if not isinstance(context, TracingContext):
         raise RuntimeError(
@@ -201,35 +210,25 @@ def to_block(obj: Any) -> bb.BuildingBlock:
         return bb.Compiled(obj)
     if isinstance(obj, FederatedComputation):
         return obj.ir
-    if isinstance(obj, tfc.PolymorphicComputation):
+    if getattr(obj, "is_polymorphic", False):
         raise TypeError(
             f"{obj.name} has no declared types, so it cannot be passed as a value here; "
             f"declare its parameter types in the decorator"
         )
     if isinstance(obj, (dict, list, tuple)) or attrs.has(type(obj)):
         if _contains_value(obj) or any(isinstance(v, computation_lib.Computation) for v in _children(obj)):
-            items = _items(obj)
+            items = structure.named_items(obj)
             return bb.Struct([(name, to_block(element)) for name, element in items], container=type(obj))
     if isinstance(obj, (np.ndarray, np.generic, int, float, bool, str, bytes, dict, list, tuple)) or attrs.has(type(obj)):
-        tracer = _current_tracer("using a Python constant")
+        tracer = current_tracer("using a Python constant")
         return tracer.bind(constant_block(obj))._block
     if obj is None:
         raise TypeError("a federated computation produced None where a value was expected (did the function return?)")
     raise TypeError(f"cannot use a {type(obj).__name__} in a federated computation")
 
 
-def _items(obj: Any) -> list:
-    if isinstance(obj, dict):
-        return list(obj.items())
-    if hasattr(type(obj), "_fields") and isinstance(obj, tuple):
-        return list(obj._asdict().items())
-    if attrs.has(type(obj)):
-        return [(f.name, getattr(obj, f.name)) for f in attrs.fields(type(obj))]
-    return [(None, element) for element in obj]
-
-
 def _children(obj: Any) -> list:
-    return [element for _, element in _items(obj)]
+    return [element for _, element in structure.named_items(obj)]
 
 
 def trace_federated_function(
@@ -252,28 +251,3 @@ def trace_federated_function(
         result_block = to_block(result)
     body = bb.Block(tracer.locals, result_block) if tracer.locals else result_block
     return FederatedComputation(bb.Lambda(parameter_name, parameter_type, body), name, unpack)
-
-
-def federated_computation(*args: Any) -> Any:
-    """Decorates a Python function over federated values as a traced, serializable computation.
-
-    Forms as for `tf_computation`: ``@federated_computation(type, ...)``,
-    ``@federated_computation`` for no parameter, ``federated_computation(fn, type, ...)``.
-
-    Example::
-
-        @fedsim.federated_computation(
-            fedsim.FederatedType(tf.float32, fedsim.SERVER),
-            fedsim.FederatedType(tf.float32, fedsim.CLIENTS))
-        def spread(offset, readings):
-            shifted = fedsim.federated_map(add, fedsim.federated_zip(
-                [fedsim.federated_broadcast(offset), readings]))
-            return fedsim.federated_sum(shifted)
-    """
-    if args and callable(args[0]) and not isinstance(args[0], (tf.DType, type, ft.Type)):
-        return tfc._make(args[0], args[1:], trace_federated_function)
-
-    def decorator(fn: Callable) -> Any:
-        return tfc._make(fn, args, trace_federated_function)
-
-    return decorator

@@ -1,8 +1,9 @@
 """Federated and sequence intrinsics: the operations a federated computation is made of.
 
 Each checks placements and types when the computation is traced and refuses misuse in plain
-words (for example `federated_sum` of a SERVER value). Each records one IR call of an
-`Intrinsic` whose URI is the intrinsic's name; execution contexts give them meaning.
+words (for example `federated_sum` of a SERVER value), then records one IR call of an
+`Intrinsic` whose result type comes from the registry's type rule (`intrinsic_defs`); the
+evaluator gives them meaning in each execution context.
 """
 
 from __future__ import annotations
@@ -10,13 +11,13 @@ from __future__ import annotations
 from typing import Any, Optional
 
 import numpy as np
-import tensorflow as tf
 
 from fedsim.core import building_blocks as bb
+from fedsim.core import intrinsic_defs as defs
 from fedsim.core import computation as computation_lib
 from fedsim.core import federated_tracing as fc
 from fedsim.core import structure
-from fedsim.core import tensorflow_computation as tfc
+from fedsim.core import wrappers
 from fedsim.core import types as ft
 from fedsim.core.placements import CLIENTS, SERVER, Placement
 
@@ -36,27 +37,12 @@ __all__ = [
     "sequence_sum",
 ]
 
-FEDERATED_VALUE = "federated_value"
-FEDERATED_BROADCAST = "federated_broadcast"
-FEDERATED_MAP = "federated_map"
-FEDERATED_EVAL = "federated_eval"
-FEDERATED_ZIP = "federated_zip"
-FEDERATED_SUM = "federated_sum"
-FEDERATED_MEAN = "federated_mean"
-FEDERATED_WEIGHTED_MEAN = "federated_weighted_mean"
-FEDERATED_AGGREGATE = "federated_aggregate"
-FEDERATED_SECURE_SUM_BITWIDTH = "federated_secure_sum_bitwidth"
-SEQUENCE_MAP = "sequence_map"
-SEQUENCE_REDUCE = "sequence_reduce"
-SEQUENCE_SUM = "sequence_sum"
-
-
 class FederatedTypeError(TypeError):
     """An intrinsic was given a value of the wrong placement or type."""
 
 
 def _tracer(name: str) -> fc.TracingContext:
-    return fc._current_tracer(f"fedsim.{name}")
+    return fc.current_tracer(f"fedsim.{name}")
 
 
 def _value(obj: Any, name: str, what: str) -> fc.Value:
@@ -68,13 +54,15 @@ def _value(obj: Any, name: str, what: str) -> fc.Value:
         raise FederatedTypeError(f"fedsim.{name}: the {what} cannot be used: {error}") from None
 
 
-def _call(uri: str, arguments: list, result_type: ft.Type) -> fc.Value:
+def _call(uri: str, arguments: list, placement: Optional[Placement] = None) -> fc.Value:
+    """Records a call of `uri`; its result type comes from the registry's type rule."""
     blocks = [fc.to_block(a) for a in arguments]
     if len(blocks) == 1:
         parameter_type, argument = blocks[0].type_signature, blocks[0]
     else:
         argument = bb.Struct([(None, b) for b in blocks])
         parameter_type = argument.type_signature
+    result_type = defs.lookup(uri).type_rule(parameter_type, placement)
     intrinsic = bb.Intrinsic(uri, ft.FunctionType(parameter_type, result_type))
     return _tracer(uri).bind(bb.Call(intrinsic, argument))
 
@@ -111,7 +99,7 @@ def _unplaced(value: fc.Value, name: str, what: str) -> ft.Type:
 
 def _function(fn: Any, parameter_type: Optional[ft.Type], name: str, what: str, unpack: bool = False) -> fc.Value:
     """A function value for `fn`, instantiating a computation without declared types."""
-    if isinstance(fn, tfc.PolymorphicComputation):
+    if isinstance(fn, wrappers.PolymorphicComputation):
         if parameter_type is None:
             raise FederatedTypeError(f"fedsim.{name}: the {what} needs declared types")
         fn = fn.for_type(parameter_type, unpack)
@@ -158,22 +146,22 @@ def federated_value(value: Any, placement: Placement) -> fc.Value:
     """Places an unplaced value (or Python constant) at `placement`, equal everywhere."""
     if not isinstance(placement, Placement):
         raise FederatedTypeError(f"fedsim.federated_value needs fedsim.CLIENTS or fedsim.SERVER, got {placement!r}")
-    value = _value(value, FEDERATED_VALUE, "value")
-    member = _unplaced(value, FEDERATED_VALUE, "value")
-    result = _call(FEDERATED_VALUE, [value], ft.FederatedType(member, placement, all_equal=True))
-    return result
+    value = _value(value, defs.FEDERATED_VALUE, "value")
+    member = _unplaced(value, defs.FEDERATED_VALUE, "value")
+    del member  # checked above: the value is unplaced
+    return _call(defs.FEDERATED_VALUE, [value], placement)
 
 
 def federated_broadcast(value: Any) -> fc.Value:
     """Sends a SERVER value to every client: `T@SERVER -> T@CLIENTS`."""
-    value = _value(value, FEDERATED_BROADCAST, "value")
-    value_type = _federated(value, FEDERATED_BROADCAST)
+    value = _value(value, defs.FEDERATED_BROADCAST, "value")
+    value_type = _federated(value, defs.FEDERATED_BROADCAST)
     if value_type.placement is not SERVER:
         raise FederatedTypeError(
             f"fedsim.federated_broadcast sends a server value to the clients, but got {value_type} "
             f"(placed at {value_type.placement})"
         )
-    return _call(FEDERATED_BROADCAST, [value], ft.FederatedType(value_type.member, CLIENTS, all_equal=True))
+    return _call(defs.FEDERATED_BROADCAST, [value])
 
 
 def _zip_if_structure(arg: Any, name: str) -> fc.Value:
@@ -193,32 +181,18 @@ def federated_map(fn: Any, arg: Any) -> fc.Value:
     `{T}@CLIENTS -> {U}@CLIENTS`, or `T@SERVER -> U@SERVER`. A structure of federated values is
     zipped first, as in TFF.
     """
-    value = _zip_if_structure(arg, FEDERATED_MAP)
-    value_type = _federated(value, FEDERATED_MAP, "argument")
-    function = _function(fn, value_type.member, FEDERATED_MAP, "mapped computation", unpack=isinstance(value_type.member, ft.StructType))
-    result_member = function.type_signature.result
-    all_equal = value_type.placement is SERVER
-    return _call(FEDERATED_MAP, [function, value], ft.FederatedType(result_member, value_type.placement, all_equal))
-
-
-def federated_select_member(value: fc.Value, index: int) -> fc.Value:
-    """`value[index]` for a federated structure, as a map of a selection."""
-    value_type = value.type_signature
-    member = value_type.member
-    parameter = bb.Reference("_member", member)
-    selector = bb.Lambda("_member", member, bb.Selection(parameter, index))
-    all_equal = value_type.all_equal
-    result_type = ft.FederatedType(member[index], value_type.placement, all_equal)
-    return _call(FEDERATED_MAP, [fc.Value(selector), value], result_type)
+    value = _zip_if_structure(arg, defs.FEDERATED_MAP)
+    value_type = _federated(value, defs.FEDERATED_MAP, "argument")
+    function = _function(fn, value_type.member, defs.FEDERATED_MAP, "mapped computation", unpack=isinstance(value_type.member, ft.StructType))
+    return _call(defs.FEDERATED_MAP, [function, value])
 
 
 def federated_eval(fn: Any, placement: Placement) -> fc.Value:
     """Runs a no-argument computation at `placement` (each client runs its own)."""
     if not isinstance(placement, Placement):
         raise FederatedTypeError(f"fedsim.federated_eval needs fedsim.CLIENTS or fedsim.SERVER, got {placement!r}")
-    function = _function(fn, None, FEDERATED_EVAL, "evaluated computation")
-    result_type = ft.FederatedType(function.type_signature.result, placement, placement is SERVER)
-    return _call(FEDERATED_EVAL, [function], result_type)
+    function = _function(fn, None, defs.FEDERATED_EVAL, "evaluated computation")
+    return _call(defs.FEDERATED_EVAL, [function], placement)
 
 
 def federated_zip(value: Any) -> fc.Value:
@@ -226,7 +200,7 @@ def federated_zip(value: Any) -> fc.Value:
 
     `<a={A}@CLIENTS,b={B}@CLIENTS> -> {<a=A,b=B>}@CLIENTS`.
     """
-    value = _value(value, FEDERATED_ZIP, "value")
+    value = _value(value, defs.FEDERATED_ZIP, "value")
     value_type = value.type_signature
     if not isinstance(value_type, ft.StructType) or len(value_type) == 0:
         raise FederatedTypeError(f"fedsim.federated_zip needs a non-empty structure of federated values, got {value_type}")
@@ -240,21 +214,15 @@ def federated_zip(value: Any) -> fc.Value:
         placements.add(element_type.placement)
     if len(placements) != 1:
         raise FederatedTypeError(f"fedsim.federated_zip: the elements of {value_type} are at different placements")
-    placement = placements.pop()
-    member = ft.StructType(
-        [(element_name, element_type.member) for element_name, element_type in value_type.elements],
-        container=value_type.container,
-    )
-    all_equal = all(t.all_equal for t in value_type)
-    return _call(FEDERATED_ZIP, [value], ft.FederatedType(member, placement, all_equal))
+    return _call(defs.FEDERATED_ZIP, [value])
 
 
 def federated_sum(value: Any) -> fc.Value:
     """Sums a CLIENTS value at the SERVER: `{T}@CLIENTS -> T@SERVER` (numeric T)."""
-    value = _value(value, FEDERATED_SUM, "value")
-    value_type = _at_clients(value, FEDERATED_SUM)
-    _check_leaves(value_type.member, FEDERATED_SUM, "numeric")
-    return _call(FEDERATED_SUM, [value], ft.FederatedType(value_type.member, SERVER))
+    value = _value(value, defs.FEDERATED_SUM, "value")
+    value_type = _at_clients(value, defs.FEDERATED_SUM)
+    _check_leaves(value_type.member, defs.FEDERATED_SUM, "numeric")
+    return _call(defs.FEDERATED_SUM, [value])
 
 
 def federated_mean(value: Any, weight: Any = None) -> fc.Value:
@@ -262,21 +230,20 @@ def federated_mean(value: Any, weight: Any = None) -> fc.Value:
 
     `weight`, if given, is a numeric scalar per client (`{float32}@CLIENTS`).
     """
-    value = _value(value, FEDERATED_MEAN, "value")
-    value_type = _at_clients(value, FEDERATED_MEAN)
-    _check_leaves(value_type.member, FEDERATED_MEAN, "floating")
-    result_type = ft.FederatedType(value_type.member, SERVER)
+    value = _value(value, defs.FEDERATED_MEAN, "value")
+    value_type = _at_clients(value, defs.FEDERATED_MEAN)
+    _check_leaves(value_type.member, defs.FEDERATED_MEAN, "floating")
     if weight is None:
-        return _call(FEDERATED_MEAN, [value], result_type)
-    weight = _value(weight, FEDERATED_MEAN, "weight")
-    weight_type = _at_clients(weight, FEDERATED_MEAN, "weight")
+        return _call(defs.FEDERATED_MEAN, [value])
+    weight = _value(weight, defs.FEDERATED_MEAN, "weight")
+    weight_type = _at_clients(weight, defs.FEDERATED_MEAN, "weight")
     member = weight_type.member
     if not (isinstance(member, ft.TensorType) and member.shape == () and (member.dtype.is_floating or member.dtype.is_integer)):
         raise FederatedTypeError(
             f"fedsim.federated_mean: the weight must be a numeric scalar per client, such as "
             f"{{float32}}@CLIENTS, but it is {weight_type}"
         )
-    return _call(FEDERATED_WEIGHTED_MEAN, [value, weight], result_type)
+    return _call(defs.FEDERATED_WEIGHTED_MEAN, [value, weight])
 
 
 def federated_aggregate(value: Any, zero: Any, accumulate: Any, merge: Any, report: Any) -> fc.Value:
@@ -286,7 +253,7 @@ def federated_aggregate(value: Any, zero: Any, accumulate: Any, merge: Any, repo
     partial accumulators combined with `merge: <U,U> -> U`, and the total turned into the
     result with `report: U -> R`.
     """
-    name = FEDERATED_AGGREGATE
+    name = defs.FEDERATED_AGGREGATE
     value = _value(value, name, "value")
     value_type = _at_clients(value, name)
     zero = _value(zero, name, "zero")
@@ -296,8 +263,7 @@ def federated_aggregate(value: Any, zero: Any, accumulate: Any, merge: Any, repo
     merge_fn = _function(merge, ft.StructType([(None, zero_type), (None, zero_type)]), name, "merge", unpack=True)
     _check_result(merge_fn, zero_type, name, "merge")
     report_fn = _function(report, zero_type, name, "report")
-    result_type = ft.FederatedType(report_fn.type_signature.result, SERVER)
-    return _call(name, [value, zero, accumulate_fn, merge_fn, report_fn], result_type)
+    return _call(name, [value, zero, accumulate_fn, merge_fn, report_fn])
 
 
 def _check_result(function: fc.Value, expected: ft.Type, name: str, what: str) -> None:
@@ -316,76 +282,67 @@ def federated_secure_sum_bitwidth(value: Any, bitwidth: Any) -> fc.Value:
     the range of every client's value and sums exactly; a real deployment replaces this by a
     secure aggregation protocol over the same range.
     """
-    name = FEDERATED_SECURE_SUM_BITWIDTH
+    name = defs.FEDERATED_SECURE_SUM_BITWIDTH
     value = _value(value, name, "value")
     value_type = _at_clients(value, name)
     _check_leaves(value_type.member, name, "integer")
-    for width in tf.nest.flatten(bitwidth):
-        if isinstance(width, fc.Value) or not isinstance(width, int) or not 1 <= width <= 62:
-            raise FederatedTypeError(f"fedsim.{name}: the bitwidth must be a Python int from 1 to 62, got {width!r}")
-    if isinstance(bitwidth, int):
-        bitwidth_structure = structure.unflatten_value(
-            value_type.member, [bitwidth] * len(ft.flatten_type(value_type.member))
-        )
+    member = value_type.member
+    leaf_count = len(ft.flatten_type(member))
+    if isinstance(bitwidth, fc.Value):
+        raise FederatedTypeError(f"fedsim.{name}: the bitwidth must be a Python int (or a structure of them), not a traced value")
+    if isinstance(bitwidth, int) and not isinstance(bitwidth, bool):
+        widths = [bitwidth] * leaf_count
     else:
-        bitwidth_structure = bitwidth
-    bitwidth_type = ft.infer_type(bitwidth_structure)
-    if len(ft.flatten_type(bitwidth_type)) != len(ft.flatten_type(value_type.member)):
-        raise FederatedTypeError(f"fedsim.{name}: the bitwidth structure {bitwidth!r} does not match the value type {value_type.member}")
-    widths_value = fc.Value(fc.to_block(_as_int64(bitwidth_structure)))
-    return _call(name, [value, widths_value], ft.FederatedType(value_type.member, SERVER))
-
-
-def _as_int64(bitwidth_structure: Any) -> Any:
-    return tf.nest.map_structure(lambda width: np.int64(width), bitwidth_structure)
+        try:  # a structure matching the value's type, read in the type's order (dict keys by name)
+            widths = structure.flatten_value(bitwidth, member)
+        except structure.TypeSignatureMismatchError as mismatch:
+            raise FederatedTypeError(
+                f"fedsim.{name}: the bitwidth structure {bitwidth!r} does not match the value type {member}: {mismatch}"
+            ) from None
+    for width in widths:
+        if isinstance(width, bool) or not isinstance(width, (int, np.integer)) or not 1 <= width <= 62:
+            raise FederatedTypeError(f"fedsim.{name}: the bitwidth must be a Python int from 1 to 62, got {width!r}")
+    int64_member = structure.unflatten_value(member, [np.int64(w) for w in widths])
+    widths_value = fc.Value(fc.to_block(int64_member))
+    return _call(name, [value, widths_value])
 
 
 def _sequence_operand(value: Any, name: str) -> tuple:
-    """(value, element type, placement or None, all_equal) for a sequence or federated sequence."""
+    """(value, element type) for a sequence or federated sequence."""
     value = _value(value, name, "sequence")
     value_type = value.type_signature
-    if isinstance(value_type, ft.FederatedType):
-        sequence_type, placement, all_equal = value_type.member, value_type.placement, value_type.all_equal
-    else:
-        sequence_type, placement, all_equal = value_type, None, True
+    sequence_type = value_type.member if isinstance(value_type, ft.FederatedType) else value_type
     if not isinstance(sequence_type, ft.SequenceType):
         raise FederatedTypeError(f"fedsim.{name} needs a sequence (a dataset), got {value_type}")
-    return value, sequence_type.element, placement, all_equal
-
-
-def _place(member: ft.Type, placement: Optional[Placement], all_equal: bool) -> ft.Type:
-    if placement is None:
-        return member
-    return ft.FederatedType(member, placement, all_equal if placement is SERVER else False)
+    return value, sequence_type.element
 
 
 def sequence_map(fn: Any, value: Any) -> fc.Value:
     """Maps a computation over a sequence's elements: `(T -> U), T* -> U*` (also pointwise at a placement)."""
-    value, element, placement, all_equal = _sequence_operand(value, SEQUENCE_MAP)
-    function = _function(fn, element, SEQUENCE_MAP, "mapped computation")
-    _require_tensorflow(function, SEQUENCE_MAP)
-    result_type = _place(ft.SequenceType(function.type_signature.result), placement, all_equal)
-    return _call(SEQUENCE_MAP, [function, value], result_type)
+    value, element = _sequence_operand(value, defs.SEQUENCE_MAP)
+    function = _function(fn, element, defs.SEQUENCE_MAP, "mapped computation")
+    _require_tensorflow(function, defs.SEQUENCE_MAP)
+    return _call(defs.SEQUENCE_MAP, [function, value])
 
 
 def sequence_reduce(value: Any, zero: Any, op: Any) -> fc.Value:
     """Folds a sequence: `T*, U, (<U,T> -> U) -> U` (also pointwise at a placement)."""
-    value, element, placement, all_equal = _sequence_operand(value, SEQUENCE_REDUCE)
-    zero = _value(zero, SEQUENCE_REDUCE, "zero")
-    zero_type = _unplaced(zero, SEQUENCE_REDUCE, "zero")
-    function = _function(op, ft.StructType([(None, zero_type), (None, element)]), SEQUENCE_REDUCE, "reduction", unpack=True)
-    _require_tensorflow(function, SEQUENCE_REDUCE)
-    _check_result(function, zero_type, SEQUENCE_REDUCE, "the reduction")
-    return _call(SEQUENCE_REDUCE, [value, zero, function], _place(zero_type, placement, all_equal))
+    value, element = _sequence_operand(value, defs.SEQUENCE_REDUCE)
+    zero = _value(zero, defs.SEQUENCE_REDUCE, "zero")
+    zero_type = _unplaced(zero, defs.SEQUENCE_REDUCE, "zero")
+    function = _function(op, ft.StructType([(None, zero_type), (None, element)]), defs.SEQUENCE_REDUCE, "reduction", unpack=True)
+    _require_tensorflow(function, defs.SEQUENCE_REDUCE)
+    _check_result(function, zero_type, defs.SEQUENCE_REDUCE, "the reduction")
+    return _call(defs.SEQUENCE_REDUCE, [value, zero, function])
 
 
 def sequence_sum(value: Any) -> fc.Value:
     """Sums a sequence's elements: `T* -> T` (numeric T; also pointwise at a placement)."""
-    value, element, placement, all_equal = _sequence_operand(value, SEQUENCE_SUM)
-    _check_leaves(element, SEQUENCE_SUM, "numeric", "sequence element")
-    return _call(SEQUENCE_SUM, [value], _place(element, placement, all_equal))
+    value, element = _sequence_operand(value, defs.SEQUENCE_SUM)
+    _check_leaves(element, defs.SEQUENCE_SUM, "numeric", "sequence element")
+    return _call(defs.SEQUENCE_SUM, [value])
 
 
 def _require_tensorflow(function: fc.Value, name: str) -> None:
-    if not isinstance(function._block, bb.Compiled):
+    if not isinstance(function.block, bb.Compiled):
         raise FederatedTypeError(f"fedsim.{name} needs a @fedsim.tf_computation as its function")

@@ -1,13 +1,16 @@
 """The local simulation context: runs computations in this process.
 
 CLIENTS-placed arguments are Python sequences with one member per client; SERVER values are
-numpy/Python structures. Client values are never all held at once: a client value is a recipe
-(`ClientValues`) computed client by client, and aggregations (`federated_sum`, `_mean`,
-`_aggregate`, secure sums) are *deferred* until the server needs one of them. Then one pass over
-the clients feeds every pending aggregation together, so the client work shared by several
-aggregations runs once, and memory stays O(value), not O(clients x value). Client work in a
-pass runs on a small thread pool (TensorFlow releases the GIL), in a bounded window, and is
-accumulated in client order, so results do not depend on the number of threads.
+numpy/Python structures. Client values are recipes computed client by client (`values`), and
+aggregations are *deferred* until the server needs one of them. Then one pass over the clients
+feeds every pending aggregation together, so the client work shared by several aggregations
+runs once, and memory stays O(value), not O(clients x value). Client work in a pass runs on a
+small thread pool (TensorFlow releases the GIL), in a bounded window, and is accumulated in
+client order, so results do not depend on the number of threads.
+
+The IR is interpreted by the shared `evaluator.Evaluator`; this module only says what values
+are here (`LocalDomain`), and aggregations stream through the same definitions the compiler
+uses (`aggregations`).
 """
 
 from __future__ import annotations
@@ -16,323 +19,45 @@ import collections
 import concurrent.futures
 import os
 import threading
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 import tensorflow as tf
 
-from fedsim.core.environment import Environment
-from fedsim.core import building_blocks as bb
-from fedsim.core import federated_tracing as fc
-from fedsim.core import intrinsics as ops
+from fedsim.core import aggregations
+from fedsim.core import evaluator as evaluator_lib
+from fedsim.core import intrinsic_defs as defs
 from fedsim.core import structure
 from fedsim.core import tensorflow_computation as tfc
 from fedsim.core import types as ft
+from fedsim.core.federated_tracing import FederatedComputation
 from fedsim.core.placements import CLIENTS, SERVER
+from fedsim.core.values import (
+    AllEqualClients, ClientValues, Deferred, EvalClients, Lazy, ListClients, MappedClients, ZippedClients,
+    force_all,
+)
 
-__all__ = ["LocalExecutionContext"]
-
-
-# ----------------------------------------------------------------------------------------------
-# Runtime values
-
-
-class ClientValues:
-    """A value placed at CLIENTS, computed per client on demand.
-
-    `compute(index, memo)` returns client `index`'s member; `memo` is private to one client's
-    task, so a recipe used by several aggregations is computed once per client per pass.
-    """
-
-    count: Optional[int] = None
-
-    def compute(self, index: int, memo: dict) -> Any:
-        raise NotImplementedError
-
-    def dependencies(self) -> list:
-        """Server values not yet computed that this recipe needs (forced before a pass)."""
-        return []
-
-
-class ListClients(ClientValues):
-    def __init__(self, members: Sequence, member_type: ft.Type, what: str, checked: bool):
-        self.members = members
-        self.member_type = member_type
-        self.what = what
-        self.checked = checked
-        self.count = len(members)
-
-    def compute(self, index, memo):
-        member = self.members[index]
-        if self.checked:
-            return member
-        return structure.check_and_normalize(member, self.member_type, f"client {index} of {self.what}")
-
-
-class AllEqualClients(ClientValues):
-    def __init__(self, value: Any):
-        self.value = value
-
-    def compute(self, index, memo):
-        return _force_all(self.value)
-
-    def dependencies(self):
-        return _unforced(self.value)
-
-
-class MappedClients(ClientValues):
-    def __init__(self, fn: Callable, source: ClientValues):
-        self.fn = fn
-        self.source = source
-        self.count = source.count
-
-    def compute(self, index, memo):
-        key = id(self)
-        if key not in memo:
-            memo[key] = self.fn(self.source.compute(index, memo))
-        return memo[key]
-
-    def dependencies(self):
-        return self.source.dependencies()
-
-
-class EvalClients(ClientValues):
-    def __init__(self, fn: Callable):
-        self.fn = fn
-
-    def compute(self, index, memo):
-        key = id(self)
-        if key not in memo:
-            memo[key] = self.fn()
-        return memo[key]
-
-
-class ZippedClients(ClientValues):
-    def __init__(self, elements: list, member_type: ft.StructType):
-        self.elements = elements
-        self.member_type = member_type
-        counts = {e.count for e in elements if e.count is not None}
-        self.count = counts.pop() if len(counts) == 1 else None
-        if counts:
-            raise ValueError(f"cannot zip client values with different numbers of clients: {sorted(counts | {self.count})}")
-
-    def compute(self, index, memo):
-        return structure.pack_struct(self.member_type, [e.compute(index, memo) for e in self.elements])
-
-    def dependencies(self):
-        return [d for e in self.elements for d in e.dependencies()]
-
-
-class Lazy:
-    """A SERVER value computed when first needed.
-
-    Server work is lazy so that by the time any aggregation is needed, every aggregation of
-    the round has been registered and one pass over the clients serves them all.
-    """
-
-    def __init__(self, thunk: Callable[[], Any]):
-        self.thunk = thunk
-        self.done = False
-        self.value = None
-        self.lock = threading.Lock()
-
-    def force(self) -> Any:
-        if not self.done:
-            with self.lock:
-                if not self.done:
-                    self.value = self.thunk()
-                    self.done = True
-                    self.thunk = None
-        return self.value
-
-
-class Deferred(Lazy):
-    """A SERVER value waiting for an aggregation pass over the clients."""
-
-    def __init__(self, run: "_Run", sources: list, accumulator_fn: Callable):
-        super().__init__(lambda: run.run_pass_for(self))
-        self.sources = sources
-        self.accumulator_fn = accumulator_fn
-
-    def force(self) -> Any:
-        if not self.done:
-            self.thunk()
-        return self.value
-
-    def ready(self) -> bool:
-        return not any(s.dependencies() for s in self.sources)
-
-
-class _Closure:
-    """A traced lambda with its environment, callable like a computation."""
-
-    def __init__(self, block: bb.Lambda, env: "Environment", run: "_Run"):
-        self.block = block
-        self.env = env
-        self.run = run
-
-    def __call__(self, argument: Any) -> Any:
-        env = Environment(self.env)
-        if self.block.parameter_name is not None:
-            env.bind(self.block.parameter_name, argument)
-        return self.run.evaluate(self.block.result, env)
+__all__ = ["LocalExecutionContext", "LocalDomain"]
 
 
 class _TensorFlowFunction:
+    """A TensorFlow computation as a local function value: numpy in, numpy out."""
+
     def __init__(self, computation: tfc.TensorFlowComputation):
         self.computation = computation
 
     def __call__(self, argument: Any) -> Any:
-        return self.computation.call_value(_force_all(argument))
+        return self.computation.call_value(force_all(argument))
 
 
-def _unforced(value: Any) -> list:
-    """The lazy server values inside a structure that are not computed yet."""
-    if isinstance(value, Lazy):
-        return [] if value.done else [value]
-    if isinstance(value, dict):
-        return [u for v in value.values() for u in _unforced(v)]
-    if isinstance(value, (list, tuple)):
-        return [u for v in value for u in _unforced(v)]
-    if hasattr(type(value), "__attrs_attrs__"):
-        return [u for f in type(value).__attrs_attrs__ for u in _unforced(getattr(value, f.name))]
-    return []
-
-
-def _force_all(value: Any) -> Any:
-    """Replaces lazy server values inside a structure by their results."""
-    if isinstance(value, Lazy):
-        return _force_all(value.force())
-    if isinstance(value, dict):
-        if any(isinstance(v, (Lazy, dict, list, tuple)) or hasattr(type(v), "__attrs_attrs__") for v in value.values()):
-            return type(value)((k, _force_all(v)) for k, v in value.items())
+def _clients(value: Any) -> ClientValues:
+    if isinstance(value, ClientValues):
         return value
-    if isinstance(value, (list, tuple)) and any(isinstance(v, (Lazy, dict, list, tuple)) or hasattr(type(v), "__attrs_attrs__") for v in value):
-        forced = [_force_all(v) for v in value]
-        if hasattr(type(value), "_fields"):
-            return type(value)(*forced)
-        return type(value)(forced)
-    if hasattr(type(value), "__attrs_attrs__"):
-        import attrs
-
-        return attrs.evolve(value, **{f.name: _force_all(getattr(value, f.name)) for f in attrs.fields(type(value)) if f.init})
-    return value
+    raise TypeError(f"expected a CLIENTS-placed value at run time, found {type(value).__name__}")
 
 
-# ----------------------------------------------------------------------------------------------
-# Accumulators: one per pending aggregation in a pass.
-
-
-def _leafwise(fn: Callable, value_type: ft.Type, *values: Any) -> Any:
-    return structure.map_structure(lambda _, *leaves: fn(*leaves), value_type, *values)
-
-
-class _SumAccumulator:
-    def __init__(self, value_type: ft.Type):
-        self.value_type = value_type
-        self.total = None
-
-    def add(self, value):
-        if self.total is None:
-            self.total = _leafwise(lambda v: np.array(v, copy=True), self.value_type, value)
-        else:
-            self.total = _leafwise(lambda t, v: np.add(t, v, out=t) if isinstance(t, np.ndarray) and t.ndim else t + v, self.value_type, self.total, value)
-
-    def result(self):
-        return self.total
-
-
-class _MeanAccumulator:
-    def __init__(self, value_type: ft.Type, weighted: bool):
-        self.value_type = value_type
-        self.weighted = weighted
-        self.total = None
-        self.weight = 0.0
-
-    def add(self, value, weight=None):
-        weight = 1.0 if weight is None else float(weight)
-        self.weight += weight
-
-        def scaled(v):
-            return np.asarray(v * np.asarray(weight, dtype=v.dtype), dtype=v.dtype)
-
-        if self.total is None:
-            self.total = _leafwise(scaled, self.value_type, value)
-        else:
-            self.total = _leafwise(lambda t, v: np.add(t, scaled(v), out=t) if t.ndim else t + scaled(v), self.value_type, self.total, value)
-
-    def result(self):
-        if self.total is None:
-            raise ValueError("federated_mean over zero clients")
-        return _leafwise(lambda t: np.asarray(t / np.asarray(self.weight, dtype=t.dtype), dtype=t.dtype), self.value_type, self.total)
-
-
-class _AggregateAccumulator:
-    """Folds clients in groups of `group_size`, merging group accumulators as groups close."""
-
-    def __init__(self, zero, accumulate: Callable, merge: Callable, report: Callable, group_size: int):
-        self.zero = zero
-        self.accumulate = accumulate
-        self.merge = merge
-        self.report = report
-        self.group_size = group_size
-        self.group = None
-        self.in_group = 0
-        self.total = None
-
-    def add(self, value):
-        current = self.zero if self.group is None else self.group
-        self.group = self.accumulate((current, value))
-        self.in_group += 1
-        if self.in_group == self.group_size:
-            self._close_group()
-
-    def _close_group(self):
-        if self.group is None:
-            return
-        self.total = self.group if self.total is None else self.merge((self.total, self.group))
-        self.group, self.in_group = None, 0
-
-    def result(self):
-        self._close_group()
-        return self.report(self.zero if self.total is None else self.total)
-
-
-class _SecureSumAccumulator:
-    def __init__(self, value_type: ft.Type, bitwidth: Any):
-        self.value_type = value_type
-        self.bitwidth = bitwidth
-        self.leaves = ft.flatten_type(value_type)
-        self.widths = [int(w) for w in structure.flatten_value(bitwidth, value_type)]
-        self.total = None
-        self.client = 0
-
-    def add(self, value):
-        leaves = structure.flatten_value(value, self.value_type)
-        for leaf, width, leaf_type in zip(leaves, self.widths, self.leaves):
-            array = np.asarray(leaf)
-            if array.size and (array.min() < 0 or array.max() >= 2**width):
-                raise ValueError(
-                    f"federated_secure_sum_bitwidth: client {self.client} sent values outside [0, 2**{width}) "
-                    f"(min {array.min()}, max {array.max()}) in a value of type {leaf_type}"
-                )
-        as_int64 = [np.asarray(leaf, dtype=np.int64) for leaf in leaves]
-        self.total = as_int64 if self.total is None else [t + v for t, v in zip(self.total, as_int64)]
-        self.client += 1
-
-    def result(self):
-        return structure.unflatten_value(
-            self.value_type,
-            [np.asarray(t, dtype=leaf.dtype.as_numpy_dtype) for t, leaf in zip(self.total, self.leaves)],
-        )
-
-
-# ----------------------------------------------------------------------------------------------
-# The interpreter
-
-
-class _Run:
-    """One invocation of a federated computation."""
+class LocalDomain:
+    """Concrete values for the evaluator; one per invocation (it holds the pending aggregations)."""
 
     def __init__(self, context: "LocalExecutionContext", num_clients: Optional[int]):
         self.context = context
@@ -340,14 +65,113 @@ class _Run:
         self.pending: list = []
         self.passes = 0
 
-    # Passes over the clients ------------------------------------------------------------------
+    # Values ---------------------------------------------------------------------------------------
 
-    def defer(self, sources: list, accumulator_fn: Callable) -> Deferred:
-        deferred = Deferred(self, sources, accumulator_fn)
+    def compiled(self, computation: Any) -> Any:
+        return _TensorFlowFunction(computation)
+
+    def struct(self, values: list, struct_type: ft.StructType) -> Any:
+        return structure.pack_struct(struct_type, values)
+
+    def select(self, value: Any, index: int, source_type: ft.Type, result_type: ft.Type) -> Any:
+        if isinstance(value, Lazy):
+            return Lazy(lambda: structure.struct_elements(value.force(), source_type)[index])
+        return structure.struct_elements(value, source_type)[index]
+
+    def elements(self, value: Any, struct_type: ft.StructType) -> list:
+        return structure.struct_elements(value, struct_type)
+
+    def call(self, function: Any, argument: Any, result_type: ft.Type) -> Any:
+        return function(argument)
+
+    # Intrinsics, by category ------------------------------------------------------------------------
+
+    def intrinsic(self, definition: defs.IntrinsicDef, function_type: ft.FunctionType, argument: Any,
+                  evaluator: evaluator_lib.Evaluator) -> Any:
+        category = definition.category
+        parameter_type, result_type = function_type.parameter, function_type.result
+        at_server = isinstance(result_type, ft.FederatedType) and result_type.placement is SERVER
+        if category == "place":
+            return argument if at_server else AllEqualClients(argument)
+        if category == "broadcast":
+            return AllEqualClients(argument)
+        if category == "map":
+            fn, value = self.elements(argument, parameter_type)
+
+            def apply(member, fn=fn):
+                return evaluator.apply(fn, member, result_type.member)
+
+            if at_server:
+                return Lazy(lambda: apply(force_all(value)))
+            return MappedClients(apply, _clients(value))
+        if category == "eval":
+            def run(fn=argument):
+                return evaluator.apply(fn, None, result_type.member)
+
+            return Lazy(run) if at_server else EvalClients(run)
+        if category == "zip":
+            elements = self.elements(argument, parameter_type)
+            if at_server:
+                return Lazy(lambda: structure.pack_struct(result_type.member, [force_all(e) for e in elements]))
+            return ZippedClients([_clients(e) for e in elements], result_type.member)
+        if category == "aggregation":
+            return self._aggregation(definition, function_type, argument, evaluator)
+        if category.startswith("sequence_"):
+            return self._sequence(category, function_type, argument)
+        raise NotImplementedError(f"the local context has no rule for intrinsics of category {category!r}")
+
+    def _aggregation(self, definition, function_type, argument, evaluator) -> Deferred:
+        parameter_type = function_type.parameter
+        if definition.uri in (defs.FEDERATED_SUM, defs.FEDERATED_MEAN):
+            sources, operands = [_clients(argument)], []
+        else:
+            elements = self.elements(argument, parameter_type)
+            client_count = 2 if definition.uri == defs.FEDERATED_WEIGHTED_MEAN else 1
+            sources, operands = [_clients(e) for e in elements[:client_count]], elements[client_count:]
+        if definition.uri == defs.FEDERATED_AGGREGATE:
+            zero = operands[0]
+            operands = [lambda: force_all(zero)] + operands[1:]
+        elif definition.uri == defs.FEDERATED_SECURE_SUM_BITWIDTH:
+            operands = [force_all(operands[0])]
+
+        def call(fn, value):
+            return evaluator.apply(fn, value, None)
+
+        group_size = self.context.aggregation_group_size
+
+        def accumulator():
+            built = definition.aggregation(parameter_type, function_type.result, operands, call)
+            return aggregations.streaming(built, group_size)
+
+        deferred = Deferred(self.run_pass_for, sources, accumulator)
         self.pending.append(deferred)
         return deferred
 
-    def _count(self, sources: list) -> int:
+    def _sequence(self, category: str, function_type: ft.FunctionType, argument: Any) -> Any:
+        parameter_type = function_type.parameter
+        if category == "sequence_map":
+            fn, sequence = self.elements(argument, parameter_type)
+            sequence_type = parameter_type[1]
+            apply = lambda s: _sequence_map(fn.computation, s)  # noqa: E731
+        elif category == "sequence_reduce":
+            sequence, zero, fn = self.elements(argument, parameter_type)
+            sequence_type, zero_type = parameter_type[0], parameter_type[1]
+            zero = force_all(zero)
+            apply = lambda s: _sequence_reduce(s, zero, zero_type, fn.computation)  # noqa: E731
+        else:
+            sequence = argument
+            sequence_type = parameter_type
+            element_type = sequence_type.member.element if isinstance(sequence_type, ft.FederatedType) else sequence_type.element
+            apply = lambda s: _sequence_sum(s, element_type)  # noqa: E731
+        if isinstance(sequence_type, ft.FederatedType) and sequence_type.placement is CLIENTS:
+            return MappedClients(apply, _clients(sequence))
+        if isinstance(sequence_type, ft.FederatedType):
+            return Lazy(lambda: apply(force_all(sequence)))
+        return apply(force_all(sequence))
+
+    # Passes over the clients ----------------------------------------------------------------------
+
+    def count(self, sources: list) -> int:
         counts = {s.count for s in sources if s.count is not None}
         if len(counts) > 1:
             raise ValueError(f"client values with different numbers of clients meet in one aggregation: {sorted(counts)}")
@@ -376,7 +200,7 @@ class _Run:
     def _run_pass(self, pending: list) -> None:
         self.passes += 1
         sources = [source for d in pending for source in d.sources]
-        count = self._count(sources)
+        count = self.count(sources)
         accumulators = [d.accumulator_fn() for d in pending]
         arity = [len(d.sources) for d in pending]
 
@@ -384,126 +208,15 @@ class _Run:
             memo: dict = {}
             return [source.compute(index, memo) for source in sources]
 
-        for values in self.context._ordered_map(client_task, count):
+        for values in self.context.ordered_map(client_task, count):
             position = 0
             for accumulator, n in zip(accumulators, arity):
-                accumulator.add(*values[position:position + n])
+                accumulator.add(values[position] if n == 1 else tuple(values[position:position + n]))
                 position += n
         for deferred, accumulator in zip(pending, accumulators):
             deferred.value = accumulator.result()
             deferred.done = True
             deferred.thunk = None
-
-    # Evaluation ------------------------------------------------------------------------------
-
-    def evaluate(self, block: bb.BuildingBlock, env: Environment) -> Any:
-        if isinstance(block, bb.Reference):
-            return env.lookup(block.name)
-        if isinstance(block, bb.Call):
-            if isinstance(block.function, bb.Intrinsic):
-                argument = self.evaluate(block.argument, env)
-                return self._intrinsic(block.function, block.argument, argument)
-            function = self.evaluate(block.function, env)
-            argument = None if block.argument is None else self.evaluate(block.argument, env)
-            return function(argument)
-        if isinstance(block, bb.Block):
-            inner = Environment(env)
-            for name, value in block.locals:
-                inner.bind(name, self.evaluate(value, inner))
-            return self.evaluate(block.result, inner)
-        if isinstance(block, bb.Lambda):
-            return _Closure(block, env, self)
-        if isinstance(block, bb.Compiled):
-            return _TensorFlowFunction(block.computation)
-        if isinstance(block, bb.Struct):
-            return structure.pack_struct(block.type_signature, [self.evaluate(e, env) for _, e in block.elements])
-        if isinstance(block, bb.Selection):
-            source = self.evaluate(block.source, env)
-            source_type = block.source.type_signature
-            if isinstance(source, Lazy):
-                return Lazy(lambda: structure.struct_elements(source.force(), source_type)[block.index])
-            return structure.struct_elements(source, source_type)[block.index]
-        if isinstance(block, bb.Intrinsic):
-            raise TypeError(f"the intrinsic {block.uri} can only be called, not used as a value, in the local context")
-        raise TypeError(f"cannot evaluate {type(block).__name__}")
-
-    def _elements(self, argument_block: bb.BuildingBlock, argument: Any) -> list:
-        return structure.struct_elements(argument, argument_block.type_signature)
-
-    def _intrinsic(self, intrinsic: bb.Intrinsic, argument_block: bb.BuildingBlock, argument: Any) -> Any:
-        uri = intrinsic.uri
-        result_type = intrinsic.type_signature.result
-        if uri == ops.FEDERATED_VALUE:
-            return AllEqualClients(argument) if result_type.placement is CLIENTS else argument
-        if uri == ops.FEDERATED_BROADCAST:
-            return AllEqualClients(argument)
-        if uri == ops.FEDERATED_MAP:
-            fn, value = self._elements(argument_block, argument)
-            if result_type.placement is SERVER:
-                return Lazy(lambda: fn(_force_all(value)))
-            return MappedClients(fn, self._clients(value))
-        if uri == ops.FEDERATED_EVAL:
-            fn = argument
-            if result_type.placement is SERVER:
-                return Lazy(lambda: fn(None))
-            return EvalClients(lambda: fn(None))
-        if uri == ops.FEDERATED_ZIP:
-            value_type = argument_block.type_signature
-            elements = structure.struct_elements(argument, value_type)
-            if result_type.placement is SERVER:
-                return Lazy(lambda: structure.pack_struct(result_type.member, [_force_all(e) for e in elements]))
-            return ZippedClients([self._clients(e) for e in elements], result_type.member)
-        if uri == ops.FEDERATED_SUM:
-            member = result_type.member
-            return self.defer([self._clients(argument)], lambda: _SumAccumulator(member))
-        if uri == ops.FEDERATED_MEAN:
-            member = result_type.member
-            return self.defer([self._clients(argument)], lambda: _MeanAccumulator(member, weighted=False))
-        if uri == ops.FEDERATED_WEIGHTED_MEAN:
-            value, weight = self._elements(argument_block, argument)
-            member = result_type.member
-            return self.defer([self._clients(value), self._clients(weight)], lambda: _MeanAccumulator(member, weighted=True))
-        if uri == ops.FEDERATED_AGGREGATE:
-            value, zero, accumulate, merge, report = self._elements(argument_block, argument)
-            group_size = self.context.aggregation_group_size
-            return self.defer(
-                [self._clients(value)],
-                lambda: _AggregateAccumulator(_force_all(zero), accumulate, merge, report, group_size),
-            )
-        if uri == ops.FEDERATED_SECURE_SUM_BITWIDTH:
-            value, bitwidth = self._elements(argument_block, argument)
-            member = result_type.member
-            return self.defer([self._clients(value)], lambda: _SecureSumAccumulator(member, bitwidth))
-        if uri in (ops.SEQUENCE_MAP, ops.SEQUENCE_REDUCE, ops.SEQUENCE_SUM):
-            return self._sequence(uri, intrinsic, argument_block, argument)
-        raise NotImplementedError(f"the local context does not know the intrinsic {uri!r}")
-
-    def _clients(self, value: Any) -> ClientValues:
-        if isinstance(value, ClientValues):
-            return value
-        raise TypeError(f"expected a CLIENTS-placed value at run time, found {type(value).__name__}")
-
-    def _sequence(self, uri: str, intrinsic: bb.Intrinsic, argument_block: bb.BuildingBlock, argument: Any) -> Any:
-        parameter_type = intrinsic.type_signature.parameter
-        if uri == ops.SEQUENCE_MAP:
-            fn, sequence = self._elements(argument_block, argument)
-            sequence_type = parameter_type[1]
-            apply = lambda s: _sequence_map(fn.computation, s)  # noqa: E731
-        elif uri == ops.SEQUENCE_REDUCE:
-            sequence, zero, fn = self._elements(argument_block, argument)
-            sequence_type = parameter_type[0]
-            zero = _force_all(zero)
-            apply = lambda s: _sequence_reduce(s, zero, fn.computation)  # noqa: E731
-        else:
-            sequence = argument
-            sequence_type = parameter_type
-            element_type = sequence_type.member.element if isinstance(sequence_type, ft.FederatedType) else sequence_type.element
-            apply = lambda s: _sequence_sum(s, element_type)  # noqa: E731
-        if isinstance(sequence_type, ft.FederatedType) and sequence_type.placement is CLIENTS:
-            return MappedClients(apply, self._clients(sequence))
-        if isinstance(sequence_type, ft.FederatedType):
-            return Lazy(lambda: apply(_force_all(sequence)))
-        return apply(_force_all(sequence))
 
 
 def _element_argument(elements: tuple) -> Any:
@@ -514,10 +227,14 @@ def _sequence_map(computation: tfc.TensorFlowComputation, dataset: tf.data.Datas
     return dataset.map(lambda *element: computation.call_in_graph(_element_argument(element)))
 
 
-def _sequence_reduce(dataset: tf.data.Dataset, zero: Any, computation: tfc.TensorFlowComputation) -> Any:
-    zero_tensors = tf.nest.map_structure(tf.constant, zero)
+def _numpy(value_type: ft.Type, value: Any) -> Any:
+    return structure.map_structure(lambda _, leaf: leaf.numpy(), value_type, value)
+
+
+def _sequence_reduce(dataset: tf.data.Dataset, zero: Any, zero_type: ft.Type, computation: tfc.TensorFlowComputation) -> Any:
+    zero_tensors = structure.map_structure(lambda leaf_type, leaf: tf.constant(leaf, leaf_type.dtype), zero_type, zero)
     result = dataset.reduce(zero_tensors, lambda state, element: computation.call_in_graph((state, element)))
-    return tf.nest.map_structure(lambda t: t.numpy(), result)
+    return _numpy(zero_type, result)
 
 
 def _sequence_sum(dataset: tf.data.Dataset, element_type: ft.Type) -> Any:
@@ -525,8 +242,8 @@ def _sequence_sum(dataset: tf.data.Dataset, element_type: ft.Type) -> Any:
     if any(leaf.shape is None or None in leaf.shape for leaf in leaves):
         raise ValueError(f"sequence_sum needs elements of fully known shape, got {element_type}")
     zero = structure.unflatten_value(element_type, [tf.zeros(leaf.shape, leaf.dtype) for leaf in leaves])
-    result = dataset.reduce(zero, lambda total, element: tf.nest.map_structure(tf.add, total, element))
-    return tf.nest.map_structure(lambda t: t.numpy(), result)
+    result = dataset.reduce(zero, lambda total, element: structure.map_structure(lambda _, a, b: a + b, element_type, total, element))
+    return _numpy(element_type, result)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -558,7 +275,7 @@ class LocalExecutionContext:
         self._pool: Optional[concurrent.futures.ThreadPoolExecutor] = None
         self._pool_lock = threading.Lock()
 
-    def _ordered_map(self, fn: Callable, count: int) -> Iterator:
+    def ordered_map(self, fn: Callable, count: int) -> Iterator:
         """`fn(i)` for i in range(count), in order, with a bounded window of parallel tasks."""
         if self.max_parallel_clients <= 1 or count <= 1:
             for index in range(count):
@@ -587,7 +304,7 @@ class LocalExecutionContext:
                 argument, parameter, f"the argument of {computation.name}"
             )
             return computation.call_value(value)
-        if not isinstance(computation, fc.FederatedComputation):
+        if not isinstance(computation, FederatedComputation):
             raise TypeError(f"the local context cannot run {computation!r}")
         parameter = computation.type_signature.parameter
         counts: dict = {}
@@ -596,25 +313,24 @@ class LocalExecutionContext:
             listing = ", ".join(f"{where or 'the argument'} has {n}" for where, n in counts.items())
             raise ValueError(f"{computation.name}: the CLIENTS-placed arguments have different numbers of clients: {listing}")
         num_clients = next(iter(counts.values()), self.default_num_clients)
-        run = _Run(self, num_clients)
-        function = run.evaluate(computation.ir, Environment())
-        result = function(value)
-        return _finalize(run, result, computation.type_signature.result)
+        domain = LocalDomain(self, num_clients)
+        result = evaluator_lib.Evaluator(domain).run(computation.ir, value)
+        return _finalize(domain, result, computation.type_signature.result)
 
 
-def _finalize(run: _Run, value: Any, value_type: ft.Type) -> Any:
+def _finalize(domain: LocalDomain, value: Any, value_type: ft.Type) -> Any:
     if isinstance(value_type, ft.FederatedType):
         if value_type.placement is CLIENTS:
             if isinstance(value, AllEqualClients):
-                return _finalize(run, _force_all(value.value), value_type.member)
-            count = run._count([value])
+                return _finalize(domain, force_all(value.value), value_type.member)
+            count = domain.count([value])
             return [value.compute(index, {}) for index in range(count)]
-        return _finalize(run, _force_all(value), value_type.member)
+        return _finalize(domain, force_all(value), value_type.member)
     if isinstance(value, Lazy):
         value = value.force()
     if isinstance(value_type, ft.StructType):
         elements = structure.struct_elements(value, value_type)
-        return structure.pack_struct(value_type, [_finalize(run, e, t) for e, t in zip(elements, value_type)])
+        return structure.pack_struct(value_type, [_finalize(domain, e, t) for e, t in zip(elements, value_type)])
     if isinstance(value_type, ft.TensorType) and isinstance(value, np.ndarray) and value.ndim == 0:
         return value[()]
     return value
@@ -651,8 +367,8 @@ def _ingest(value: Any, value_type: ft.Type, name: str, path: str, counts: dict)
     ):
         try:
             elements = structure.struct_elements(value, value_type)
-        except structure._Mismatch as mismatch:
-            raise structure.mismatch_error(what, value_type, value, mismatch.reason) from None
+        except structure.TypeSignatureMismatchError as mismatch:
+            raise structure.mismatch_error(what, value_type, value, str(mismatch)) from None
         ingested = []
         for index, ((element_name, element_type), element) in enumerate(zip(value_type.elements, elements)):
             part = element_name if element_name is not None else f"[{index}]"

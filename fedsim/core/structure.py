@@ -26,6 +26,12 @@ __all__ = [
     "flatten_value",
     "unflatten_value",
     "flatten_metrics",
+    "to_mapping",
+    "named_items",
+    "leaves",
+    "map_leaves",
+    "pack_like",
+    "map_structure",
 ]
 
 
@@ -103,6 +109,7 @@ def _normalize_tensor(value: Any, type_spec: ft.TensorType, path: str) -> np.nda
         if array.dtype.kind in "SU" and target != tf.string:
             raise _Mismatch(f"at {_where(path)}: expected {type_spec}, given the string {value!r}")
         if target != tf.string:
+            _check_range(array, type_spec, path, value)
             array = array.astype(target.as_numpy_dtype)
     else:
         raise _Mismatch(
@@ -114,8 +121,40 @@ def _normalize_tensor(value: Any, type_spec: ft.TensorType, path: str) -> np.nda
     return array
 
 
-def struct_elements(value: Any, struct_type: ft.StructType, path: str = "") -> list:
-    """The element values of a structure `value`, in the order of `struct_type`."""
+def _check_range(array: np.ndarray, type_spec: ft.TensorType, path: str, value: Any) -> None:
+    """Python numbers must fit the dtype they become (no silent wrap-around or overflow to inf)."""
+    target = type_spec.dtype
+    if not array.size or array.dtype.kind not in "iuf" or target == tf.bool:
+        return
+    if target.is_integer:
+        info = np.iinfo(target.as_numpy_dtype)
+        low, high = int(array.min()), int(array.max())
+        if low < info.min or high > info.max:
+            raise _Mismatch(
+                f"at {_where(path)}: the Python int value {value!r} does not fit {target.name} "
+                f"(range {info.min} to {info.max}); give a numpy value of a wider dtype, e.g. np.int64({value!r})"
+                if not isinstance(value, (list, tuple)) else
+                f"at {_where(path)}: a Python int in {value!r} does not fit {target.name} (range {info.min} to {info.max})"
+            )
+    elif target.is_floating and array.dtype.kind in "iuf":
+        limit = float(np.finfo(target.as_numpy_dtype).max)
+        finite = array[np.isfinite(array)] if array.dtype.kind == "f" else array
+        if finite.size and float(np.max(np.abs(finite.astype(np.float64)))) > limit:
+            raise _Mismatch(f"at {_where(path)}: the Python number {value!r} overflows {target.name} (largest {limit:g})")
+
+
+def struct_elements(value: Any, struct_type: ft.StructType) -> list:
+    """The element values of a structure `value`, in the order of `struct_type`.
+
+    Raises `TypeSignatureMismatchError` when `value` is not such a structure.
+    """
+    try:
+        return _elements(value, struct_type, "")
+    except _Mismatch as mismatch:
+        raise TypeSignatureMismatchError(mismatch.reason) from None
+
+
+def _elements(value: Any, struct_type: ft.StructType, path: str) -> list:
     names = struct_type.names()
     if isinstance(value, dict):
         missing = [n for n in names if n not in value]
@@ -176,7 +215,7 @@ def _normalize(value: Any, type_spec: ft.Type, path: str) -> Any:
     if isinstance(type_spec, ft.TensorType):
         return _normalize_tensor(value, type_spec, path)
     if isinstance(type_spec, ft.StructType):
-        elements = struct_elements(value, type_spec, path)
+        elements = _elements(value, type_spec, path)
         normalized = []
         for index, ((name, element_type), element) in enumerate(zip(type_spec.elements, elements)):
             part = f".{name}" if name is not None else f"[{index}]"
@@ -203,10 +242,7 @@ def _normalize(value: Any, type_spec: ft.Type, path: str) -> Any:
 def flatten_value(value: Any, type_spec: ft.Type) -> list:
     """The leaves of a normalized value, in the order of `types.flatten_type`."""
     if isinstance(type_spec, ft.StructType):
-        try:
-            elements = struct_elements(value, type_spec)
-        except _Mismatch as mismatch:
-            raise TypeSignatureMismatchError(mismatch.reason) from None
+        elements = struct_elements(value, type_spec)
         return [leaf for element, t in zip(elements, type_spec) for leaf in flatten_value(element, t)]
     return [value]
 
@@ -232,6 +268,73 @@ def map_structure(fn, type_spec: ft.Type, *values: Any) -> Any:
     flat = [flatten_value(v, type_spec) for v in values]
     leaf_types = ft.flatten_type(type_spec)
     return unflatten_value(type_spec, [fn(t, *leaves) for t, *leaves in zip(leaf_types, *flat)])
+
+
+def named_items(value: Any) -> Any:
+    """`(name, element)` pairs of a Python structure (dict, namedtuple, attrs class, list,
+    tuple) in its own order, or None when `value` is not a structure."""
+    if isinstance(value, dict):
+        return list(value.items())
+    if isinstance(value, tuple) and hasattr(type(value), "_fields"):
+        return list(value._asdict().items())
+    if attrs.has(type(value)):
+        return [(f.name, getattr(value, f.name)) for f in attrs.fields(type(value))]
+    if isinstance(value, (list, tuple)):
+        return [(None, element) for element in value]
+    return None
+
+
+def _items(value: Any) -> Any:
+    """(container rebuild function, elements) of a Python structure, or None for a leaf."""
+    if isinstance(value, dict):
+        keys = list(value)
+        return (lambda elements: type(value)(zip(keys, elements))), list(value.values())
+    if attrs.has(type(value)):
+        names = [f.name for f in attrs.fields(type(value))]
+        return (lambda elements: type(value)(**dict(zip(names, elements)))), [getattr(value, n) for n in names]
+    if isinstance(value, tuple) and hasattr(type(value), "_fields"):
+        return (lambda elements: type(value)(*elements)), list(value)
+    if isinstance(value, (list, tuple)):
+        return (lambda elements: type(value)(elements)), list(value)
+    return None
+
+
+def leaves(value: Any) -> list:
+    """The leaves of one Python structure in its own order (dict keys as inserted, never sorted).
+
+    For walking a single value (e.g. tensors inside a tf_computation); pairing two values leaf
+    by leaf goes through their type (`flatten_value`).
+    """
+    items = _items(value)
+    if items is None:
+        return [value]
+    return [leaf for element in items[1] for leaf in leaves(element)]
+
+
+def map_leaves(fn: Any, value: Any) -> Any:
+    """`fn` applied to every leaf of one structure, in the same containers."""
+    items = _items(value)
+    if items is None:
+        return fn(value)
+    rebuild, elements = items
+    return rebuild([map_leaves(fn, element) for element in elements])
+
+
+def pack_like(value: Any, new_leaves: list) -> Any:
+    """`new_leaves` (in the order of `leaves(value)`) in the containers of `value`."""
+    iterator = iter(new_leaves)
+    return map_leaves(lambda _: next(iterator), value)
+
+
+def to_mapping(value: Any, type_spec: ft.Type) -> Any:
+    """A value with every named structure as a dict (unnamed ones as lists), in the type's order."""
+    if isinstance(type_spec, ft.StructType):
+        elements = [to_mapping(e, t) for e, t in zip(struct_elements(value, type_spec), type_spec)]
+        names = type_spec.names()
+        if type_spec.is_named:
+            return dict(zip(names, elements))
+        return elements
+    return value
 
 
 def flatten_metrics(metrics: Mapping[str, Any], prefix: str = "") -> dict:

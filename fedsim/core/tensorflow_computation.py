@@ -12,23 +12,14 @@ the graph creates its own fresh variables; concurrent calls therefore never shar
 serialized form. Running imports the graph once into a concrete function that is called
 directly; nothing is retraced per call.
 
-Example::
-
-    @fedsim.tf_computation(tf.float32, tf.float32)
-    def add(x, y):
-        return x + y
-
-    add(1.0, 2.0)  # -> np.float32(3.0)
+The decorator users write is `fedsim.tf_computation` (`wrappers`).
 """
 
 from __future__ import annotations
 
-import functools
-import inspect
 import threading
 from typing import Any, Callable, Optional
 
-import attrs
 import numpy as np
 import tensorflow as tf
 from tensorflow.python.framework import auto_control_deps
@@ -38,7 +29,7 @@ from fedsim.core import op_allowlist
 from fedsim.core import structure
 from fedsim.core import types as ft
 
-__all__ = ["TensorFlowComputation", "tf_computation", "type_to_tf_spec"]
+__all__ = ["TensorFlowComputation", "trace_tf_function", "type_to_tf_spec"]
 
 _ANONYMOUS_SHARED_NAME = op_allowlist.ANONYMOUS_SHARED_NAME
 
@@ -163,19 +154,6 @@ class TensorFlowComputation(computation_lib.Computation):
         return structure.unflatten_value(self.type_signature.result, results)
 
 
-def _struct_items(value: Any) -> Optional[list]:
-    """(name, element) pairs of a Python structure, or None when `value` is not one."""
-    if isinstance(value, dict):
-        return list(value.items())
-    if hasattr(type(value), "_fields") and isinstance(value, tuple):
-        return list(value._asdict().items())
-    if attrs.has(type(value)):
-        return [(f.name, getattr(value, f.name)) for f in attrs.fields(type(value))]
-    if isinstance(value, (list, tuple)):
-        return [(None, element) for element in value]
-    return None
-
-
 def _graph_result_type(value: Any, path: str = "") -> tuple:
     """The type of a traced function's result and its graph leaves (tensors or datasets)."""
     if isinstance(value, tf.data.Dataset):
@@ -186,7 +164,7 @@ def _graph_result_type(value: Any, path: str = "") -> tuple:
         value = tf.convert_to_tensor(value)
     if isinstance(value, tf.Tensor):
         return ft.TensorType(value.dtype, value.shape), [value]
-    items = _struct_items(value)
+    items = structure.named_items(value)
     if items is None:
         raise TypeError(
             f"a tf_computation returned a {type(value).__name__} at {path or 'the top level'}; it may "
@@ -275,102 +253,3 @@ def trace_tf_function(fn: Callable, parameter_type: Optional[ft.Type], unpack: b
         name,
         unpack,
     )
-
-
-def parameter_type_from_args(fn: Callable, arg_types: tuple) -> tuple:
-    """The parameter type for `fn` given decorator types, and whether to unpack it.
-
-    One type: the function's single parameter (or, for a function of N>1 parameters given a
-    struct of N elements, its elements). N types for N parameters: a struct named after them.
-    """
-    try:
-        parameters = [
-            p for p in inspect.signature(fn).parameters.values()
-            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-        ]
-    except (TypeError, ValueError):
-        parameters = []
-    if not arg_types:
-        if parameters and all(p.default is p.empty for p in parameters):
-            return None, False, True  # polymorphic: types come from the first call
-        return None, False, False
-    if len(arg_types) == 1:
-        parameter = ft.to_type(arg_types[0])
-        unpack = (
-            len(parameters) > 1
-            and isinstance(parameter, ft.StructType)
-            and len(parameter) == len(parameters)
-        )
-        return parameter, unpack, False
-    if len(parameters) != len(arg_types):
-        raise TypeError(
-            f"{getattr(fn, '__name__', fn)} takes {len(parameters)} parameters but {len(arg_types)} types were given"
-        )
-    return ft.StructType([(p.name, ft.to_type(t)) for p, t in zip(parameters, arg_types)]), True, False
-
-
-class PolymorphicComputation:
-    """A function given no types: traced once per distinct argument type, on first use."""
-
-    def __init__(self, fn: Callable, trace: Callable, name: str):
-        self._fn = fn
-        self._trace = trace
-        self._name = name
-        self._concrete: dict = {}
-        self._lock = threading.Lock()
-        functools.update_wrapper(self, fn)
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    def for_type(self, parameter_type: ft.Type, unpack: bool) -> computation_lib.Computation:
-        key = (parameter_type, unpack)
-        with self._lock:
-            if key not in self._concrete:
-                self._concrete[key] = self._trace(self._fn, parameter_type, unpack, self._name)
-            return self._concrete[key]
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        if kwargs:
-            raise TypeError(f"{self._name}: a computation without declared types takes positional arguments only")
-        from fedsim.core.federated_tracing import type_of_call_argument
-
-        if len(args) == 1:
-            concrete = self.for_type(type_of_call_argument(args[0]), False)
-            return concrete(args[0])
-        parameter_type = ft.StructType([(None, type_of_call_argument(a)) for a in args])
-        return self.for_type(parameter_type, True)(*args)
-
-    def __repr__(self) -> str:
-        return f"<PolymorphicComputation {self._name}>"
-
-
-def tf_computation(*args: Any) -> Any:
-    """Decorates a Python function that uses TensorFlow as a fedsim computation.
-
-    Forms: ``@tf_computation`` / ``@tf_computation()`` (no parameter, or types inferred on the
-    first call), ``@tf_computation(type, ...)``, and ``tf_computation(fn, type, ...)``.
-    The function is traced exactly once per parameter type.
-
-    Example::
-
-        @fedsim.tf_computation({"x": (tf.float32, [None, 2])})
-        def total(batch):
-            return tf.reduce_sum(batch["x"])
-    """
-    if args and callable(args[0]) and not isinstance(args[0], (tf.DType, type)) and not isinstance(args[0], ft.Type):
-        return _make(args[0], args[1:], trace_tf_function)
-
-    def decorator(fn: Callable) -> Any:
-        return _make(fn, args, trace_tf_function)
-
-    return decorator
-
-
-def _make(fn: Callable, arg_types: tuple, trace: Callable) -> Any:
-    name = getattr(fn, "__name__", "computation")
-    parameter_type, unpack, polymorphic = parameter_type_from_args(fn, arg_types)
-    if polymorphic:
-        return PolymorphicComputation(fn, trace, name)
-    return trace(fn, parameter_type, unpack, name)

@@ -388,10 +388,7 @@ def infer_type(value: Any) -> Type:
 
     Python `float` infers as float32 and `int` as int32, as in TFF.
     """
-    # Imported here: computations import this module.
-    from fedsim.core.computation import Computation
-
-    if isinstance(value, Computation):
+    if isinstance(getattr(value, "type_signature", None), FunctionType):  # a computation
         return value.type_signature
     if isinstance(value, tf.data.Dataset):
         return SequenceType(to_type(value.element_spec))

@@ -179,3 +179,24 @@ def test_all_kinds_of_aggregation_against_numpy():
     assert form.secure_bitwidths[form.aggregation_kinds.index("secure_sum")] == (12,)
     with pytest.raises(ValueError, match="empty"):
         fedsim.run_canonical_form(form, np.float32(2.0), [])
+
+
+def test_secure_sum_over_unsorted_keys_agrees_with_the_simulation():
+    """Regression: per-key bitwidths of a dict whose keys are not sorted were applied out of order."""
+    value_type = collections.OrderedDict(b=fedsim.TensorType(tf.int32, [2]), a=fedsim.TensorType(tf.int32, [2]))
+
+    @fedsim.federated_computation(fedsim.FederatedType(tf.float32, fedsim.SERVER), fedsim.FederatedType(value_type, fedsim.CLIENTS))
+    def secure(state, values):
+        return state, fedsim.federated_secure_sum_bitwidth(values, {"b": 2, "a": 20})
+
+    clients = [collections.OrderedDict(b=np.array([1, 3], np.int32), a=np.array([70_000, 5], np.int32)),
+               collections.OrderedDict(b=np.array([2, 0], np.int32), a=np.array([900_000, 6], np.int32))]
+    expected = {"b": [3, 3], "a": [970_000, 11]}
+    local = secure(np.float32(1.0), clients)[1]
+    form = fedsim.compile_to_canonical_form(secure)
+    assert form.secure_bitwidths == ((2, 20),)  # in the type's order: b, then a
+    compiled = fedsim.run_canonical_form(form, np.float32(1.0), clients)[1]
+    for result in (local, compiled):
+        assert list(result) == ["b", "a"]
+        for key, want in expected.items():
+            np.testing.assert_array_equal(result[key], want)

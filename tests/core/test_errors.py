@@ -147,3 +147,46 @@ def test_unplaced_map_argument():
 def test_python_control_flow_on_traced_values_is_explained():
     with pytest.raises(TypeError, match="no truth value"):
         fedsim.federated_computation(lambda v: v if v else v, fedsim.FederatedType(tf.float32, fedsim.SERVER))
+
+
+def test_python_numbers_that_do_not_fit_their_dtype_are_refused():
+    @fedsim.tf_computation(tf.int32)
+    def identity(x):
+        return x
+
+    assert identity(2**31 - 1) == 2**31 - 1
+    with pytest.raises(fedsim.TypeSignatureMismatchError, match=r"the Python int value 1099511627776 does not fit int32"):
+        identity(2**40)
+    with pytest.raises(fedsim.TypeSignatureMismatchError, match="does not fit int32"):
+        identity(-(2**31) - 1)
+
+    @fedsim.tf_computation(fedsim.TensorType(tf.uint8, [2]))
+    def small(x):
+        return x
+
+    with pytest.raises(fedsim.TypeSignatureMismatchError, match="does not fit uint8"):
+        small([1, 256])
+
+    @fedsim.tf_computation(tf.float32)
+    def real(x):
+        return x
+
+    with pytest.raises(fedsim.TypeSignatureMismatchError, match="overflows float32"):
+        real(1e300)
+
+
+def test_phases_that_do_not_fit_are_refused_by_the_canonical_form():
+    @fedsim.federated_computation(fedsim.FederatedType(tf.float32, fedsim.SERVER), fedsim.FederatedType(tf.float32, fedsim.CLIENTS))
+    def round_fn(state, values):
+        return state, fedsim.federated_sum(values)
+
+    @fedsim.federated_computation(fedsim.FederatedType(tf.float32, fedsim.SERVER), fedsim.FederatedType(tf.int32, fedsim.CLIENTS))
+    def other(state, values):
+        return state, fedsim.federated_sum(values)
+
+    form = fedsim.compile_to_canonical_form(round_fn)
+    phases = dict(form.phases(), work=fedsim.compile_to_canonical_form(other).work)
+    with pytest.raises(fedsim.CanonicalFormError, match=r"work's parameter do not fit"):
+        fedsim.CanonicalForm.from_phases(form.type_signature, phases)
+    assert form.broadcast_type == fedsim.StructType([]) and form.client_input_type == fedsim.TensorType(tf.float32)
+    assert form.iterates and form.next_state((np.float32(2.0), np.float32(3.0))) == 2.0

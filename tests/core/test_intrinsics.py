@@ -174,7 +174,7 @@ def test_secure_sum_bitwidth():
 
     values = [np.array([i, 255 - i], np.int32) for i in range(10)]
     np.testing.assert_array_equal(secure_total(values), np.sum(values, axis=0))
-    with pytest.raises(ValueError, match=r"client 1 sent values outside \[0, 2\*\*8\)"):
+    with pytest.raises(ValueError, match=r"client 1: federated_secure_sum_bitwidth: sent values outside \[0, 2\*\*8\)"):
         secure_total([np.array([1, 2], np.int32), np.array([256, 0], np.int32)])
 
 

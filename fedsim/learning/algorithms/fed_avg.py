@@ -18,7 +18,7 @@ import keras
 import tensorflow as tf
 
 from fedsim.core import types as ft
-from fedsim.core.tensorflow_computation import tf_computation
+from fedsim.core.wrappers import tf_computation
 from fedsim.learning import optimizers as optimizers_lib
 from fedsim.learning.algorithms.model_info import inspect_model_fn
 from fedsim.learning.models import ModelWeights, VariableModel

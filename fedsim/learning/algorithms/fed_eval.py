@@ -7,9 +7,10 @@ from typing import Callable, Optional
 
 from fedsim.core import intrinsics
 from fedsim.core import types as ft
-from fedsim.core.federated_tracing import FederatedComputation, federated_computation
+from fedsim.core.federated_tracing import FederatedComputation
+from fedsim.core.wrappers import federated_computation
 from fedsim.core.placements import CLIENTS, SERVER
-from fedsim.core.tensorflow_computation import tf_computation
+from fedsim.core.wrappers import tf_computation
 from fedsim.learning.algorithms.parts import build_metrics_aggregation
 from fedsim.learning.algorithms.model_info import inspect_model_fn
 from fedsim.learning.models import ModelWeights, VariableModel

@@ -17,9 +17,9 @@ import tensorflow as tf
 from fedsim import aggregators
 from fedsim.core import intrinsics
 from fedsim.core import types as ft
-from fedsim.core.federated_tracing import federated_computation
+from fedsim.core.wrappers import federated_computation
 from fedsim.core.placements import CLIENTS, SERVER
-from fedsim.core.tensorflow_computation import tf_computation
+from fedsim.core.wrappers import tf_computation
 from fedsim.learning import optimizers as optimizers_lib
 from fedsim.learning.metrics import sum_then_finalize
 from fedsim.learning.models import ModelWeights, VariableModel

@@ -11,9 +11,10 @@ from typing import Callable
 
 from fedsim.core import intrinsics
 from fedsim.core import types as ft
-from fedsim.core.federated_tracing import FederatedComputation, federated_computation
+from fedsim.core.federated_tracing import FederatedComputation
+from fedsim.core.wrappers import federated_computation
 from fedsim.core.placements import CLIENTS
-from fedsim.core.tensorflow_computation import tf_computation
+from fedsim.core.wrappers import tf_computation
 
 __all__ = ["sum_then_finalize"]
 

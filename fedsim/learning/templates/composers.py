@@ -20,7 +20,7 @@ import attrs
 
 from fedsim.core import intrinsics
 from fedsim.core.computation import Computation
-from fedsim.core.federated_tracing import federated_computation
+from fedsim.core.wrappers import federated_computation
 from fedsim.core.containers import register_container
 from fedsim.core.placements import SERVER
 from fedsim.templates import MeasuredProcess, ProcessTypeError

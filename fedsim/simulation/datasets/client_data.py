@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 
-from fedsim.core.tensorflow_computation import tf_computation
+from fedsim.core.wrappers import tf_computation
 
 __all__ = ["ClientData", "TestClientData"]
 

@@ -1,0 +1,282 @@
+"""Each aggregation, defined once: zero / accumulate / merge / report in TensorFlow.
+
+`federated_sum`, `federated_mean` (plain and weighted), `federated_secure_sum_bitwidth` and
+`federated_aggregate` are each one `AggregationDefinition`. The canonical-form compiler calls
+its methods while tracing the round's aggregation phases; the local context streams clients
+through `streaming(definition)`, which traces the same methods once into graphs and calls them
+client by client. So the simulation and a serverless round run the same arithmetic.
+
+Built-in accumulators are flat tuples of tensors in the value type's leaf order (plus a float64
+weight total for means), so `merge` is a leaf-wise sum.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from typing import Any, Callable, Optional
+
+import tensorflow as tf
+
+from fedsim.core import structure
+from fedsim.core import tensorflow_computation as tfc
+from fedsim.core import types as ft
+
+__all__ = [
+    "AggregationDefinition",
+    "Sum",
+    "Mean",
+    "WeightedMean",
+    "SecureSum",
+    "Aggregate",
+    "StreamingAggregation",
+    "streaming",
+]
+
+
+class AggregationDefinition:
+    """One aggregation of client values of `input_type` into a SERVER value of `result_type`.
+
+    Methods take and return TensorFlow values (graph tensors while a phase is traced).
+    """
+
+    kind: str
+    input_type: ft.Type
+    result_type: ft.Type
+
+    def zero(self) -> Any:
+        raise NotImplementedError
+
+    def accumulate(self, accumulator: Any, client_input: Any) -> Any:
+        raise NotImplementedError
+
+    def merge(self, first: Any, second: Any) -> Any:
+        return tuple(a + b for a, b in zip(first, second))
+
+    def report(self, accumulator: Any) -> Any:
+        raise NotImplementedError
+
+    def key(self) -> Optional[tuple]:
+        """A hashable key under which its traced streaming functions are cached (None: not cached)."""
+        return None
+
+
+def _zeros(leaf_types: list) -> tuple:
+    return tuple(tf.zeros(leaf.shape, leaf.dtype) for leaf in leaf_types)
+
+
+class Sum(AggregationDefinition):
+    kind = "sum"
+
+    def __init__(self, value_type: ft.Type):
+        self.input_type = self.result_type = value_type
+        self.leaves = ft.flatten_type(value_type)
+
+    def zero(self):
+        return _zeros(self.leaves)
+
+    def accumulate(self, accumulator, client_input):
+        return tuple(a + v for a, v in zip(accumulator, structure.flatten_value(client_input, self.input_type)))
+
+    def report(self, accumulator):
+        return structure.unflatten_value(self.result_type, list(accumulator))
+
+    def key(self):
+        return (self.kind, self.input_type)
+
+
+class Mean(AggregationDefinition):
+    """The mean (weighted by 1 per client); the accumulator is `(*weighted totals, weight total)`."""
+
+    kind = "mean"
+
+    def __init__(self, value_type: ft.Type):
+        self.value_type = self.input_type = self.result_type = value_type
+        self.leaves = ft.flatten_type(value_type)
+
+    def zero(self):
+        return _zeros(self.leaves) + (tf.constant(0.0, tf.float64),)
+
+    def _value_and_weight(self, client_input):
+        return client_input, tf.constant(1.0, tf.float64)
+
+    def accumulate(self, accumulator, client_input):
+        value, weight = self._value_and_weight(client_input)
+        weight = tf.cast(weight, tf.float64)
+        leaves = structure.flatten_value(value, self.value_type)
+        totals = tuple(a + v * tf.cast(weight, v.dtype) for a, v in zip(accumulator[:-1], leaves))
+        return totals + (accumulator[-1] + weight,)
+
+    def report(self, accumulator):
+        *totals, weight = accumulator
+        return structure.unflatten_value(self.result_type, [t / tf.cast(weight, t.dtype) for t in totals])
+
+    def key(self):
+        return (self.kind, self.input_type)
+
+
+class WeightedMean(Mean):
+    kind = "weighted_mean"
+
+    def __init__(self, value_type: ft.Type, weight_type: ft.Type):
+        super().__init__(value_type)
+        self.weight_type = weight_type
+        self.input_type = ft.StructType([(None, value_type), (None, weight_type)], container=tuple)
+
+    def _value_and_weight(self, client_input):
+        value, weight = structure.struct_elements(client_input, self.input_type)
+        return value, weight
+
+
+class SecureSum(AggregationDefinition):
+    """An exact integer sum of values each in `[0, 2**bitwidth)`, checked client by client."""
+
+    kind = "secure_sum"
+
+    def __init__(self, value_type: ft.Type, bitwidths: tuple):
+        self.input_type = self.result_type = value_type
+        self.leaves = ft.flatten_type(value_type)
+        if len(bitwidths) != len(self.leaves):
+            raise ValueError(f"secure sum: {len(bitwidths)} bitwidths for the {len(self.leaves)} leaves of {value_type}")
+        self.bitwidths = tuple(int(w) for w in bitwidths)
+
+    def zero(self):
+        return tuple(tf.zeros(leaf.shape, tf.int64) for leaf in self.leaves)
+
+    def accumulate(self, accumulator, client_input):
+        totals = []
+        leaves = structure.flatten_value(client_input, self.input_type)
+        for total, leaf, width in zip(accumulator, leaves, self.bitwidths):
+            leaf = tf.cast(leaf, tf.int64)
+            with tf.control_dependencies([
+                tf.debugging.assert_non_negative(leaf, message="federated_secure_sum_bitwidth: sent values outside [0, 2**" + str(width) + "): a value is negative"),
+                tf.debugging.assert_less(leaf, tf.constant(2**width, tf.int64),
+                                         message=f"federated_secure_sum_bitwidth: sent values outside [0, 2**{width}): a value is >= 2**{width}"),
+            ]):
+                totals.append(total + leaf)
+        return tuple(totals)
+
+    def report(self, accumulator):
+        return structure.unflatten_value(self.result_type, [tf.cast(t, leaf.dtype) for t, leaf in zip(accumulator, self.leaves)])
+
+    def key(self):
+        return (self.kind, self.input_type, self.bitwidths)
+
+
+class Aggregate(AggregationDefinition):
+    """`federated_aggregate`: the user's zero and accumulate/merge/report functions.
+
+    `zero()` gives the zero and `call(fn, argument)` calls one of the functions in the caller's
+    value domain (a graph being traced, or numpy values in the local context), so the same
+    definition serves both.
+    """
+
+    kind = "aggregate"
+
+    def __init__(self, value_type: ft.Type, zero: Callable[[], Any], accumulate: Any, merge: Any, report: Any,
+                 result_type: ft.Type, call: Callable[[Any, Any], Any]):
+        self.input_type = value_type
+        self.result_type = result_type
+        self._zero, self._accumulate, self._merge, self._report = zero, accumulate, merge, report
+        self._call = call
+
+    def zero(self):
+        return self._zero()
+
+    def accumulate(self, accumulator, client_input):
+        return self._call(self._accumulate, (accumulator, client_input))
+
+    def merge(self, first, second):
+        return self._call(self._merge, (first, second))
+
+    def report(self, accumulator):
+        return self._call(self._report, accumulator)
+
+
+# Streaming: the same definitions, traced once into graphs, fed one client at a time. ------------
+
+_traced: dict = {}
+_traced_lock = threading.Lock()
+
+
+class _TracedDefinition:
+    """zero/accumulate/report of a built-in definition as TensorFlow computations (traced once)."""
+
+    def __init__(self, definition: AggregationDefinition):
+        self.zero = tfc.trace_tf_function(lambda: definition.zero(), None, False, f"{definition.kind}_zero")
+        accumulator_type = self.zero.type_signature.result
+        pair_type = ft.StructType([(None, accumulator_type), (None, definition.input_type)], container=tuple)
+        self.accumulate = tfc.trace_tf_function(
+            lambda pair: definition.accumulate(*structure.struct_elements(pair, pair_type)),
+            pair_type, False, f"{definition.kind}_accumulate",
+        )
+        self.report = tfc.trace_tf_function(lambda accumulator: definition.report(accumulator), accumulator_type, False,
+                                            f"{definition.kind}_report")
+
+
+def _traced_for(definition: AggregationDefinition) -> _TracedDefinition:
+    key = definition.key()
+    with _traced_lock:
+        traced = _traced.get(key)
+    if traced is None:
+        traced = _TracedDefinition(definition)
+        with _traced_lock:
+            traced = _traced.setdefault(key, traced)
+    return traced
+
+
+class StreamingAggregation:
+    """Accumulates client values one at a time (in client order) with a definition's arithmetic.
+
+    Built-in aggregations fold every client into one accumulator; `federated_aggregate` folds
+    clients in groups of `group_size` and merges the groups, as a distributed run would.
+    """
+
+    def __init__(self, definition: AggregationDefinition, group_size: int):
+        self.definition = definition
+        if isinstance(definition, Aggregate):
+            self._zero = lambda: definition.zero()
+            self._accumulate = definition.accumulate
+            self._merge = definition.merge
+            self._report = definition.report
+            self.group_size = group_size
+        else:
+            traced = _traced_for(definition)
+            self._zero = lambda: traced.zero.call_value(None)
+            self._accumulate = lambda accumulator, value: traced.accumulate.call_value((accumulator, value))
+            self._merge = None
+            self._report = traced.report.call_value
+            self.group_size = 0
+        self.group = None
+        self.in_group = 0
+        self.clients = 0
+        self.total = None
+
+    def add(self, client_input: Any) -> None:
+        current = self._zero() if self.group is None else self.group
+        try:
+            self.group = self._accumulate(current, client_input)
+        except tf.errors.InvalidArgumentError as error:  # a definition's own check (e.g. a secure sum's range)
+            found = re.search(r"assertion failed: \[([^\]]+)\]", error.message or "")
+            raise ValueError(f"client {self.clients}: {found.group(1) if found else error.message}") from None
+        self.clients += 1
+        self.in_group += 1
+        if self.group_size and self.in_group == self.group_size:
+            self._close_group()
+
+    def _close_group(self) -> None:
+        if self.group is None:
+            return
+        self.total = self.group if self.total is None else self._merge(self.total, self.group)
+        self.group, self.in_group = None, 0
+
+    def result(self) -> Any:
+        self._close_group()
+        if self.total is None and isinstance(self.definition, Mean):
+            raise ValueError("federated_mean over zero clients")
+        return self._report(self._zero() if self.total is None else self.total)
+
+
+def streaming(definition: AggregationDefinition, group_size: int = 16) -> StreamingAggregation:
+    """A fresh streaming accumulator for `definition`."""
+    return StreamingAggregation(definition, group_size)

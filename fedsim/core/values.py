@@ -1,0 +1,189 @@
+"""Runtime values of the local context: client values as per-client recipes, lazy server values.
+
+A CLIENTS value is never materialized for all clients at once: it is a `ClientValues` recipe
+computed client by client. A SERVER value may be `Lazy` (computed when first needed) or
+`Deferred` (waiting for an aggregation pass over the clients).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Callable, Optional, Sequence
+
+import attrs
+
+from fedsim.core import structure
+from fedsim.core import types as ft
+
+__all__ = [
+    "ClientValues",
+    "ListClients",
+    "AllEqualClients",
+    "MappedClients",
+    "EvalClients",
+    "ZippedClients",
+    "Lazy",
+    "Deferred",
+    "force_all",
+    "unforced",
+]
+
+
+class ClientValues:
+    """A value placed at CLIENTS, computed per client on demand.
+
+    `compute(index, memo)` returns client `index`'s member; `memo` is private to one client's
+    task, so a recipe used by several aggregations is computed once per client per pass.
+    """
+
+    count: Optional[int] = None
+
+    def compute(self, index: int, memo: dict) -> Any:
+        raise NotImplementedError
+
+    def dependencies(self) -> list:
+        """Server values not yet computed that this recipe needs (forced before a pass)."""
+        return []
+
+
+class ListClients(ClientValues):
+    def __init__(self, members: Sequence, member_type: ft.Type, what: str, checked: bool):
+        self.members = members
+        self.member_type = member_type
+        self.what = what
+        self.checked = checked
+        self.count = len(members)
+
+    def compute(self, index, memo):
+        member = self.members[index]
+        if self.checked:
+            return member
+        return structure.check_and_normalize(member, self.member_type, f"client {index} of {self.what}")
+
+
+class AllEqualClients(ClientValues):
+    def __init__(self, value: Any):
+        self.value = value
+
+    def compute(self, index, memo):
+        return force_all(self.value)
+
+    def dependencies(self):
+        return unforced(self.value)
+
+
+class MappedClients(ClientValues):
+    def __init__(self, fn: Callable, source: ClientValues):
+        self.fn = fn
+        self.source = source
+        self.count = source.count
+
+    def compute(self, index, memo):
+        key = id(self)
+        if key not in memo:
+            memo[key] = self.fn(self.source.compute(index, memo))
+        return memo[key]
+
+    def dependencies(self):
+        return self.source.dependencies()
+
+
+class EvalClients(ClientValues):
+    def __init__(self, fn: Callable):
+        self.fn = fn
+
+    def compute(self, index, memo):
+        key = id(self)
+        if key not in memo:
+            memo[key] = self.fn()
+        return memo[key]
+
+
+class ZippedClients(ClientValues):
+    def __init__(self, elements: list, member_type: ft.StructType):
+        self.elements = elements
+        self.member_type = member_type
+        counts = {e.count for e in elements if e.count is not None}
+        self.count = counts.pop() if len(counts) == 1 else None
+        if counts:
+            raise ValueError(f"cannot zip client values with different numbers of clients: {sorted(counts | {self.count})}")
+
+    def compute(self, index, memo):
+        return structure.pack_struct(self.member_type, [e.compute(index, memo) for e in self.elements])
+
+    def dependencies(self):
+        return [d for e in self.elements for d in e.dependencies()]
+
+
+class Lazy:
+    """A SERVER value computed when first needed.
+
+    Server work is lazy so that by the time any aggregation is needed, every aggregation of
+    the round has been registered and one pass over the clients serves them all.
+    """
+
+    def __init__(self, thunk: Callable[[], Any]):
+        self.thunk = thunk
+        self.done = False
+        self.value = None
+        self.lock = threading.Lock()
+
+    def force(self) -> Any:
+        if not self.done:
+            with self.lock:
+                if not self.done:
+                    self.value = self.thunk()
+                    self.done = True
+                    self.thunk = None
+        return self.value
+
+
+class Deferred(Lazy):
+    """A SERVER value waiting for an aggregation pass over the clients.
+
+    `run_pass(deferred)` computes it (with every other pending aggregation that is ready).
+    """
+
+    def __init__(self, run_pass: Callable[["Deferred"], None], sources: list, accumulator_fn: Callable):
+        super().__init__(lambda: run_pass(self))
+        self.sources = sources
+        self.accumulator_fn = accumulator_fn
+
+    def force(self) -> Any:
+        if not self.done:
+            self.thunk()
+        return self.value
+
+    def ready(self) -> bool:
+        return not any(s.dependencies() for s in self.sources)
+
+
+def unforced(value: Any) -> list:
+    """The lazy server values inside a structure that are not computed yet."""
+    if isinstance(value, Lazy):
+        return [] if value.done else [value]
+    if isinstance(value, dict):
+        return [u for v in value.values() for u in unforced(v)]
+    if isinstance(value, (list, tuple)):
+        return [u for v in value for u in unforced(v)]
+    if hasattr(type(value), "__attrs_attrs__"):
+        return [u for f in type(value).__attrs_attrs__ for u in unforced(getattr(value, f.name))]
+    return []
+
+
+def force_all(value: Any) -> Any:
+    """Replaces lazy server values inside a structure by their results."""
+    if isinstance(value, Lazy):
+        return force_all(value.force())
+    if isinstance(value, dict):
+        if any(isinstance(v, (Lazy, dict, list, tuple)) or hasattr(type(v), "__attrs_attrs__") for v in value.values()):
+            return type(value)((k, force_all(v)) for k, v in value.items())
+        return value
+    if isinstance(value, (list, tuple)) and any(isinstance(v, (Lazy, dict, list, tuple)) or hasattr(type(v), "__attrs_attrs__") for v in value):
+        forced = [force_all(v) for v in value]
+        if hasattr(type(value), "_fields"):
+            return type(value)(*forced)
+        return type(value)(forced)
+    if hasattr(type(value), "__attrs_attrs__"):
+        return attrs.evolve(value, **{f.name: force_all(getattr(value, f.name)) for f in attrs.fields(type(value)) if f.init})
+    return value
