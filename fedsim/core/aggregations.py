@@ -203,15 +203,15 @@ class _TracedDefinition:
     """zero/accumulate/report of a built-in definition as TensorFlow computations (traced once)."""
 
     def __init__(self, definition: AggregationDefinition):
-        self.zero = tfc.trace_tf_function(lambda: definition.zero(), None, False, f"{definition.kind}_zero")
+        self.zero = tfc.trace_tf_function(lambda: definition.zero(), None, False, f"{definition.kind}_zero", autograph=False)
         accumulator_type = self.zero.type_signature.result
         pair_type = ft.StructType([(None, accumulator_type), (None, definition.input_type)], container=tuple)
         self.accumulate = tfc.trace_tf_function(
             lambda pair: definition.accumulate(*structure.struct_elements(pair, pair_type)),
-            pair_type, False, f"{definition.kind}_accumulate",
+            pair_type, False, f"{definition.kind}_accumulate", autograph=False,
         )
         self.report = tfc.trace_tf_function(lambda accumulator: definition.report(accumulator), accumulator_type, False,
-                                            f"{definition.kind}_report")
+                                            f"{definition.kind}_report", autograph=False)
 
 
 def _traced_for(definition: AggregationDefinition) -> _TracedDefinition:
@@ -242,10 +242,10 @@ class StreamingAggregation:
             self.group_size = group_size
         else:
             traced = _traced_for(definition)
-            self._zero = lambda: traced.zero.call_value(None)
-            self._accumulate = lambda accumulator, value: traced.accumulate.call_value((accumulator, value))
+            self._zero = lambda: traced.zero.call_value(None, as_numpy=False)
+            self._accumulate = lambda accumulator, value: traced.accumulate.call_value((accumulator, value), as_numpy=False)
             self._merge = None
-            self._report = traced.report.call_value
+            self._report = lambda accumulator: traced.report.call_value(accumulator, as_numpy=False)
             self.group_size = 0
         self.group = None
         self.in_group = 0

@@ -219,7 +219,7 @@ class _GraphEvaluator:
 
 
 def _trace(fn: Callable, parameter_type: Optional[ft.Type], name: str) -> tfc.TensorFlowComputation:
-    return tfc.trace_tf_function(fn, parameter_type, False, name)
+    return tfc.trace_tf_function(fn, parameter_type, False, name, autograph=False)
 
 
 def _tuple_type(types: list) -> ft.StructType:

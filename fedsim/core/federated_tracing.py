@@ -198,7 +198,7 @@ def constant_block(value: Any) -> bb.BuildingBlock:
     def make_constant():
         return structure.unflatten_value(value_type, [tf.constant(leaf) for leaf in leaves])
 
-    computation = tfc.trace_tf_function(make_constant, None, False, "constant")
+    computation = tfc.trace_tf_function(make_constant, None, False, "constant", autograph=False)
     return bb.Call(bb.Compiled(computation), None)
 
 

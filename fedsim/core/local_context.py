@@ -41,13 +41,14 @@ __all__ = ["LocalExecutionContext", "LocalDomain"]
 
 
 class _TensorFlowFunction:
-    """A TensorFlow computation as a local function value: numpy in, numpy out."""
+    """A TensorFlow computation as a local function value. Results stay eager tensors until the
+    computation's result is finalized, so one graph's output feeds the next without copies."""
 
     def __init__(self, computation: tfc.TensorFlowComputation):
         self.computation = computation
 
     def __call__(self, argument: Any) -> Any:
-        return self.computation.call_value(force_all(argument))
+        return self.computation.call_value(force_all(argument), as_numpy=False)
 
 
 def _clients(value: Any) -> ClientValues:
@@ -331,6 +332,8 @@ def _finalize(domain: LocalDomain, value: Any, value_type: ft.Type) -> Any:
     if isinstance(value_type, ft.StructType):
         elements = structure.struct_elements(value, value_type)
         return structure.pack_struct(value_type, [_finalize(domain, e, t) for e, t in zip(elements, value_type)])
+    if isinstance(value_type, ft.TensorType) and isinstance(value, tf.Tensor):
+        value = value.numpy()
     if isinstance(value_type, ft.TensorType) and isinstance(value, np.ndarray) and value.ndim == 0:
         return value[()]
     return value

@@ -235,7 +235,7 @@ def test_shared_client_work_runs_once_per_client(client_vectors, monkeypatch):
 
     calls = []
     run_graph = work.call_flat
-    monkeypatch.setattr(work, "call_flat", lambda leaves: calls.append(1) or run_graph(leaves))
+    monkeypatch.setattr(work, "call_flat", lambda *args: calls.append(1) or run_graph(*args))
 
     @fedsim.tf_computation(VECTOR)
     def server_update(mean_delta):

@@ -176,10 +176,13 @@ def test_next_is_serializable_and_traced_once(client_arrays):
     via_bytes = restored(state, datasets).state.global_model_weights.trainable
     for a, b in zip(direct, via_bytes):
         np.testing.assert_array_equal(a, b)
+    # The first round with sliceable datasets traced the client work's sliced form (once, from the
+    # same model_fn); after that no round or cohort size traces anything again.
+    calls_after_first_round = len(model_fn_calls)
+    assert calls_while_building > 0 and calls_after_first_round <= calls_while_building + 1
     for cohort in (datasets[:1], datasets, datasets[:2]):
         state = process.next(state, cohort).state
-    # model_fn runs only while tracing: no round or cohort size traced anything again.
-    assert len(model_fn_calls) == calls_while_building > 0
+    assert len(model_fn_calls) == calls_after_first_round
 
 
 def test_bad_inputs_get_clear_errors(client_arrays):

@@ -20,7 +20,7 @@ import tensorflow as tf
 from fedsim.core import types as ft
 from fedsim.core.wrappers import tf_computation
 from fedsim.learning import optimizers as optimizers_lib
-from fedsim.learning.algorithms.model_info import inspect_model_fn
+from fedsim.learning.algorithms.model_info import inspect_model_fn, make_model
 from fedsim.learning.models import ModelWeights, VariableModel
 from fedsim.learning.algorithms import parts
 from fedsim.learning.templates import LearningProcess, compose_learning_process
@@ -63,7 +63,7 @@ def build_client_update(
 
     @tf_computation(weights_type, ft.SequenceType(batch_type))
     def client_update(initial_weights, dataset):
-        model = model_fn()
+        model = make_model(model_fn)
         initial_weights.assign_weights_to(model)
         variables = model.trainable_variables
         optimizer = _make_optimizer(client_optimizer_fn, "client_optimizer_fn")
@@ -104,7 +104,7 @@ def build_client_gradient(model_fn: Callable[[], VariableModel], weights_type: f
 
     @tf_computation(weights_type, ft.SequenceType(batch_type))
     def client_gradient(weights, dataset):
-        model = model_fn()
+        model = make_model(model_fn)
         weights.assign_weights_to(model)
         variables = model.trainable_variables
         total = tuple(tf.zeros(v.shape, v.dtype) for v in variables)

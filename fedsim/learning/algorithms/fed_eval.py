@@ -12,7 +12,7 @@ from fedsim.core.wrappers import federated_computation
 from fedsim.core.placements import CLIENTS, SERVER
 from fedsim.core.wrappers import tf_computation
 from fedsim.learning.algorithms.parts import build_metrics_aggregation
-from fedsim.learning.algorithms.model_info import inspect_model_fn
+from fedsim.learning.algorithms.model_info import inspect_model_fn, make_model
 from fedsim.learning.models import ModelWeights, VariableModel
 from fedsim.learning.templates import LearningAlgorithmState, LearningProcess, LearningProcessOutput
 
@@ -32,7 +32,7 @@ def build_federated_evaluation(model_fn: Callable[[], VariableModel], metrics_ag
 
     @tf_computation(info.weights_type, ft.SequenceType(info.batch_type))
     def client_eval(weights, dataset):
-        model = model_fn()
+        model = make_model(model_fn)
         weights.assign_weights_to(model)
         for batch in dataset:
             model.forward_pass(batch, training=False)

@@ -10,7 +10,13 @@ import tensorflow as tf
 from fedsim.core import types as ft
 from fedsim.learning.models import ModelWeights, VariableModel
 
-__all__ = ["ModelInfo", "inspect_model_fn"]
+__all__ = ["ModelInfo", "inspect_model_fn", "make_model"]
+
+
+def make_model(model_fn: Callable[[], VariableModel]) -> VariableModel:
+    """`model_fn()`, called as plain Python inside a traced computation (autograph does not
+    convert fedsim's modules, so building the model is not converted either)."""
+    return model_fn()
 
 
 def _variable_type(variable: Any) -> ft.TensorType:

@@ -23,19 +23,15 @@ __all__ = ["FEATURES", "load_data", "get_synthetic", "synthetic_client_data"]
 
 FEATURES = {
     "pixels": tf.io.FixedLenFeature([28, 28], tf.float32),
-    "label": tf.io.FixedLenFeature([], tf.int64),
+    "label": tf.io.FixedLenFeature([], tf.int32),  # stored as int64, parsed into int32 as TFF gives it
 }
-
-
-def _to_element(dataset: tf.data.Dataset) -> tf.data.Dataset:
-    return dataset.map(lambda e: collections.OrderedDict(label=tf.cast(e["label"], tf.int32), pixels=e["pixels"]))
 
 
 def load_data(only_digits: bool = True, cache_dir: Optional[str] = None) -> Tuple[ClientData, ClientData]:
     """`(train, test)`: 3,383 writers of digits (`only_digits`) or 3,400 of all 62 classes."""
     path = locate_database("emnist_all", cache_dir)
     prefix = "digits_only" if only_digits else "all"
-    return tuple(SqlClientData(path, f"{prefix}_{split}", FEATURES).preprocess(_to_element) for split in ("train", "test"))
+    return tuple(SqlClientData(path, f"{prefix}_{split}", FEATURES) for split in ("train", "test"))
 
 
 def synthetic_client_data(

@@ -70,6 +70,21 @@ def _element_spec(features: Mapping[str, tf.io.FixedLenFeature]) -> Any:
     )
 
 
+def _wire_features(features: Mapping[str, tf.io.FixedLenFeature]) -> dict:
+    """The features as tf.train.Example stores them: any integer dtype is parsed as int64."""
+    return {
+        name: tf.io.FixedLenFeature(f.shape, tf.int64, f.default_value) if f.dtype.is_integer and f.dtype != tf.int64 else f
+        for name, f in features.items()
+    }
+
+
+def _cast(parsed: Mapping[str, tf.Tensor], spec: Mapping[str, tf.TensorSpec]) -> collections.OrderedDict:
+    """Parsed features in the declared order and dtypes (int64 to a declared int32, exactly)."""
+    return collections.OrderedDict(
+        (name, parsed[name] if parsed[name].dtype == s.dtype else tf.cast(parsed[name], s.dtype)) for name, s in spec.items()
+    )
+
+
 def _parse_problem(proto: bytes, features: Mapping[str, Any]) -> Optional[str]:
     """Why one serialized proto does not parse with `features`, or None if it does."""
     try:
@@ -88,7 +103,11 @@ def _parse_problem(proto: bytes, features: Mapping[str, Any]) -> Optional[str]:
 
 
 class SqlClientData(ClientData):
-    """Clients of one split (or all rows when `split_name` is None) of a TFF-format SQLite file."""
+    """Clients of one split (or all rows when `split_name` is None) of a TFF-format SQLite file.
+
+    `features` maps names to `tf.io.FixedLenFeature`s; an integer feature may be declared int32
+    (tf.train.Example stores int64; the parsed values are cast, so a client's dataset needs no map).
+    """
 
     def __init__(self, database_filepath: str, split_name: Optional[str] = None, features: Optional[Mapping[str, Any]] = None):
         self._path = os.fspath(database_filepath)
@@ -154,17 +173,17 @@ class SqlClientData(ClientData):
         if len(serialized) == 0:
             return collections.OrderedDict((n, tf.zeros([0] + list(s.shape), s.dtype)) for n, s in spec.items())
         try:
-            parsed = tf.io.parse_example(tf.constant(serialized, tf.string), self._features)
+            parsed = tf.io.parse_example(tf.constant(serialized, tf.string), _wire_features(self._features))
         except (tf.errors.InvalidArgumentError, UnicodeDecodeError):
             # TF's message may quote the raw bytes (and even fail to decode them): find the row.
             for row, proto in enumerate(serialized):
-                reason = _parse_problem(proto, self._features)
+                reason = _parse_problem(proto, _wire_features(self._features))
                 if reason:
                     raise MalformedDatasetError(
                         f"{self._path}: split {self._split!r}, client {client_id!r}, example {row}: {reason}"
                     ) from None
             raise
-        return collections.OrderedDict((name, parsed[name]) for name in spec)
+        return _cast(parsed, spec)
 
     @property
     def serializable_dataset_fn(self) -> DatasetFn:
@@ -182,8 +201,7 @@ class SqlClientData(ClientData):
             spec = _element_spec(features)
 
             def parse(proto):
-                parsed = tf.io.parse_single_example(proto, features)
-                return collections.OrderedDict((name, parsed[name]) for name in spec)
+                return _cast(tf.io.parse_single_example(proto, _wire_features(features)), spec)
 
             return dataset.map(parse)
 
