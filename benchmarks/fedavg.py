@@ -162,17 +162,17 @@ class Raw:
         """(seconds, training accuracy)."""
         inputs = tff_datasets(arrays, ids) if self.over_datasets else [arrays[i] for i in ids]
         started = time.perf_counter()
-        total, weight_sum, correct, seen = None, 0.0, 0.0, 0.0
+        total, weight_sum, correct, seen = None, 0.0, np.float32(0), np.float32(0)
         for data in inputs:
             weights, hits, count = self.epoch(self.weights, data) if self.over_datasets else self.epoch(self.weights, *data)
             n = float(count.numpy())
             deltas = [(w.numpy() - w0) * n for w, w0 in zip(weights, self.weights)]
             total = deltas if total is None else [t + d for t, d in zip(total, deltas)]
             weight_sum += n
-            correct += float(hits.numpy())
-            seen += n
+            correct += hits.numpy()  # float32 sums and division, as Keras' metric and fedsim's sum_then_finalize
+            seen += count.numpy()
         self.weights = [w + SERVER_LR * t / weight_sum for w, t in zip(self.weights, total)]
-        return time.perf_counter() - started, correct / seen
+        return time.perf_counter() - started, float(correct / seen)
 
 
 class Fedsim:
@@ -236,26 +236,33 @@ def compare(kind: str, cohort: int, rounds: int, arrays: list, directory: str, f
 
 # Child processes: memory and start-up ----------------------------------------------------------
 
+MEMORY_CLIENTS = 500
+
+
+def lazy_client_data():
+    """500 clients generated when one is asked for (from its id), so no client is held in memory."""
+    from fedsim.simulation.datasets import ClientData
+
+    def make(client_id):
+        seed = tf.strings.to_hash_bucket_fast(client_id, 2**31 - 1)
+        seeds = tf.stack([seed, tf.constant(0, tf.int64)])
+        n = 80 + tf.random.stateless_uniform([], seeds, maxval=41, dtype=tf.int64)
+        x = tf.random.stateless_uniform(tf.stack([n, 28, 28, 1]), seeds + 1)
+        y = tf.random.stateless_uniform(tf.stack([n]), seeds + 2, maxval=CLASSES, dtype=tf.int64)
+        return tf.data.Dataset.from_tensor_slices(collections.OrderedDict(x=x, y=tf.cast(y, tf.int32)))
+
+    ids = [f"{i:03d}" for i in range(MEMORY_CLIENTS)]
+    return ClientData.from_clients_and_tf_fn(ids, make).preprocess(lambda dataset: dataset.batch(BATCH))
+
+
 def memory_child(kind: str, cohort: int) -> None:
-    arrays = client_arrays(max(cohort, NUM_CLIENTS))
-    data = in_memory_client_data(arrays)
+    """Two rounds of `cohort` clients read lazily from ClientData; prints the peak RSS (KiB)."""
+    data = lazy_client_data()
     runner = Fedsim(kind, "memory", "")
-    runner.client_data = data
     for round_num in range(2):
-        ids = np.random.RandomState(round_num).choice(len(arrays), cohort, replace=False)
-        datasets = _LazyDatasets(data, ids)
-        runner.state = runner.process.next(runner.state, datasets).state
+        ids = np.random.RandomState(round_num).choice(MEMORY_CLIENTS, cohort, replace=False)
+        runner.state = runner.process.next(runner.state, _LazyDatasets(data, ids)).state
     print(_peak_rss_kib())
-
-
-def _peak_rss_kib() -> int:
-    """This process's peak resident set (VmHWM). Not ru_maxrss: Linux carries that across exec,
-    so a child started by a large parent would report the parent's peak."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 class _LazyDatasets:
@@ -269,6 +276,16 @@ class _LazyDatasets:
 
     def __getitem__(self, index: int) -> tf.data.Dataset:
         return self.data.create_tf_dataset_for_client(f"{self.ids[index]:03d}")
+
+
+def _peak_rss_kib() -> int:
+    """This process's peak resident set (VmHWM). Not ru_maxrss: Linux carries that across exec,
+    so a child started by a large parent would report the parent's peak."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 def startup_child(kind: str, runner: str, arrays_path: str) -> None:
@@ -328,7 +345,7 @@ def main() -> None:
     if args.no_children:
         return
     for kind in args.models:
-        rss = [child("--memory-child", kind, str(cohort))[0] / 1024 for cohort in (10, 500)]
+        rss = [child("--memory-child", kind, str(cohort))[0] / 1024 for cohort in (10, MEMORY_CLIENTS)]
         print(f"\n{kind.upper()} peak RSS, 2 rounds: 10 clients/round {rss[0]:.0f} MiB, 500 clients/round {rss[1]:.0f} MiB, "
               f"ratio {rss[1] / rss[0]:.3f}")
         with tempfile.TemporaryDirectory() as directory:

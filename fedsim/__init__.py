@@ -33,6 +33,17 @@ tensorflow.computation = core.tf_computation
 tensorflow.to_type = core.to_type
 sys.modules["fedsim.tensorflow"] = tensorflow
 
+# TFF's `tff.backends.native.set_sync_local_cpp_execution_context()` and friends: the local context.
+backends = _types.ModuleType("fedsim.backends", "TFF's context setters; each selects fedsim's local context.")
+backends.native, backends.test = core.backends.native, core.backends.test
+sys.modules.update({"fedsim.backends": backends, "fedsim.backends.native": backends.native, "fedsim.backends.test": backends.test})
+
+# TFF's `tff.types.type_at_clients` / `type_at_server`.
+types = _types.ModuleType("fedsim.types", "TFF's type helpers.")
+types.type_at_clients = core.type_at_clients
+types.type_at_server = core.type_at_server
+sys.modules["fedsim.types"] = types
+
 
 def __getattr__(name: str):
     """`fedsim.learning`, `.simulation`, `.aggregators`, `.aws`: imported on first access."""
@@ -47,4 +58,4 @@ def __dir__():
     return sorted(set(globals()) | set(_LAZY_PACKAGES))
 
 
-__all__ = ["core", "templates", "tensorflow", "__version__", *_core_all]  # the lazy packages: by attribute
+__all__ = ["core", "templates", "tensorflow", "backends", "types", "__version__", *_core_all]  # the lazy packages: by attribute

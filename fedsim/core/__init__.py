@@ -44,11 +44,15 @@ from fedsim.core.types import (
     infer_type,
     is_assignable_from,
     to_type,
+    type_at_clients,
+    type_at_server,
 )
 from fedsim.core.wrappers import federated_computation, tf_computation
 from fedsim.core.canonical_form import CanonicalForm, CanonicalFormError
 from fedsim.core.compiler import compile_to_canonical_form
 from fedsim.core.phase_runner import run_round as run_canonical_form
+
+from fedsim.core import backends  # noqa: E402 - TFF's context setters, over the local context
 
 context_stack.install_default_context(LocalExecutionContext())
 
@@ -98,4 +102,6 @@ __all__ = [
     "set_default_context",
     "tf_computation",
     "to_type",
+    "type_at_clients",
+    "type_at_server",
 ]

@@ -22,7 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from fedsim.core import containers
-from fedsim.core.placements import Placement, placement_from_uri
+from fedsim.core.placements import CLIENTS, SERVER, Placement, placement_from_uri
 
 __all__ = [
     "Type",
@@ -36,6 +36,8 @@ __all__ = [
     "type_from_json",
     "find_type_difference",
     "is_assignable_from",
+    "type_at_clients",
+    "type_at_server",
 ]
 
 
@@ -480,6 +482,16 @@ def find_type_difference(target: Type, source: Type, path: str = "") -> Optional
             return f"at {where}: expected one value equal at all {target.placement} ({target}), given {source}"
         return find_type_difference(target.member, source.member, path)
     raise TypeError(f"not a fedsim type: {target!r}")
+
+
+def type_at_clients(type_spec: Any, all_equal: bool = False) -> FederatedType:
+    """`{T}@CLIENTS` (or `T@CLIENTS` with `all_equal`), as TFF's `tff.types.type_at_clients`."""
+    return FederatedType(type_spec, CLIENTS, all_equal)
+
+
+def type_at_server(type_spec: Any) -> FederatedType:
+    """`T@SERVER`, as TFF's `tff.types.type_at_server`."""
+    return FederatedType(type_spec, SERVER)
 
 
 def is_assignable_from(target: Type, source: Type) -> bool:

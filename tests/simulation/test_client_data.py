@@ -95,6 +95,8 @@ def test_client_data_bad_input(arrays):
     data = TestClientData(arrays)
     with pytest.raises(ValueError, match="unknown client id 'nobody' \\(there are 5 clients\\)"):
         data.create_tf_dataset_for_client("nobody")
+    with pytest.raises(ValueError, match="^ClientData: unknown client id 'nobody'"):  # no internal class name
+        data.preprocess(lambda dataset: dataset.batch(2)).create_tf_dataset_for_client("nobody")
     with pytest.raises(TypeError, match="client id is a str"):
         data.create_tf_dataset_for_client(3)
     with pytest.raises(ValueError, match="empty"):

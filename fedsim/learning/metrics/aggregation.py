@@ -7,11 +7,10 @@ computation {unfinalized}@CLIENTS -> metrics@SERVER`; pass your own as `metrics_
 from __future__ import annotations
 
 import collections
-from typing import Callable
+from typing import Any, Callable, Optional
 
 from fedsim.core import intrinsics
 from fedsim.core import types as ft
-from fedsim.core.federated_tracing import FederatedComputation
 from fedsim.core.wrappers import federated_computation
 from fedsim.core.placements import CLIENTS
 from fedsim.core.wrappers import tf_computation
@@ -19,11 +18,22 @@ from fedsim.core.wrappers import tf_computation
 __all__ = ["sum_then_finalize"]
 
 
-def sum_then_finalize(metric_finalizers: dict[str, Callable], local_unfinalized_metrics_type: ft.Type) -> FederatedComputation:
+def sum_then_finalize(metric_finalizers: dict[str, Callable], local_unfinalized_metrics_type: Optional[ft.Type] = None) -> Any:
     """Sums each metric's unfinalized variables over the clients, then finalizes once.
 
-    For Keras metrics and fedsim's counters this equals the metric on the pooled data.
+    For Keras metrics and fedsim's counters this equals the metric on the pooled data. Without
+    `local_unfinalized_metrics_type` (as TFF allows) the result is a polymorphic computation,
+    traced for the type of the first value it is given.
+
+    Example::
+
+        aggregate = tff.learning.metrics.sum_then_finalize(model.metric_finalizers())
+        # inside a federated computation: aggregate(unfinalized_metrics_at_clients)
     """
+    if local_unfinalized_metrics_type is None:
+        return _polymorphic(metric_finalizers)
+    if isinstance(local_unfinalized_metrics_type, ft.FederatedType):
+        local_unfinalized_metrics_type = local_unfinalized_metrics_type.member
     missing = [name for name in local_unfinalized_metrics_type.names() if name not in metric_finalizers]
     if missing:
         raise ValueError(f"no finalizer for the metrics {missing}")
@@ -35,5 +45,15 @@ def sum_then_finalize(metric_finalizers: dict[str, Callable], local_unfinalized_
     @federated_computation(ft.FederatedType(local_unfinalized_metrics_type, CLIENTS))
     def aggregate(unfinalized):
         return intrinsics.federated_map(finalize, intrinsics.federated_sum(unfinalized))
+
+    return aggregate
+
+
+def _polymorphic(metric_finalizers: dict) -> Any:
+    @federated_computation
+    def aggregate(unfinalized):
+        member = unfinalized.type_signature
+        member = member.member if isinstance(member, ft.FederatedType) else member
+        return sum_then_finalize(metric_finalizers, member)(unfinalized)
 
     return aggregate

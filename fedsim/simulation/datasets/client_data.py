@@ -47,6 +47,10 @@ class ClientData(abc.ABC):
     def _dataset_for_known_client(self, client_id: str) -> tf.data.Dataset:
         return self.serializable_dataset_fn(tf.constant(client_id))
 
+    def _public_name(self) -> str:
+        """The name of the first public class of this object (never an internal wrapper's)."""
+        return next(c.__name__ for c in type(self).__mro__ if not c.__name__.startswith("_"))
+
     def create_tf_dataset_for_client(self, client_id: str) -> tf.data.Dataset:
         """The dataset of one client; an unknown id is an error naming it."""
         self._check_client_id(client_id)
@@ -54,9 +58,9 @@ class ClientData(abc.ABC):
 
     def _check_client_id(self, client_id: str) -> None:
         if not isinstance(client_id, str):
-            raise TypeError(f"{type(self).__name__}: a client id is a str, got {type(client_id).__name__} {client_id!r}")
+            raise TypeError(f"{self._public_name()}: a client id is a str, got {type(client_id).__name__} {client_id!r}")
         if client_id not in self._id_set():
-            raise ValueError(f"{type(self).__name__}: unknown client id {client_id!r} (there are {len(self.client_ids)} clients)")
+            raise ValueError(f"{self._public_name()}: unknown client id {client_id!r} (there are {len(self.client_ids)} clients)")
 
     def _id_set(self) -> frozenset:
         ids = getattr(self, "_cached_id_set", None)
