@@ -193,7 +193,10 @@ class SiloAgent:
 
     def work(self, request: dict) -> bytes:
         """Runs the round's work phase on the local data; returns the encoded output."""
-        manifest = self.store.get_json(request["manifest_key"])
+        try:
+            manifest = self.store.get_json(request["manifest_key"])
+        except protocol.InvalidValueError as error:
+            raise ComputationRefusedError(f"the run's manifest cannot be used: {error}") from None
         if not isinstance(manifest, dict) or not isinstance(manifest.get("phases"), dict):
             raise ComputationRefusedError(f"the run's manifest {request['manifest_key']!r} is malformed (no phases)")
         work = self.accepted_computation(manifest["phases"].get("work"), "work")

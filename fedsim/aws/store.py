@@ -12,9 +12,10 @@ from fedsim.aws import protocol
 from fedsim.aws.config import StackConfig
 from fedsim.core import op_allowlist, serialization
 
-__all__ = ["Store", "ObjectExistsError", "MAX_COMPUTATION_BYTES"]
+__all__ = ["Store", "ObjectExistsError", "MAX_COMPUTATION_BYTES", "MAX_JSON_BYTES"]
 
 MAX_COMPUTATION_BYTES = 2**31  # a serialized computation larger than this is not downloaded
+MAX_JSON_BYTES = 16 * 2**20  # nor a manifest larger than this
 
 
 class ObjectExistsError(RuntimeError):
@@ -96,8 +97,13 @@ class Store:
                 self._computations[digest] = cached
         return cached
 
-    def get_json(self, key: str) -> Any:
-        return json.loads(self.get_checked(key))
+    def get_json(self, key: str, max_bytes: int = MAX_JSON_BYTES) -> Any:
+        """A JSON document (a manifest), size-bounded before it is read and checksum-verified."""
+        data = self.get_checked(key, max_bytes=max_bytes)
+        try:
+            return json.loads(data)
+        except ValueError as error:
+            raise protocol.InvalidValueError(f"s3://{self.config.bucket}/{key} is not valid JSON: {error}") from None
 
     # records -------------------------------------------------------------------------------
 
