@@ -20,7 +20,7 @@ import tensorflow as tf
 from fedsim.core import types as ft
 from fedsim.core.wrappers import tf_computation
 from fedsim.learning import optimizers as optimizers_lib
-from fedsim.learning.algorithms.model_info import inspect_model_fn, make_model
+from fedsim.learning.algorithms.model_info import as_model_fn, inspect_model_fn, make_model
 from fedsim.learning.models import ModelWeights, VariableModel
 from fedsim.learning.algorithms import parts
 from fedsim.learning.templates import LearningProcess, compose_learning_process
@@ -141,10 +141,11 @@ def _build_process(
         raise TypeError(f"client_weighting must be a ClientWeighting, got {client_weighting!r}")
     if proximal_strength < 0:
         raise ValueError(f"proximal_strength must be non-negative, got {proximal_strength}")
+    model_fn = as_model_fn(model_fn)
     info = inspect_model_fn(model_fn)
     server_optimizer = _make_optimizer(server_optimizer_fn, "server_optimizer_fn")
-    if not isinstance(server_optimizer, optimizers_lib.Optimizer):
-        raise TypeError("server_optimizer_fn must give a fedsim functional optimizer (fedsim.learning.optimizers.build_*)")
+    if isinstance(server_optimizer, keras.optimizers.Optimizer):  # TFF 0.86's `lambda: tf.keras.optimizers.SGD(1.0)`
+        server_optimizer = optimizers_lib.from_keras_optimizer(server_optimizer)
     if client_optimizer_fn is None:
         client_update = build_client_gradient(model_fn, info.weights_type, info.batch_type, client_weighting)
     else:

@@ -8,9 +8,17 @@ import attrs
 import tensorflow as tf
 
 from fedsim.core import types as ft
-from fedsim.learning.models import ModelWeights, VariableModel
+from fedsim.learning.models import FunctionalModel, ModelWeights, VariableModel, model_from_functional
 
-__all__ = ["ModelInfo", "inspect_model_fn", "make_model"]
+__all__ = ["ModelInfo", "as_model_fn", "inspect_model_fn", "make_model"]
+
+
+def as_model_fn(model_fn: Any) -> Callable[[], VariableModel]:
+    """The `model_fn` an algorithm builds from: TFF's algorithms also take a `FunctionalModel`."""
+    if isinstance(model_fn, FunctionalModel):
+        functional_model = model_fn
+        return lambda: model_from_functional(functional_model)
+    return model_fn
 
 
 def make_model(model_fn: Callable[[], VariableModel]) -> VariableModel:

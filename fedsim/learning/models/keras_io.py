@@ -16,7 +16,7 @@ from typing import Union
 import keras
 import numpy as np
 
-from fedsim.learning.models.model_weights import ModelWeights
+from fedsim.learning.models.model_weights import ModelWeights, model_variables
 
 __all__ = ["save_keras_model", "load_model_weights"]
 
@@ -40,7 +40,5 @@ def load_model_weights(path: Union[str, os.PathLike]) -> ModelWeights:
     if not os.path.exists(path):
         raise FileNotFoundError(f"no saved Keras model at {path!r}")
     keras_model = keras.models.load_model(path, compile=False)
-    return ModelWeights(
-        [np.asarray(v) for v in keras_model.trainable_variables],
-        [np.asarray(v) for v in keras_model.non_trainable_variables],
-    )
+    trainable, non_trainable = model_variables(keras_model)
+    return ModelWeights([np.asarray(v) for v in trainable], [np.asarray(v) for v in non_trainable])

@@ -18,18 +18,19 @@ Example::
 
 from __future__ import annotations
 
-import collections
 from typing import Any, Callable, Optional, Sequence
 
 import keras
 import tensorflow as tf
 
+from fedsim.learning.models.counters import RESERVED_METRIC_NAMES, ExampleCounters
+from fedsim.learning.models.model_weights import model_variables
 from fedsim.learning.models.variable_model import BatchOutput, VariableModel
 
-__all__ = ["from_keras_model", "KerasVariableModel"]
+__all__ = ["from_keras_model", "KerasVariableModel", "input_spec_of", "split_batch"]
 
 
-def _split_batch(batch: Any) -> tuple:
+def split_batch(batch: Any) -> tuple:
     if isinstance(batch, dict):
         if "x" not in batch or "y" not in batch:
             raise ValueError(f"a batch given as a mapping needs keys 'x' and 'y', got {sorted(batch)}")
@@ -49,48 +50,36 @@ def _instantiate(metric: Any) -> keras.metrics.Metric:
     raise TypeError(f"metrics must be Keras metric objects or constructors of them, got {metric!r}")
 
 
-class _Totals:
-    """fedsim's own counters (loss, num_examples, num_batches) as plain variables.
+def input_spec_of(input_spec_or_sample_batch: Any) -> Any:
+    """The `tf.TensorSpec` structure of a batch, from specs or from a sample batch of values.
 
-    Keras metric objects cost about 2 ms per batch in a graph; these three cost a few ops.
-    Unfinalized they are sums, like Keras' own `Mean` and `Sum` variables.
+    TFF's learning-API overview passes a sample batch (`from_keras_model(model, sample_batch,
+    loss=...)`); its specs keep the values' dtypes and leave the batch dimension unknown.
     """
+    def spec(leaf: Any) -> Any:
+        if isinstance(leaf, (tf.TensorSpec, tf.SparseTensorSpec, tf.RaggedTensorSpec)):
+            return leaf
+        tensor = tf.convert_to_tensor(leaf)
+        if tensor.shape.rank == 0:
+            raise ValueError(f"a sample batch must have a batch dimension; found a scalar {leaf!r}")
+        return tf.TensorSpec([None] + tensor.shape.as_list()[1:], tensor.dtype)
 
-    def __init__(self):
-        self.loss_sum = tf.Variable(0.0, trainable=False, name="loss_sum")
-        self.loss_weight = tf.Variable(0.0, trainable=False, name="loss_weight")
-        self.num_examples = tf.Variable(tf.constant(0, tf.int64), trainable=False, name="num_examples")
-        self.num_batches = tf.Variable(tf.constant(0, tf.int64), trainable=False, name="num_batches")
+    return tf.nest.map_structure(spec, input_spec_or_sample_batch)
 
-    @property
-    def variables(self) -> list:
-        return [self.loss_sum, self.loss_weight, self.num_examples, self.num_batches]
 
-    def update(self, loss: tf.Tensor, num_examples: tf.Tensor) -> None:
-        examples = tf.cast(num_examples, tf.float32)
-        self.loss_sum.assign_add(tf.cast(loss, tf.float32) * examples)
-        self.loss_weight.assign_add(examples)
-        self.num_examples.assign_add(tf.cast(num_examples, tf.int64))
-        self.num_batches.assign_add(tf.constant(1, tf.int64))
+def _reseed_random_layers(keras_model: keras.Model) -> None:
+    """Gives the model's random layers (Dropout, ...) a fresh seed state.
 
-    def report(self) -> dict:
-        return collections.OrderedDict(
-            loss=[tf.convert_to_tensor(self.loss_sum), tf.convert_to_tensor(self.loss_weight)],
-            num_examples=[tf.convert_to_tensor(self.num_examples)],
-            num_batches=[tf.convert_to_tensor(self.num_batches)],
-        )
-
-    @staticmethod
-    def finalizers() -> dict:
-        return collections.OrderedDict(
-            loss=lambda values: tf.math.divide_no_nan(values[0], values[1]),
-            num_examples=lambda values: values[0],
-            num_batches=lambda values: values[0],
-        )
-
-    def reset(self) -> None:
-        for variable in self.variables:
-            variable.assign(tf.zeros_like(variable))
+    Keras 3 keeps a random layer's RNG state in a `seed_generator_state` variable whose initial
+    value is fixed when the layer is built; since every call of a computation starts from fresh
+    variables, each client would draw the same dropout masks in every round. A stateful draw
+    here gives each client's call its own masks (not reproducible run to run, as in TFF).
+    """
+    weights = {id(v) for v in keras_model.weights}
+    for variable in keras_model.non_trainable_variables:
+        if id(variable) not in weights and variable.path.endswith("seed_generator_state"):
+            draw = tf.random.uniform(variable.shape, maxval=2**30, dtype=tf.int32)
+            variable.assign(tf.cast(draw, variable.dtype))
 
 
 def _sum_variables(metric: keras.metrics.Metric) -> bool:
@@ -109,7 +98,9 @@ class KerasVariableModel(VariableModel):
                 "compiled model would be ignored; pass the loss and metrics to from_keras_model instead"
             )
         self._keras_model = keras_model
-        self._input_spec = input_spec
+        self._input_spec = input_spec_of(input_spec)
+        if not tf.executing_eagerly():  # inside a computation being traced
+            _reseed_random_layers(keras_model)
         losses = list(loss) if isinstance(loss, (list, tuple)) else [loss]
         for fn in losses:
             if not callable(fn):
@@ -118,21 +109,22 @@ class KerasVariableModel(VariableModel):
             raise ValueError(f"{len(loss_weights)} loss_weights for {len(losses)} losses")
         self._losses = losses
         self._loss_weights = list(loss_weights) if loss_weights is not None else [1.0] * len(losses)
-        self._totals = _Totals()
+        self._totals = ExampleCounters()
         self._metrics = [_instantiate(m) for m in (metrics or [])]
         for metric in self._metrics:
             if not _sum_variables(metric):
                 raise TypeError(f"metric {metric.name} has variables that cannot be summed across clients")
-            if metric.name in ("loss", "num_examples", "num_batches"):
+            if metric.name in RESERVED_METRIC_NAMES:
                 raise ValueError(f"the metric name {metric.name!r} is reserved for fedsim's own counters")
 
     @property
     def trainable_variables(self) -> list:
-        return list(self._keras_model.trainable_variables)
+        return model_variables(self._keras_model)[0]
 
     @property
     def non_trainable_variables(self) -> list:
-        return list(self._keras_model.non_trainable_variables)
+        """Non-trainable *weights* (batch-norm statistics, ...); RNG state is not a weight."""
+        return model_variables(self._keras_model)[1]
 
     @property
     def local_variables(self) -> list:
@@ -168,7 +160,7 @@ class KerasVariableModel(VariableModel):
         return total
 
     def forward_pass(self, batch_input: Any, training: bool = True) -> BatchOutput:
-        x, y = _split_batch(batch_input)
+        x, y = split_batch(batch_input)
         predictions = self.predict_on_batch(x, training=training)
         loss = self._loss(y, predictions)
         num_examples = tf.shape(tf.nest.flatten(x)[0])[0]
@@ -207,10 +199,39 @@ def _finalizer(metric_class: type, config: dict) -> Callable[[list], Any]:
 
 def from_keras_model(
     keras_model: keras.Model,
-    loss: Any,
-    input_spec: Any,
-    metrics: Optional[Sequence[Any]] = None,
+    *positional: Any,
+    loss: Any = None,
+    input_spec: Any = None,
     loss_weights: Optional[Sequence[float]] = None,
+    metrics: Optional[Sequence[Any]] = None,
+    sample_batch: Any = None,
 ) -> KerasVariableModel:
-    """Wraps an (uncompiled) Keras 3 model as a `VariableModel`; call it inside `model_fn`."""
+    """Wraps an (uncompiled) Keras 3 model as a `VariableModel`; call it inside `model_fn`.
+
+    TFF's two spellings both work: `from_keras_model(keras_model, loss, input_spec,
+    loss_weights, metrics)` (positionally or by keyword), and the learning-API overview's
+    `from_keras_model(keras_model, sample_batch, loss=...)`, where a batch of values stands for
+    `input_spec` (its specs keep the dtypes and leave the batch dimension unknown).
+    """
+    if positional:
+        if len(positional) > 4:
+            raise TypeError(f"from_keras_model takes at most 5 positional arguments, got {1 + len(positional)}")
+        if callable(positional[0]):  # TFF's order: loss, input_spec, loss_weights, metrics
+            names = ("loss", "input_spec", "loss_weights", "metrics")
+        else:  # the overview's order: a sample batch, then the loss
+            names = ("sample_batch", "loss", "metrics")
+        given = dict(loss=loss, input_spec=input_spec, loss_weights=loss_weights, metrics=metrics, sample_batch=sample_batch)
+        for name, value in zip(names, positional):
+            if given[name] is not None:
+                raise TypeError(f"from_keras_model got two values for {name}")
+            given[name] = value
+        loss, input_spec, loss_weights, metrics, sample_batch = (given[k] for k in ("loss", "input_spec", "loss_weights", "metrics", "sample_batch"))
+    if sample_batch is not None:
+        if input_spec is not None:
+            raise TypeError("from_keras_model takes input_spec or sample_batch, not both")
+        input_spec = sample_batch
+    if input_spec is None:
+        raise TypeError("from_keras_model needs input_spec (the TensorSpecs of a batch) or a sample batch")
+    if loss is None:
+        raise TypeError("from_keras_model needs a loss, for example keras.losses.SparseCategoricalCrossentropy()")
     return KerasVariableModel(keras_model, loss, input_spec, metrics or [], loss_weights)

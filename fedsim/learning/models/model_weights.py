@@ -5,15 +5,21 @@ from __future__ import annotations
 from typing import Any
 
 import attrs
-import tensorflow as tf
 
 from fedsim.core.containers import register_container
 
-__all__ = ["ModelWeights"]
+__all__ = ["ModelWeights", "model_variables"]
 
 
-def _read(variable: Any) -> tf.Tensor:
-    return tf.convert_to_tensor(variable)
+def model_variables(model: Any) -> tuple:
+    """`(trainable, non_trainable)` variables of a `VariableModel` or a Keras model.
+
+    For a Keras 3 model these are its *weights*: the RNG state of `Dropout` and other random
+    layers (`seed_generator_state`) is a Keras variable but not a model weight, as in TFF.
+    """
+    if hasattr(model, "trainable_weights") and hasattr(model, "non_trainable_weights"):
+        return list(model.trainable_weights), list(model.non_trainable_weights)
+    return list(model.trainable_variables), list(model.non_trainable_variables)
 
 
 @register_container("fedsim.learning.models.ModelWeights")
@@ -26,15 +32,16 @@ class ModelWeights:
 
     @classmethod
     def from_model(cls, model: Any) -> "ModelWeights":
-        """Reads the weights of a `VariableModel` or a Keras model."""
-        return cls([_read(v) for v in model.trainable_variables], [_read(v) for v in model.non_trainable_variables])
+        """The weight *variables* of a `VariableModel` or a Keras model, as in TFF: they can be
+        `assign`ed (`tf.nest.map_structure(lambda v, t: v.assign(t), weights, new)`), and a
+        computation returning them returns their values."""
+        trainable, non_trainable = model_variables(model)
+        return cls(trainable, non_trainable)
 
     def assign_weights_to(self, model: Any) -> None:
         """Writes these weights into a `VariableModel` or a Keras model's variables."""
-        for variables, values, kind in (
-            (model.trainable_variables, self.trainable, "trainable"),
-            (model.non_trainable_variables, self.non_trainable, "non-trainable"),
-        ):
+        trainable, non_trainable = model_variables(model)
+        for variables, values, kind in ((trainable, self.trainable, "trainable"), (non_trainable, self.non_trainable, "non-trainable")):
             if len(variables) != len(values):
                 raise ValueError(f"the model has {len(variables)} {kind} variables but {len(values)} weights were given")
             for variable, value in zip(variables, values):
