@@ -1,7 +1,8 @@
 """Each aggregation, defined once: zero / accumulate / merge / report in TensorFlow.
 
-`federated_sum`, `federated_mean` (plain and weighted), `federated_secure_sum_bitwidth` and
-`federated_aggregate` are each one `AggregationDefinition`. The canonical-form compiler calls
+`federated_sum`, `federated_mean` (plain and weighted), `federated_min` / `federated_max`,
+`federated_secure_sum_bitwidth`, `federated_secure_sum` and `federated_aggregate` are each one
+`AggregationDefinition`. The canonical-form compiler calls
 its methods while tracing the round's aggregation phases; the local context streams clients
 through `streaming(definition)`, which traces the same methods once into graphs and calls them
 client by client. So the simulation and a serverless round run the same arithmetic.
@@ -28,6 +29,8 @@ __all__ = [
     "Mean",
     "WeightedMean",
     "SecureSum",
+    "SecureSumMaxInput",
+    "Extremum",
     "Aggregate",
     "StreamingAggregation",
     "streaming",
@@ -132,6 +135,7 @@ class SecureSum(AggregationDefinition):
     """An exact integer sum of values each in `[0, 2**bitwidth)`, checked client by client."""
 
     kind = "secure_sum"
+    intrinsic = "federated_secure_sum_bitwidth"
 
     def __init__(self, value_type: ft.Type, bitwidths: tuple):
         self.input_type = self.result_type = value_type
@@ -140,18 +144,22 @@ class SecureSum(AggregationDefinition):
             raise ValueError(f"secure sum: {len(bitwidths)} bitwidths for the {len(self.leaves)} leaves of {value_type}")
         self.bitwidths = tuple(int(w) for w in bitwidths)
 
+    def _ranges(self) -> list:
+        """Per leaf: (largest value allowed, the range as a message names it)."""
+        return [(2**w - 1, f"[0, 2**{w})") for w in self.bitwidths]
+
     def zero(self):
         return tuple(tf.zeros(leaf.shape, tf.int64) for leaf in self.leaves)
 
     def accumulate(self, accumulator, client_input):
         totals = []
         leaves = structure.flatten_value(client_input, self.input_type)
-        for total, leaf, width in zip(accumulator, leaves, self.bitwidths):
+        for total, leaf, (largest, shown) in zip(accumulator, leaves, self._ranges()):
             leaf = tf.cast(leaf, tf.int64)
             with tf.control_dependencies([
-                tf.debugging.assert_non_negative(leaf, message="federated_secure_sum_bitwidth: sent values outside [0, 2**" + str(width) + "): a value is negative"),
-                tf.debugging.assert_less(leaf, tf.constant(2**width, tf.int64),
-                                         message=f"federated_secure_sum_bitwidth: sent values outside [0, 2**{width}): a value is >= 2**{width}"),
+                tf.debugging.assert_non_negative(leaf, message=f"{self.intrinsic}: sent values outside {shown}: a value is negative"),
+                tf.debugging.assert_less_equal(leaf, tf.constant(largest, tf.int64),
+                                               message=f"{self.intrinsic}: sent values outside {shown}: a value is > {largest}"),
             ]):
                 totals.append(total + leaf)
         return tuple(totals)
@@ -161,6 +169,55 @@ class SecureSum(AggregationDefinition):
 
     def key(self):
         return (self.kind, self.input_type, self.bitwidths)
+
+
+class SecureSumMaxInput(SecureSum):
+    """TFF's `federated_secure_sum`: each value in `[0, max_input]`; `bitwidths` is what that needs."""
+
+    kind = "secure_sum_max_input"
+    intrinsic = "federated_secure_sum"
+
+    def __init__(self, value_type: ft.Type, max_inputs: tuple):
+        self.max_inputs = tuple(int(m) for m in max_inputs)
+        super().__init__(value_type, tuple(max(1, m.bit_length()) for m in self.max_inputs))
+
+    def _ranges(self) -> list:
+        return [(m, f"[0, {m}]") for m in self.max_inputs]
+
+    def key(self):
+        return (self.kind, self.input_type, self.max_inputs)
+
+
+class Extremum(AggregationDefinition):
+    """`federated_min` / `federated_max`: the leaf-wise minimum or maximum over the clients.
+
+    The accumulator starts at the dtype's identity (its largest value for a minimum), so zero
+    clients give that identity, as in TFF.
+    """
+
+    def __init__(self, value_type: ft.Type, kind: str):
+        if kind not in ("min", "max"):
+            raise ValueError(f"an extremum is 'min' or 'max', not {kind!r}")
+        self.kind = kind
+        self.input_type = self.result_type = value_type
+        self.leaves = ft.flatten_type(value_type)
+        self._combine = tf.minimum if kind == "min" else tf.maximum
+
+    def zero(self):
+        return tuple(tf.fill(leaf.shape, leaf.dtype.max if self.kind == "min" else leaf.dtype.min) for leaf in self.leaves)
+
+    def accumulate(self, accumulator, client_input):
+        leaves = structure.flatten_value(client_input, self.input_type)
+        return tuple(self._combine(a, tf.cast(v, a.dtype)) for a, v in zip(accumulator, leaves))
+
+    def merge(self, first, second):
+        return tuple(self._combine(a, b) for a, b in zip(first, second))
+
+    def report(self, accumulator):
+        return structure.unflatten_value(self.result_type, list(accumulator))
+
+    def key(self):
+        return (self.kind, self.input_type)
 
 
 class Aggregate(AggregationDefinition):
@@ -257,7 +314,7 @@ class StreamingAggregation:
         try:
             self.group = self._accumulate(current, client_input)
         except tf.errors.InvalidArgumentError as error:  # a definition's own check (e.g. a secure sum's range)
-            found = re.search(r"assertion failed: \[([^\]]+)\]", error.message or "")
+            found = re.search(r"assertion failed: \[(.+?)\] \[", error.message or "")
             raise ValueError(f"client {self.clients}: {found.group(1) if found else error.message}") from None
         self.clients += 1
         self.in_group += 1

@@ -114,13 +114,13 @@ class SymbolicDomain:
 
     def _aggregation(self, definition: defs.IntrinsicDef, function_type: ft.FunctionType, argument: Any) -> Node:
         parameter_type = function_type.parameter
-        if definition.uri in (defs.FEDERATED_SUM, defs.FEDERATED_MEAN):
+        if not definition.client_values:
             sources, operands = (argument,), []
         else:
             elements = self.elements(argument, parameter_type)
-            client_count = 2 if definition.uri == defs.FEDERATED_WEIGHTED_MEAN else 1
-            sources, operands = tuple(elements[:client_count]), elements[client_count:]
-        if definition.uri == defs.FEDERATED_AGGREGATE:
+            count = definition.client_values
+            sources, operands = tuple(elements[:count]), elements[count:]
+        if definition.operands == "functions":
             zero, *functions = operands
             for what, fn in zip(("accumulate", "merge", "report"), functions):
                 if not isinstance(fn, tfc.TensorFlowComputation):
@@ -129,7 +129,7 @@ class SymbolicDomain:
                         f"got a {type(fn).__name__}"
                     )
             operands = [lambda: _GraphEvaluator({}).value(zero)] + functions
-        elif definition.uri == defs.FEDERATED_SECURE_SUM_BITWIDTH:
+        elif definition.operands == "constant":
             operands = [_constant_value(operands[0], self.name)]
         built = definition.aggregation(parameter_type, function_type.result, operands, lambda fn, value: fn.call_in_graph(value))
         return Node("aggregate", function_type.result, sources, definition=built)
@@ -151,7 +151,7 @@ def _constant_value(value: Any, name: str) -> Any:
         return value.details["fn"].call_value(None)
     if isinstance(value, Node) and value.kind == "select":
         return structure.struct_elements(_constant_value(value.inputs[0], name), _member(value.inputs[0].type_signature))[value.details["index"]]
-    raise CanonicalFormError(f"{name}: a secure sum's bitwidth must be a constant")
+    raise CanonicalFormError(f"{name}: a secure sum's bitwidth or max_input must be a constant")
 
 
 # ----------------------------------------------------------------------------------------------

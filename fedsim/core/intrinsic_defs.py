@@ -34,6 +34,9 @@ __all__ = [
     "FEDERATED_WEIGHTED_MEAN",
     "FEDERATED_AGGREGATE",
     "FEDERATED_SECURE_SUM_BITWIDTH",
+    "FEDERATED_SECURE_SUM",
+    "FEDERATED_MIN",
+    "FEDERATED_MAX",
     "SEQUENCE_MAP",
     "SEQUENCE_REDUCE",
     "SEQUENCE_SUM",
@@ -49,6 +52,9 @@ FEDERATED_MEAN = "federated_mean"
 FEDERATED_WEIGHTED_MEAN = "federated_weighted_mean"
 FEDERATED_AGGREGATE = "federated_aggregate"
 FEDERATED_SECURE_SUM_BITWIDTH = "federated_secure_sum_bitwidth"
+FEDERATED_SECURE_SUM = "federated_secure_sum"
+FEDERATED_MIN = "federated_min"
+FEDERATED_MAX = "federated_max"
 SEQUENCE_MAP = "sequence_map"
 SEQUENCE_REDUCE = "sequence_reduce"
 SEQUENCE_SUM = "sequence_sum"
@@ -69,6 +75,12 @@ class IntrinsicDef:
     category: str  # place | broadcast | map | eval | zip | aggregation | sequence_map | sequence_reduce | sequence_sum
     type_rule: Callable[[ft.Type, Optional[Placement]], ft.Type]
     aggregation: Optional[Callable[..., aggregations.AggregationDefinition]] = None
+    # Aggregations only: how many leading elements of the argument are client values (0: the
+    # whole argument is the one client value), and what the other operands are: "none",
+    # "constant" (evaluated once, e.g. bitwidths) or "functions" (federated_aggregate's zero
+    # and functions).
+    client_values: int = 0
+    operands: str = "none"
 
 
 def _fail(uri: str, parameter: ft.Type, why: str) -> IntrinsicTypeError:
@@ -167,6 +179,15 @@ def _sum_rule(parameter, placement):
     return ft.FederatedType(value.member, SERVER)
 
 
+def _extremum_rule(uri):
+    def rule(parameter, placement):
+        value = _federated(uri, parameter, parameter, CLIENTS)
+        _numeric(uri, parameter, value.member)
+        return ft.FederatedType(value.member, SERVER)
+
+    return rule
+
+
 def _mean_rule(parameter, placement):
     value = _federated(FEDERATED_MEAN, parameter, parameter, CLIENTS)
     _numeric(FEDERATED_MEAN, parameter, value.member, floating_only=True)
@@ -206,6 +227,15 @@ def _secure_sum_rule(parameter, placement):
     _numeric(FEDERATED_SECURE_SUM_BITWIDTH, parameter, value.member, integer_only=True)
     if len(ft.flatten_type(bitwidth)) != len(ft.flatten_type(value.member)):
         raise _fail(FEDERATED_SECURE_SUM_BITWIDTH, parameter, "one bitwidth per leaf of the value")
+    return ft.FederatedType(value.member, SERVER)
+
+
+def _secure_sum_max_input_rule(parameter, placement):
+    value, max_input = _elements(FEDERATED_SECURE_SUM, parameter, 2)
+    value = _federated(FEDERATED_SECURE_SUM, parameter, value, CLIENTS)
+    _numeric(FEDERATED_SECURE_SUM, parameter, value.member, integer_only=True)
+    if len(ft.flatten_type(max_input)) != len(ft.flatten_type(value.member)):
+        raise _fail(FEDERATED_SECURE_SUM, parameter, "one max_input per leaf of the value")
     return ft.FederatedType(value.member, SERVER)
 
 
@@ -257,6 +287,16 @@ def _secure_sum(parameter, result, operands, call):
     return aggregations.SecureSum(_member(parameter[0]), tuple(int(w) for w in widths))
 
 
+def _secure_sum_max_input(parameter, result, operands, call):
+    (max_input,) = operands  # a concrete constant, in the type's leaf order
+    bounds = structure.flatten_value(max_input, parameter[1])
+    return aggregations.SecureSumMaxInput(_member(parameter[0]), tuple(int(b) for b in bounds))
+
+
+def _extremum(kind):
+    return lambda parameter, result, operands, call: aggregations.Extremum(_member(parameter), kind)
+
+
 def _aggregate(parameter, result, operands, call):
     zero, accumulate, merge, report = operands  # zero: a thunk giving the zero in the caller's domain
     return aggregations.Aggregate(_member(parameter[0]), zero, accumulate, merge, report, _member(result), call)
@@ -272,9 +312,13 @@ REGISTRY = {
         IntrinsicDef(FEDERATED_ZIP, "zip", _zip_rule),
         IntrinsicDef(FEDERATED_SUM, "aggregation", _sum_rule, _sum),
         IntrinsicDef(FEDERATED_MEAN, "aggregation", _mean_rule, _mean),
-        IntrinsicDef(FEDERATED_WEIGHTED_MEAN, "aggregation", _weighted_mean_rule, _weighted_mean),
-        IntrinsicDef(FEDERATED_AGGREGATE, "aggregation", _aggregate_rule, _aggregate),
-        IntrinsicDef(FEDERATED_SECURE_SUM_BITWIDTH, "aggregation", _secure_sum_rule, _secure_sum),
+        IntrinsicDef(FEDERATED_WEIGHTED_MEAN, "aggregation", _weighted_mean_rule, _weighted_mean, client_values=2),
+        IntrinsicDef(FEDERATED_AGGREGATE, "aggregation", _aggregate_rule, _aggregate, client_values=1, operands="functions"),
+        IntrinsicDef(FEDERATED_SECURE_SUM_BITWIDTH, "aggregation", _secure_sum_rule, _secure_sum, client_values=1, operands="constant"),
+        IntrinsicDef(FEDERATED_SECURE_SUM, "aggregation", _secure_sum_max_input_rule, _secure_sum_max_input,
+                     client_values=1, operands="constant"),
+        IntrinsicDef(FEDERATED_MIN, "aggregation", _extremum_rule(FEDERATED_MIN), _extremum("min")),
+        IntrinsicDef(FEDERATED_MAX, "aggregation", _extremum_rule(FEDERATED_MAX), _extremum("max")),
         IntrinsicDef(SEQUENCE_MAP, "sequence_map", _sequence_map_rule),
         IntrinsicDef(SEQUENCE_REDUCE, "sequence_reduce", _sequence_reduce_rule),
         IntrinsicDef(SEQUENCE_SUM, "sequence_sum", _sequence_sum_rule),

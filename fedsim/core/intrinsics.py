@@ -11,12 +11,14 @@ from __future__ import annotations
 from typing import Any, Optional
 
 import numpy as np
+import tensorflow as tf
 
 from fedsim.core import building_blocks as bb
 from fedsim.core import intrinsic_defs as defs
 from fedsim.core import computation as computation_lib
 from fedsim.core import federated_tracing as fc
 from fedsim.core import structure
+from fedsim.core import tensorflow_computation
 from fedsim.core import wrappers
 from fedsim.core import types as ft
 from fedsim.core.placements import CLIENTS, SERVER, Placement
@@ -32,6 +34,10 @@ __all__ = [
     "federated_mean",
     "federated_aggregate",
     "federated_secure_sum_bitwidth",
+    "federated_secure_sum",
+    "federated_min",
+    "federated_max",
+    "federated_select",
     "sequence_map",
     "sequence_reduce",
     "sequence_sum",
@@ -225,6 +231,26 @@ def federated_sum(value: Any) -> fc.Value:
     return _call(defs.FEDERATED_SUM, [value])
 
 
+def _extremum(uri: str, value: Any) -> fc.Value:
+    value = _value(value, uri, "value")
+    value_type = _at_clients(value, uri)
+    _check_leaves(value_type.member, uri, "numeric")
+    return _call(uri, [value])
+
+
+def federated_min(value: Any) -> fc.Value:
+    """The leaf-wise minimum of a CLIENTS value at the SERVER: `{T}@CLIENTS -> T@SERVER` (numeric T).
+
+    Over zero clients each leaf is its dtype's largest value, as in TFF.
+    """
+    return _extremum(defs.FEDERATED_MIN, value)
+
+
+def federated_max(value: Any) -> fc.Value:
+    """The leaf-wise maximum of a CLIENTS value at the SERVER: `{T}@CLIENTS -> T@SERVER` (numeric T)."""
+    return _extremum(defs.FEDERATED_MAX, value)
+
+
 def federated_mean(value: Any, weight: Any = None) -> fc.Value:
     """The (weighted) mean of a CLIENTS value at the SERVER: `{T}@CLIENTS -> T@SERVER`.
 
@@ -254,7 +280,7 @@ def federated_aggregate(value: Any, zero: Any, accumulate: Any, merge: Any, repo
     result with `report: U -> R`.
     """
     name = defs.FEDERATED_AGGREGATE
-    value = _value(value, name, "value")
+    value = _zip_if_structure(value, name)  # a tuple of CLIENTS values is zipped, as in TFF
     value_type = _at_clients(value, name)
     zero = _value(zero, name, "zero")
     zero_type = _unplaced(zero, name, "zero")
@@ -275,6 +301,35 @@ def _check_result(function: fc.Value, expected: ft.Type, name: str, what: str) -
         )
 
 
+def _constant_per_leaf(constant: Any, member: ft.Type, name: str, what: str, low: int, high: int) -> list:
+    """A Python int, or a structure of them matching `member`, as one int per leaf (type order)."""
+    if isinstance(constant, fc.Value):
+        raise FederatedTypeError(f"fedsim.{name}: the {what} must be a Python int (or a structure of them), not a traced value")
+    if isinstance(constant, (int, np.integer)) and not isinstance(constant, bool):
+        values = [constant] * len(ft.flatten_type(member))
+    else:
+        try:  # a structure matching the value's type, read in the type's order (dict keys by name)
+            values = structure.flatten_value(constant, member)
+        except structure.TypeSignatureMismatchError as mismatch:
+            raise FederatedTypeError(
+                f"fedsim.{name}: the {what} structure {constant!r} does not match the value type {member}: {mismatch}"
+            ) from None
+    for value in values:
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not low <= value <= high:
+            raise FederatedTypeError(f"fedsim.{name}: the {what} must be a Python int from {low} to {high}, got {value!r}")
+    return [int(v) for v in values]
+
+
+def _secure_sum(name: str, value: Any, constant: Any, what: str, low: int, high: int) -> fc.Value:
+    value = _value(value, name, "value")
+    value_type = _at_clients(value, name)
+    _check_leaves(value_type.member, name, "integer")
+    member = value_type.member
+    per_leaf = _constant_per_leaf(constant, member, name, what, low, high)
+    int64_member = structure.unflatten_value(member, [np.int64(v) for v in per_leaf])
+    return _call(name, [value, fc.Value(fc.to_block(int64_member))])
+
+
 def federated_secure_sum_bitwidth(value: Any, bitwidth: Any) -> fc.Value:
     """A secure sum of integer CLIENTS values, each in `[0, 2**bitwidth)`: `{T}@CLIENTS -> T@SERVER`.
 
@@ -282,29 +337,65 @@ def federated_secure_sum_bitwidth(value: Any, bitwidth: Any) -> fc.Value:
     the range of every client's value and sums exactly; a real deployment replaces this by a
     secure aggregation protocol over the same range.
     """
-    name = defs.FEDERATED_SECURE_SUM_BITWIDTH
-    value = _value(value, name, "value")
-    value_type = _at_clients(value, name)
-    _check_leaves(value_type.member, name, "integer")
-    member = value_type.member
-    leaf_count = len(ft.flatten_type(member))
-    if isinstance(bitwidth, fc.Value):
-        raise FederatedTypeError(f"fedsim.{name}: the bitwidth must be a Python int (or a structure of them), not a traced value")
-    if isinstance(bitwidth, int) and not isinstance(bitwidth, bool):
-        widths = [bitwidth] * leaf_count
+    return _secure_sum(defs.FEDERATED_SECURE_SUM_BITWIDTH, value, bitwidth, "bitwidth", 1, 62)
+
+
+def federated_secure_sum(value: Any, max_input: Any) -> fc.Value:
+    """A secure sum of integer CLIENTS values, each in `[0, max_input]`: `{T}@CLIENTS -> T@SERVER`.
+
+    TFF's spelling; `max_input` is a Python int or a structure of them matching T.
+    """
+    return _secure_sum(defs.FEDERATED_SECURE_SUM, value, max_input, "max_input", 0, 2**62)
+
+
+def federated_select(client_keys: Any, max_key: Any, server_val: Any, select_fn: Any) -> fc.Value:
+    """Each client receives `select_fn(server_val, key)` for each of its keys, as a sequence.
+
+    `client_keys` is `{int32[n]}@CLIENTS`, `max_key` an int32 at the SERVER (keys must be in
+    `[0, max_key)`), `server_val` a SERVER value and `select_fn` a computation (or a Python
+    function over tensors) `(server_val member, int32) -> U`; the result is `{U*}@CLIENTS`.
+    It is a broadcast of the server value and a client-side selection, so it compiles to the
+    canonical form like any other broadcast and map.
+    """
+    name = "federated_select"
+    keys = _value(client_keys, name, "client_keys")
+    keys_type = _at_clients(keys, name, "client_keys")
+    key_member = keys_type.member
+    if not (isinstance(key_member, ft.TensorType) and key_member.dtype.is_integer and len(key_member.shape) == 1):
+        raise FederatedTypeError(f"fedsim.{name}: client_keys must be a vector of integer keys per client, such as {{int32[3]}}@CLIENTS, got {keys_type}")
+    max_key = _value(max_key, name, "max_key")
+    max_key_type = _federated(max_key, name, "max_key")
+    if max_key_type.placement is not SERVER or not (isinstance(max_key_type.member, ft.TensorType) and max_key_type.member.shape == ()):
+        raise FederatedTypeError(f"fedsim.{name}: max_key must be an integer scalar at the SERVER, got {max_key_type}")
+    server_val = _value(server_val, name, "server_val")
+    server_type = _federated(server_val, name, "server_val")
+    if server_type.placement is not SERVER:
+        raise FederatedTypeError(f"fedsim.{name}: server_val must be placed at the SERVER, got {server_type}")
+    key_type = ft.TensorType(key_member.dtype)
+    if isinstance(select_fn, wrappers.PolymorphicComputation):
+        select_fn = select_fn.for_type(ft.StructType([(None, server_type.member), (None, key_type)]), True)
+    if isinstance(select_fn, computation_lib.Computation):
+        if not isinstance(select_fn, tensorflow_computation.TensorFlowComputation):
+            raise FederatedTypeError(f"fedsim.{name}: select_fn must be a tf_computation (or a Python function over tensors)")
+        computation = select_fn
+        select = lambda value, key: computation.call_in_graph((value, key))  # noqa: E731
+    elif callable(select_fn):
+        select = select_fn
     else:
-        try:  # a structure matching the value's type, read in the type's order (dict keys by name)
-            widths = structure.flatten_value(bitwidth, member)
-        except structure.TypeSignatureMismatchError as mismatch:
-            raise FederatedTypeError(
-                f"fedsim.{name}: the bitwidth structure {bitwidth!r} does not match the value type {member}: {mismatch}"
-            ) from None
-    for width in widths:
-        if isinstance(width, bool) or not isinstance(width, (int, np.integer)) or not 1 <= width <= 62:
-            raise FederatedTypeError(f"fedsim.{name}: the bitwidth must be a Python int from 1 to 62, got {width!r}")
-    int64_member = structure.unflatten_value(member, [np.int64(w) for w in widths])
-    widths_value = fc.Value(fc.to_block(int64_member))
-    return _call(name, [value, widths_value])
+        raise FederatedTypeError(f"fedsim.{name}: select_fn must be a computation or a function, got {select_fn!r}")
+
+    def select_all(keys, max_key, value):
+        keys = tf.cast(keys, key_member.dtype)
+        with tf.control_dependencies([
+            tf.debugging.assert_non_negative(keys, message="federated_select: a client key is negative"),
+            tf.debugging.assert_less(keys, tf.cast(max_key, keys.dtype), message="federated_select: a client key is >= max_key"),
+        ]):
+            keys = tf.identity(keys)
+        return tf.data.Dataset.from_tensor_slices(keys).map(lambda key: select(value, key))
+
+    select_all = wrappers.tf_computation(select_all, key_member, max_key_type.member, server_type.member)
+    together = federated_zip((keys, federated_broadcast(max_key), federated_broadcast(server_val)))
+    return federated_map(select_all, together)
 
 
 def _sequence_operand(value: Any, name: str) -> tuple:

@@ -123,16 +123,16 @@ class LocalDomain:
 
     def _aggregation(self, definition, function_type, argument, evaluator) -> Deferred:
         parameter_type = function_type.parameter
-        if definition.uri in (defs.FEDERATED_SUM, defs.FEDERATED_MEAN):
+        if not definition.client_values:
             sources, operands = [_clients(argument)], []
         else:
             elements = self.elements(argument, parameter_type)
-            client_count = 2 if definition.uri == defs.FEDERATED_WEIGHTED_MEAN else 1
-            sources, operands = [_clients(e) for e in elements[:client_count]], elements[client_count:]
-        if definition.uri == defs.FEDERATED_AGGREGATE:
+            count = definition.client_values
+            sources, operands = [_clients(e) for e in elements[:count]], elements[count:]
+        if definition.operands == "functions":
             zero = operands[0]
             operands = [lambda: force_all(zero)] + operands[1:]
-        elif definition.uri == defs.FEDERATED_SECURE_SUM_BITWIDTH:
+        elif definition.operands == "constant":
             operands = [force_all(operands[0])]
 
         def call(fn, value):

@@ -211,6 +211,24 @@ def pack_struct(struct_type: ft.StructType, values: list, like: Any = None) -> A
     return container(values)
 
 
+def _dataset_of(items: Any, element_type: ft.Type, path: str) -> tf.data.Dataset:
+    """A `tf.data.Dataset` of a Python list's items, each checked against the element type."""
+    element_leaves = ft.flatten_type(element_type)
+    rows = [flatten_value(_normalize(item, element_type, f"{path}[{i}]"), element_type) for i, item in enumerate(items)]
+    columns = []
+    for k, leaf in enumerate(element_leaves):
+        if not isinstance(leaf, ft.TensorType):
+            raise _Mismatch(f"at {_where(path)}: a list can stand for a sequence of tensors and structures only, not of {element_type}")
+        values = [row[k] for row in rows]
+        shapes = {np.shape(v) for v in values}
+        if len(shapes) > 1:
+            raise _Mismatch(f"at {_where(path)}: the list's items have different shapes {sorted(shapes)}; build a tf.data.Dataset")
+        shape = shapes.pop() if shapes else tuple(d or 0 for d in (leaf.shape or ()))
+        columns.append(np.asarray(values, leaf.dtype.as_numpy_dtype).reshape((len(values),) + tuple(shape)))
+    dataset = tf.data.Dataset.from_tensor_slices(tuple(columns))
+    return dataset.map(lambda *leaves: unflatten_value(element_type, list(leaves)))
+
+
 def _normalize(value: Any, type_spec: ft.Type, path: str) -> Any:
     if isinstance(type_spec, ft.TensorType):
         return _normalize_tensor(value, type_spec, path)
@@ -222,6 +240,8 @@ def _normalize(value: Any, type_spec: ft.Type, path: str) -> Any:
             normalized.append(_normalize(element, element_type, path + part))
         return pack_struct(type_spec, normalized, like=value)
     if isinstance(type_spec, ft.SequenceType):
+        if isinstance(value, (list, tuple)):  # TFF accepts a Python list for a sequence
+            value = _dataset_of(value, type_spec.element, path)
         if not isinstance(value, tf.data.Dataset):
             raise _Mismatch(f"at {_where(path)}: expected a tf.data.Dataset of {type_spec.element}, given {describe_value_type(value)}")
         difference = ft.find_type_difference(type_spec, ft.infer_type(value), path)

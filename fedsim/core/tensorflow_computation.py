@@ -187,6 +187,13 @@ class TensorFlowComputation(computation_lib.Computation):
         leaves = [] if parameter is None else structure.flatten_value(argument, parameter)
         return structure.unflatten_value(self.type_signature.result, self.call_flat(leaves, as_numpy))
 
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Runs in the current context; called while another TensorFlow function is being traced
+        (a tf_computation calling a tf_computation, as TFF allows), it becomes part of that graph."""
+        if not tf.executing_eagerly():
+            return self.call_in_graph(computation_lib.pack_call_arguments(self, args, kwargs))
+        return super().__call__(*args, **kwargs)
+
     def call_in_graph(self, argument: Any) -> Any:
         """Calls the computation from inside another TensorFlow function being traced.
 

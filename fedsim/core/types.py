@@ -50,6 +50,52 @@ class Type:
     def __repr__(self) -> str:
         return str(self)
 
+    def compact_representation(self) -> str:
+        """The one-line form (what `str` gives), TFF's name for it."""
+        return str(self)
+
+    def formatted_representation(self) -> str:
+        """A multi-line form with one structure element per line, indented as TFF indents it."""
+        return "\n".join(line.rstrip() for line in _formatted_lines(self))
+
+
+def _join_lines(parts: list) -> list:
+    """Concatenates line lists: each part's first line continues the previous part's last line."""
+    lines = [""]
+    for part in parts:
+        lines[-1] += part[0]
+        lines.extend(part[1:])
+    return lines
+
+
+def _formatted_lines(type_spec: "Type") -> list:
+    if isinstance(type_spec, StructType):
+        if not len(type_spec):
+            return ["<>"]
+        parts = []
+        for index, (name, element) in enumerate(type_spec.elements):
+            if index:
+                parts.append([",", ""])
+            element_lines = _formatted_lines(element)
+            parts.append(_join_lines([[f"{name}="], element_lines]) if name is not None else element_lines)
+        body = ["  " + line for line in _join_lines(parts)]
+        return _join_lines([["<", ""], body, ["", ">"]])
+    if isinstance(type_spec, FederatedType):
+        member = _formatted_lines(type_spec.member)
+        placement = [f"@{type_spec.placement}"]
+        return _join_lines([member, placement]) if type_spec.all_equal else _join_lines([["{"], member, ["}"], placement])
+    if isinstance(type_spec, SequenceType):
+        return _join_lines([_formatted_lines(type_spec.element), ["*"]])
+    if isinstance(type_spec, FunctionType):
+        parameter = [""] if type_spec.parameter is None else _formatted_lines(type_spec.parameter)
+        return _join_lines([["("], parameter, [" -> "], _formatted_lines(type_spec.result), [")"]])
+    return [str(type_spec)]
+
+
+def _dtype_name(dtype: tf.DType) -> str:
+    """The dtype as TFF prints it (TFF's numpy dtypes print a string tensor as `str`)."""
+    return "str" if dtype == tf.string else dtype.name
+
 
 def _to_dtype(dtype: Any) -> tf.DType:
     if isinstance(dtype, tf.DType):
@@ -86,12 +132,13 @@ class TensorType(Type):
     shape: Optional[tuple] = attrs.field(default=(), converter=_to_shape)
 
     def __str__(self) -> str:
+        name = _dtype_name(self.dtype)
         if self.shape is None:
-            return f"{self.dtype.name}[*]"
+            return f"{name}[*]"
         if not self.shape:
-            return self.dtype.name
+            return name
         dims = ",".join("?" if d is None else str(d) for d in self.shape)
-        return f"{self.dtype.name}[{dims}]"
+        return f"{name}[{dims}]"
 
     @property
     def tensor_shape(self) -> tf.TensorShape:

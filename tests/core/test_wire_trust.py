@@ -245,7 +245,7 @@ def test_review_summarizes_without_running(tmp_path, capsys):
     data = fedsim.serialize_computation(steal_everywhere)
     summary = review.summarize(data)
     assert summary.sha256 == hashlib.sha256(data).hexdigest() == serialization.computation_hash(data)
-    assert summary.type_signature == "({string}@CLIENTS -> {<listing=string,secret=string>}@CLIENTS)"
+    assert summary.type_signature == "({str}@CLIENTS -> {<listing=str,secret=str>}@CLIENTS)"
     assert summary.refused_ops == ("MatchingFiles", "ReadFile", "WriteFile")
     assert summary.ops["ReadFile"] == 1 and summary.kind == "federated" and summary.graphs == 1
     (tmp_path / "steal.bin").write_bytes(data)
