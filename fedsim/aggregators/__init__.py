@@ -14,8 +14,9 @@ Example::
 
 from fedsim.aggregators.accounting import dp_epsilon
 from fedsim.aggregators.differential_privacy import DifferentiallyPrivateFactory
+from fedsim.aggregators.encoded import EncodedSumFactory
 from fedsim.aggregators.factory import AggregationFactoryError, UnweightedAggregationFactory, WeightedAggregationFactory
-from fedsim.aggregators.quantile_estimation import AdaptiveNorm
+from fedsim.aggregators.quantile_estimation import AdaptiveNorm, PrivateQuantileEstimationProcess
 from fedsim.aggregators.quantization import stochastic_quantization_factory
 from fedsim.aggregators.robust_mean import RobustMeanFactory
 from fedsim.aggregators.robustness import clipping_factory, zeroing_factory
@@ -26,7 +27,9 @@ __all__ = [
     "AdaptiveNorm",
     "AggregationFactoryError",
     "DifferentiallyPrivateFactory",
+    "EncodedSumFactory",
     "MeanFactory",
+    "PrivateQuantileEstimationProcess",
     "RobustMeanFactory",
     "SecureSumFactory",
     "SumFactory",

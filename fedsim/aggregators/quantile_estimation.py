@@ -31,7 +31,7 @@ from fedsim.core.wrappers import federated_computation
 from fedsim.core.placements import CLIENTS, SERVER
 from fedsim.core.wrappers import tf_computation
 
-__all__ = ["AdaptiveNorm", "NormProcess", "build_norm_process", "seed_computation"]
+__all__ = ["AdaptiveNorm", "NormProcess", "PrivateQuantileEstimationProcess", "build_norm_process", "seed_computation"]
 
 
 def _positive(instance, attribute, value):
@@ -61,10 +61,25 @@ class AdaptiveNorm:
     count_noise_stddev: float = attrs.field(default=0.0, validator=_non_negative)
     expected_clients: Optional[float] = None
     noise_seed: Optional[int] = None
+    secure_estimation: bool = False  # count the clients under the estimate with a secure sum
 
     def __attrs_post_init__(self):
         if self.count_noise_stddev > 0 and not (self.expected_clients and self.expected_clients > 0):
             raise ValueError("AdaptiveNorm: a noised count needs expected_clients > 0 to divide by")
+
+
+class PrivateQuantileEstimationProcess:
+    """TFF's spelling of a quantile-tracking norm: `no_noise(...)` gives an `AdaptiveNorm`.
+
+    Pass it where TFF does: `clipping_factory`, `zeroing_factory`, `SecureSumFactory`.
+    """
+
+    @staticmethod
+    def no_noise(initial_estimate: float, target_quantile: float, learning_rate: float, multiplier: float = 1.0,
+                 increment: float = 0.0, secure_estimation: bool = False) -> AdaptiveNorm:
+        """The geometric quantile update with an exact count (no DP noise)."""
+        return AdaptiveNorm(initial_estimate=initial_estimate, target_quantile=target_quantile, learning_rate=learning_rate,
+                            multiplier=multiplier, increment=increment, secure_estimation=secure_estimation)
 
 
 @attrs.frozen
@@ -139,7 +154,11 @@ def _adaptive(spec: AdaptiveNorm) -> NormProcess:
 
     @tf_computation(tf.float32, tf.float32)
     def at_or_below(norm, estimate):
-        return tf.cast(norm <= estimate, tf.float32), tf.constant(1.0)
+        return tf.cast(norm <= estimate, tf.int32), tf.constant(1, tf.int32)
+
+    @tf_computation(tf.int32)
+    def as_float(count):
+        return tf.cast(count, tf.float32)
 
     @tf_computation(state_type, tf.float32, tf.float32)
     def update(state, count, clients):
@@ -155,8 +174,11 @@ def _adaptive(spec: AdaptiveNorm) -> NormProcess:
     def next_fn(state, norms):
         estimate = intrinsics.federated_broadcast(intrinsics.federated_map(estimate_of, state))
         below = intrinsics.federated_map(at_or_below, (norms, estimate))
-        count = intrinsics.federated_sum(below[0])
-        clients = intrinsics.federated_sum(below[1])
+        if spec.secure_estimation:  # the server learns only the totals
+            count, clients = intrinsics.federated_secure_sum(below[0], 1), intrinsics.federated_secure_sum(below[1], 1)
+        else:
+            count, clients = intrinsics.federated_sum(below[0]), intrinsics.federated_sum(below[1])
+        count, clients = intrinsics.federated_map(as_float, count), intrinsics.federated_map(as_float, clients)
         return intrinsics.federated_map(update, (state, count, clients))
 
     return NormProcess(initialize, report, next_fn)

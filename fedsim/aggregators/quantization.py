@@ -34,7 +34,27 @@ from fedsim.core.placements import SERVER
 from fedsim.core.wrappers import tf_computation
 from fedsim.templates import AggregationProcess, MeasuredProcessOutput
 
-__all__ = ["stochastic_quantization_factory"]
+__all__ = ["stochastic_quantization_factory", "quantize", "dequantize", "check_bits"]
+
+
+def check_bits(bits: int, name: str) -> int:
+    if not isinstance(bits, int) or isinstance(bits, bool) or not 1 <= bits <= 16:
+        raise ValueError(f"{name}: bits must be an int from 1 to 16, got {bits!r}")
+    return bits
+
+
+def quantize(leaf: tf.Tensor, bits: int) -> tuple:
+    """`(codes, low, spacing)`: unbiased stochastic rounding onto `2**bits` levels in [min, max]."""
+    levels = 2**bits - 1
+    low, high = tf.reduce_min(leaf), tf.reduce_max(leaf)
+    spacing = (high - low) / levels
+    position = tf.math.divide_no_nan(leaf - low, spacing)
+    code = tf.floor(position + tf.random.uniform(tf.shape(leaf), dtype=leaf.dtype))
+    return tf.cast(tf.clip_by_value(code, 0, levels), tf.uint8 if bits <= 8 else tf.uint16), low, spacing
+
+
+def dequantize(code: tf.Tensor, low: tf.Tensor, spacing: tf.Tensor) -> tf.Tensor:
+    return low + tf.cast(code, low.dtype) * spacing
 
 
 def stochastic_quantization_factory(bits: int, inner_agg_factory: Factory) -> Factory:
@@ -43,11 +63,8 @@ def stochastic_quantization_factory(bits: int, inner_agg_factory: Factory) -> Fa
     Measurements: `bits`, `compression_ratio` (bits of the raw value over bits sent), and the
     inner measurements under `agg_process`. State: the inner state.
     """
-    if not isinstance(bits, int) or isinstance(bits, bool) or not 1 <= bits <= 16:
-        raise ValueError(f"stochastic_quantization_factory: bits must be an int from 1 to 16, got {bits!r}")
+    check_bits(bits, "stochastic_quantization_factory")
     check_inner(inner_agg_factory, "stochastic_quantization_factory")
-    levels = 2**bits - 1
-    code_dtype = tf.uint8 if bits <= 8 else tf.uint16
 
     def create(value_type: ft.Type, weight_type: Optional[ft.Type]) -> AggregationProcess:
         value_type = check_value_type(value_type, "stochastic_quantization_factory", floating=True)
@@ -58,20 +75,11 @@ def stochastic_quantization_factory(bits: int, inner_agg_factory: Factory) -> Fa
 
         @tf_computation(value_type)
         def encode(value):
-            encoded = []
-            for leaf in structure.flatten_value(value, value_type):
-                low, high = tf.reduce_min(leaf), tf.reduce_max(leaf)
-                spacing = (high - low) / levels
-                position = tf.math.divide_no_nan(leaf - low, spacing)
-                code = tf.floor(position + tf.random.uniform(tf.shape(leaf), dtype=leaf.dtype))
-                encoded.append((tf.cast(tf.clip_by_value(code, 0, levels), code_dtype), low, spacing))
-            return tuple(encoded)
+            return tuple(quantize(leaf, bits) for leaf in structure.flatten_value(value, value_type))
 
         @tf_computation(encode.type_signature.result)
         def decode(encoded):
-            return structure.unflatten_value(
-                value_type, [low + tf.cast(code, low.dtype) * spacing for code, low, spacing in encoded]
-            )
+            return structure.unflatten_value(value_type, [dequantize(*parts) for parts in encoded])
 
         def body(state, value, weight):
             decoded = intrinsics.federated_map(decode, intrinsics.federated_map(encode, value))

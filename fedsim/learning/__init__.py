@@ -1,6 +1,6 @@
 """fedsim.learning: models, optimizers and algorithms with `tff.learning`'s names."""
 
-from fedsim.learning import algorithms, metrics, models, optimizers, templates
+from fedsim.learning import algorithms, metrics, model_update_aggregator, models, optimizers, templates
 from fedsim.learning.algorithms import (
     ClientWeighting,
     build_fed_eval,
@@ -10,6 +10,7 @@ from fedsim.learning.algorithms import (
     build_weighted_fed_avg,
     build_weighted_fed_prox,
 )
+from fedsim.learning.model_update_aggregator import compression_aggregator, dp_aggregator, robust_aggregator, secure_aggregator
 from fedsim.learning.models import BatchOutput, ModelWeights, VariableModel, from_keras_model
 from fedsim.learning.templates import LearningAlgorithmState, LearningProcess, LearningProcessOutput
 
@@ -29,6 +30,11 @@ __all__ = [
     "build_unweighted_fed_avg",
     "build_weighted_fed_avg",
     "build_weighted_fed_prox",
+    "compression_aggregator",
+    "dp_aggregator",
+    "model_update_aggregator",
+    "robust_aggregator",
+    "secure_aggregator",
     "from_keras_model",
     "models",
     "optimizers",

@@ -8,7 +8,11 @@ Example::
     state = simulation.run_training_process(process, lambda r: [...], total_rounds=10)
 """
 
-from fedsim.simulation import datasets
+from fedsim.simulation import datasets, models
+from fedsim.simulation.compose import (
+    compose_dataset_computation_with_iterative_process,
+    compose_dataset_computation_with_learning_process,
+)
 from fedsim.simulation.metrics_managers import CSVMetricsManager, TensorBoardMetricsManager, flatten_metrics
 from fedsim.simulation.program_state import FileProgramStateManager, ProgramStateError
 from fedsim.simulation.progress import ProgressBar
@@ -24,6 +28,9 @@ __all__ = [
     "ProgressBar",
     "TensorBoardMetricsManager",
     "build_uniform_sampling_fn",
+    "compose_dataset_computation_with_iterative_process",
+    "compose_dataset_computation_with_learning_process",
+    "models",
     "datasets",
     "emnist_like_client_arrays",
     "emnist_like_client_datasets",

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import collections
 import inspect
 from typing import Any, Callable, Optional
 
@@ -97,7 +98,9 @@ def build_weighted_mean_aggregator(update_type: ft.Type) -> MeasuredProcess:
     )
     def next_fn(state, update, weight):
         mean = intrinsics.federated_mean(update, weight=weight)
-        return MeasuredProcessOutput(state=state, result=mean, measurements=intrinsics.federated_value((), SERVER))
+        # TFF's default aggregator is a MeanFactory, whose (empty) measurements have these names.
+        measurements = intrinsics.federated_value(collections.OrderedDict(mean_value=(), mean_weight=()), SERVER)
+        return MeasuredProcessOutput(state=state, result=mean, measurements=measurements)
 
     return MeasuredProcess(_no_state, next_fn)
 
@@ -139,7 +142,9 @@ def build_apply_optimizer_finalizer(
     """Applies the aggregated update to the trainable weights with a functional optimizer.
 
     A FedAvg delta is applied as a negative gradient (SGD with rate 1.0 adds it); a FedSGD
-    gradient as it is. The optimizer's state is the finalizer's state.
+    gradient as it is. The optimizer's state is the finalizer's state. As in TFF, an update
+    with a NaN or an infinity is not applied (weights and optimizer state stay as they were)
+    and the measurement `update_non_finite` is 1.
     """
     trainable_specs = [tf.TensorSpec(t.shape, t.dtype) for t in weights_type[0]]
     sign = 1.0 if update_is_gradient else -1.0
@@ -153,7 +158,12 @@ def build_apply_optimizer_finalizer(
     @tf_computation(optimizer_state_type, weights_type, update_type)
     def apply(optimizer_state, weights, update):
         new_state, trainable = optimizer.next(optimizer_state, weights.trainable, [sign * u for u in update])
-        return new_state, ModelWeights(trainable, weights.non_trainable)
+        finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(u)) for u in update])
+        keep_if_not_finite = lambda new, old: tf.where(finite, new, old)  # noqa: E731
+        new_state = tf.nest.map_structure(keep_if_not_finite, new_state, optimizer_state)
+        trainable = [keep_if_not_finite(new, old) for new, old in zip(trainable, weights.trainable)]
+        non_finite = collections.OrderedDict(update_non_finite=1 - tf.cast(finite, tf.int32))
+        return new_state, ModelWeights(trainable, weights.non_trainable), non_finite
 
     @federated_computation
     def initialize():
@@ -164,7 +174,7 @@ def build_apply_optimizer_finalizer(
     )
     def next_fn(state, weights, update):
         applied = intrinsics.federated_map(apply, (state, weights, update))
-        return MeasuredProcessOutput(state=applied[0], result=applied[1], measurements=intrinsics.federated_value((), SERVER))
+        return MeasuredProcessOutput(state=applied[0], result=applied[1], measurements=applied[2])
 
     return MeasuredProcess(initialize, next_fn)
 

@@ -1,0 +1,69 @@
+"""TFF's recommended aggregators for model updates, composed from `fedsim.aggregators`.
+
+Each is a factory for `build_weighted_fed_avg(..., model_aggregator=...)`, with TFF's
+composition and constants: adaptive zeroing (a norm quickly tracking somewhat above the 98th
+percentile) around adaptive L2 clipping (the 80th percentile) around the mean, with DP noise,
+compression or a secure sum in the middle.
+
+Example::
+
+    process = fedsim.learning.algorithms.build_weighted_fed_avg(
+        model_fn, client_optimizer_fn, model_aggregator=fedsim.learning.robust_aggregator())
+"""
+
+from __future__ import annotations
+
+import math
+
+from fedsim import aggregators
+
+__all__ = ["robust_aggregator", "dp_aggregator", "compression_aggregator", "secure_aggregator"]
+
+
+def _zeroing(inner):
+    norm = aggregators.PrivateQuantileEstimationProcess.no_noise(
+        initial_estimate=10.0, target_quantile=0.98, learning_rate=math.log(10.0), multiplier=2.0, increment=1.0)
+    return aggregators.zeroing_factory(norm, inner)
+
+
+def _clipping(inner):
+    norm = aggregators.PrivateQuantileEstimationProcess.no_noise(initial_estimate=1.0, target_quantile=0.8, learning_rate=0.2)
+    return aggregators.clipping_factory(norm, inner)
+
+
+def _bounded(factory, zeroing: bool, clipping: bool):
+    if clipping:
+        factory = _clipping(factory)
+    if zeroing:
+        factory = _zeroing(factory)
+    return factory
+
+
+def _mean(weighted: bool, value_sum_factory=None):
+    if weighted:
+        return aggregators.MeanFactory(value_sum_factory)
+    return aggregators.UnweightedMeanFactory(value_sum_factory)
+
+
+def robust_aggregator(*, zeroing: bool = True, clipping: bool = True, weighted: bool = True):
+    """The mean inside adaptive clipping and adaptive zeroing."""
+    return _bounded(_mean(weighted), zeroing, clipping)
+
+
+def dp_aggregator(noise_multiplier: float, clients_per_round: float, zeroing: bool = True):
+    """DP-FedAvg's Gaussian mechanism with adaptive clipping, inside adaptive zeroing (unweighted)."""
+    factory = aggregators.DifferentiallyPrivateFactory.gaussian_adaptive(noise_multiplier, clients_per_round)
+    return _zeroing(factory) if zeroing else factory
+
+
+def compression_aggregator(*, zeroing: bool = True, clipping: bool = True, weighted: bool = True):
+    """The mean of 8-bit quantized updates (leaves above 20,000 elements), clipped and zeroed."""
+    encoded = aggregators.EncodedSumFactory.quantize_above_threshold(quantization_bits=8, threshold=20000)
+    return _bounded(_mean(weighted, encoded), zeroing, clipping)
+
+
+def secure_aggregator(*, zeroing: bool = True, clipping: bool = True, weighted: bool = True):
+    """The mean by secure sum, its bound adapting to twice the 95th percentile, clipped and zeroed."""
+    bound = aggregators.PrivateQuantileEstimationProcess.no_noise(
+        initial_estimate=50.0, target_quantile=0.95, learning_rate=1.0, multiplier=2.0)
+    return _bounded(_mean(weighted, aggregators.SecureSumFactory(bound)), zeroing, clipping)
