@@ -15,6 +15,7 @@ Example::
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from fedsim.core import intrinsics
@@ -47,15 +48,17 @@ def compose_dataset_computation_with_iterative_process(dataset_computation: Comp
     position = positions[0]
     new_elements = list(elements)
     new_elements[position] = (elements[position][0], ft.FederatedType(dataset_computation.type_signature.parameter, CLIENTS))
-    new_parameter = ft.StructType(new_elements)
 
-    @federated_computation(new_parameter)
-    def next_fn(arguments: Any):
-        values = [arguments[i] for i in range(len(new_elements))]
+    def next_fn(*values: Any):
+        values = list(values)
         values[position] = intrinsics.federated_map(dataset_computation, values[position])
         return process.next(*values)
 
-    return type(process)(process.initialize, next_fn)
+    # The composed next takes the same named parameters, one of them now the datasets' argument.
+    next_fn.__signature__ = inspect.Signature(
+        [inspect.Parameter(name or f"arg{i}", inspect.Parameter.POSITIONAL_OR_KEYWORD) for i, (name, _) in enumerate(new_elements)])
+    composed_next = federated_computation(next_fn, *[t for _, t in new_elements])
+    return type(process)(process.initialize, composed_next)
 
 
 def compose_dataset_computation_with_learning_process(dataset_computation: Computation, process: Any) -> Any:

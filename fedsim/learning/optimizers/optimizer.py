@@ -50,6 +50,8 @@ class Optimizer:
         return tf.cast(rate, tf.float32)
 
     def next(self, state: dict, weights: Sequence[Any], gradients: Sequence[Any]) -> tuple:
+        """`(new_state, new_weights)`, the new weights in the structure `weights` came in (as TFF's)."""
+        structure_of_weights = weights
         weights, gradients = list(tf.nest.flatten(weights)), list(tf.nest.flatten(gradients))
         if len(weights) != len(gradients):
             raise ValueError(f"{len(weights)} weights but {len(gradients)} gradients")
@@ -67,7 +69,7 @@ class Optimizer:
             for name, value in zip(slot_names, new_slots):
                 updated_slots[name].append(value)
         new_state.update({name: tuple(values) for name, values in updated_slots.items()})
-        return new_state, new_weights
+        return new_state, tf.nest.pack_sequence_as(structure_of_weights, new_weights)
 
     def apply(self, state: dict, variables: Sequence[Any], gradients: Sequence[Any]) -> dict:
         """`next` on variables in place: reads them, updates, assigns; returns the new state."""

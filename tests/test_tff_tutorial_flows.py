@@ -1,0 +1,222 @@
+"""Short versions of TFF tutorial flows, in TFF's spelling with `import fedsim as tff`, on small synthetic data.
+
+Each flow follows its tutorial's calls (TFF v0.86-0.89 docs) and checks the numbers against numpy
+or plain Keras where the tutorial computes something checkable.
+"""
+
+import collections
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import fedsim as tff
+
+
+def _emnist_like(num_clients=4, seed=0):
+    """Stand-in for tff.simulation.datasets.emnist.load_data(): pixels/label per client."""
+    rng = np.random.RandomState(seed)
+    data = {}
+    for i in range(num_clients):
+        n = 10 + 3 * i
+        data[f"client_{i}"] = collections.OrderedDict(
+            label=rng.randint(0, 10, n).astype(np.int32), pixels=rng.rand(n, 28, 28).astype(np.float32))
+    return tff.simulation.datasets.TestClientData(data)
+
+
+def test_flow_federated_learning_for_image_classification():
+    """Image classification: preprocess ClientData, from_keras_model, FedAvg with Keras optimizers, evaluation."""
+    emnist_train = _emnist_like()
+
+    def preprocess(dataset):
+        def batch_format_fn(element):
+            return collections.OrderedDict(x=tf.reshape(element["pixels"], [-1, 784]), y=tf.reshape(element["label"], [-1, 1]))
+        return dataset.repeat(1).shuffle(100, seed=1).batch(5).map(batch_format_fn)
+
+    federated_train_data = [preprocess(emnist_train.create_tf_dataset_for_client(x)) for x in emnist_train.client_ids[:3]]
+    preprocessed_example_dataset = federated_train_data[0]
+
+    def create_keras_model():
+        return tf.keras.models.Sequential([tf.keras.layers.InputLayer(input_shape=(784,)),
+                                           tf.keras.layers.Dense(10, kernel_initializer="zeros"), tf.keras.layers.Softmax()])
+
+    def model_fn():
+        return tff.learning.models.from_keras_model(
+            create_keras_model(), input_spec=preprocessed_example_dataset.element_spec,
+            loss=tf.keras.losses.SparseCategoricalCrossentropy(), metrics=[tf.keras.metrics.SparseCategoricalAccuracy()])
+
+    training_process = tff.learning.algorithms.build_weighted_fed_avg(
+        model_fn, client_optimizer_fn=lambda: tf.keras.optimizers.SGD(learning_rate=0.02),
+        server_optimizer_fn=lambda: tf.keras.optimizers.SGD(learning_rate=1.0))
+    assert str(training_process.initialize.type_signature).startswith("( -> <global_model_weights=<trainable=<float32[784,10],float32[10]>")
+    train_state = training_process.initialize()
+    result = training_process.next(train_state, federated_train_data)
+    train_state, train_metrics = result.state, result.metrics
+    assert train_metrics["client_work"]["train"]["num_examples"] == 10 + 13 + 16
+    assert set(train_metrics) == {"distributor", "client_work", "aggregator", "finalizer"}
+    assert train_metrics["finalizer"]["update_non_finite"] == 0
+
+    evaluation_process = tff.learning.algorithms.build_fed_eval(model_fn)
+    initial = evaluation_process.next(evaluation_process.initialize(), federated_train_data).metrics["client_work"]["eval"]
+    # The zero-initialized model predicts uniformly: its loss is log(10) exactly.
+    assert initial["current_round_metrics"]["loss"] == pytest.approx(np.log(10.0), rel=1e-5)
+    evaluation_state = evaluation_process.set_model_weights(evaluation_process.initialize(), training_process.get_model_weights(train_state))
+    trained = evaluation_process.next(evaluation_state, federated_train_data).metrics["client_work"]["eval"]["current_round_metrics"]
+    assert trained["loss"] < initial["current_round_metrics"]["loss"]
+
+
+def test_flow_custom_federated_algorithms_part_1():
+    """Temperature sensors: placements, types printed as TFF prints them, sequences as lists."""
+    assert str(tff.FederatedType(np.float32, tff.CLIENTS)) == "{float32}@CLIENTS"
+
+    @tff.federated_computation(tff.FederatedType(np.float32, tff.CLIENTS))
+    def get_average_temperature(sensor_readings):
+        return tff.federated_mean(sensor_readings)
+
+    assert str(get_average_temperature.type_signature) == "({float32}@CLIENTS -> float32@SERVER)"
+    assert get_average_temperature([68.5, 70.3, 69.8]) == pytest.approx(69.533333)
+
+    @tff.tensorflow.computation(tff.SequenceType(np.float32))
+    def get_local_temperature_average(local_temperatures):
+        sum_and_count = local_temperatures.reduce((0.0, 0), lambda x, y: (x[0] + y, x[1] + 1))
+        return sum_and_count[0] / tf.cast(sum_and_count[1], np.float32)
+
+    @tff.federated_computation(tff.FederatedType(tff.SequenceType(np.float32), tff.CLIENTS))
+    def get_global_temperature_average(sensor_readings):
+        return tff.federated_mean(tff.federated_map(get_local_temperature_average, sensor_readings))
+
+    assert str(get_global_temperature_average.type_signature) == "({float32*}@CLIENTS -> float32@SERVER)"
+    assert get_global_temperature_average([[68.0, 70.0], [71.0], [68.0, 72.0, 70.0]]) == pytest.approx(70.0)
+
+
+def test_flow_building_your_own_federated_learning_algorithm():
+    """A functional model, a tf.function client update with a functional optimizer, an IterativeProcess."""
+    emnist_train = _emnist_like(seed=2)
+
+    def preprocess(dataset):
+        return dataset.batch(8).map(lambda e: (tf.reshape(e["pixels"], [-1, 784]), e["label"]))
+
+    federated_train_data = [preprocess(emnist_train.create_tf_dataset_for_client(x)) for x in emnist_train.client_ids[:3]]
+    keras_model = tf.keras.models.Sequential([tf.keras.layers.InputLayer(input_shape=(784,)), tf.keras.layers.Dense(10)])
+    tff_model = tff.learning.models.functional_model_from_keras(
+        keras_model, loss_fn=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        input_spec=federated_train_data[0].element_spec,
+        metrics_constructor=collections.OrderedDict(accuracy=tf.keras.metrics.SparseCategoricalAccuracy))
+
+    @tf.function
+    def client_update(model, dataset, server_weights, client_optimizer):
+        client_weights = server_weights
+        optimizer_state = client_optimizer.initialize(tf.nest.map_structure(lambda x: tf.TensorSpec(x.shape, x.dtype), client_weights))
+        for batch in dataset:
+            x, y = batch
+            with tf.GradientTape() as tape:
+                tape.watch(client_weights)
+                outputs = model.predict_on_batch(model_weights=(client_weights, ()), x=x, training=True)
+                loss = model.loss(output=outputs, label=y)
+            grads = tape.gradient(loss, client_weights)
+            optimizer_state, client_weights = client_optimizer.next(optimizer_state, client_weights, grads)
+        return client_weights
+
+    @tff.tensorflow.computation
+    def server_init():
+        return tff_model.initial_weights[0]
+
+    tf_dataset_type = tff.SequenceType(tff.tensorflow.to_type(federated_train_data[0].element_spec))
+    model_weights_type = server_init.type_signature.result
+
+    @tff.tensorflow.computation(tf_dataset_type, model_weights_type)
+    def client_update_fn(federated_dataset, server_weights):
+        return client_update(tff_model, federated_dataset, server_weights, tff.learning.optimizers.build_sgdm(learning_rate=0.1))
+
+    @tff.tensorflow.computation(model_weights_type)
+    def server_update_fn(mean_client_weights):
+        return mean_client_weights
+
+    @tff.federated_computation
+    def initialize_fn():
+        return tff.federated_eval(server_init, tff.SERVER)
+
+    federated_server_type = tff.FederatedType(model_weights_type, tff.SERVER)
+    federated_dataset_type = tff.FederatedType(tf_dataset_type, tff.CLIENTS)
+
+    @tff.federated_computation(federated_server_type, federated_dataset_type)
+    def next_fn(server_weights, federated_dataset):
+        server_weights_at_client = tff.federated_broadcast(server_weights)
+        client_weights = tff.federated_map(client_update_fn, (federated_dataset, server_weights_at_client))
+        mean_client_weights = tff.federated_mean(client_weights)
+        return tff.federated_map(server_update_fn, mean_client_weights)
+
+    federated_algorithm = tff.templates.IterativeProcess(initialize_fn=initialize_fn, next_fn=next_fn)
+    state = federated_algorithm.initialize()
+    new_state = federated_algorithm.next(state, federated_train_data)
+
+    # The same arithmetic in plain Keras + numpy: SGD on each client, unweighted mean.
+    loss_fn = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    reference = keras.models.clone_model(keras_model)
+    finals = []
+    for dataset in federated_train_data:
+        reference.set_weights([np.asarray(w) for w in state])
+        for x, y in dataset:
+            with tf.GradientTape() as tape:
+                loss = loss_fn(y, reference(x, training=True))
+            for variable, gradient in zip(reference.trainable_variables, tape.gradient(loss, reference.trainable_variables)):
+                variable.assign_sub(0.1 * gradient)
+        finals.append([v.numpy() for v in reference.trainable_variables])
+    for got, *per_client in zip(new_state, *finals):
+        np.testing.assert_allclose(got, np.mean(per_client, axis=0), atol=1e-5)
+
+
+def test_flow_tuning_recommended_aggregators():
+    """Recommended aggregators plugged into FedAvg, as the tutorial compares them."""
+    def model_fn():
+        model = tf.keras.models.Sequential([tf.keras.layers.InputLayer(input_shape=(5,)), tf.keras.layers.Dense(3)])
+        return tff.learning.models.from_keras_model(
+            model, loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            input_spec=(tf.TensorSpec([None, 5], tf.float32), tf.TensorSpec([None], tf.int32)))
+
+    rng = np.random.RandomState(4)
+    data = [tf.data.Dataset.from_tensor_slices((rng.randn(9, 5).astype(np.float32), rng.randint(0, 3, 9).astype(np.int32))).batch(3)
+            for _ in range(3)]
+    clipping_norm = tff.aggregators.PrivateQuantileEstimationProcess.no_noise(initial_estimate=1.0, target_quantile=0.8, learning_rate=0.2)
+    for aggregator in (tff.aggregators.MeanFactory(), tff.aggregators.clipping_factory(clipping_norm, tff.aggregators.MeanFactory()),
+                       tff.learning.robust_aggregator(zeroing=True, clipping=False), tff.learning.compression_aggregator()):
+        process = tff.learning.algorithms.build_weighted_fed_avg(
+            model_fn, client_optimizer_fn=tff.learning.optimizers.build_sgdm(0.1), model_aggregator=aggregator)
+        state = process.initialize()
+        losses = []
+        for _ in range(3):
+            output = process.next(state, data)
+            state = output.state
+            losses.append(output.metrics["client_work"]["train"]["loss"])
+        assert losses[-1] < losses[0]
+
+
+def test_flow_working_with_client_data():
+    """ClientData: ids, element types, datasets from ids inside the round (dataset computation)."""
+    client_data = _emnist_like(num_clients=5, seed=6)
+    assert len(client_data.client_ids) == 5
+    assert set(client_data.element_type_structure) == {"label", "pixels"}
+
+    def preprocess(dataset):
+        return dataset.batch(4).map(lambda e: collections.OrderedDict(x=tf.reshape(e["pixels"], [-1, 784]), y=e["label"]))
+
+    preprocessed = client_data.preprocess(preprocess)
+
+    def model_fn():
+        model = tf.keras.models.Sequential([tf.keras.layers.InputLayer(input_shape=(784,)), tf.keras.layers.Dense(10)])
+        return tff.learning.models.from_keras_model(
+            model, loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            input_spec=preprocessed.element_type_structure)
+
+    learning_process = tff.learning.algorithms.build_weighted_fed_avg(model_fn, tff.learning.optimizers.build_sgdm(0.05))
+    by_id = tff.simulation.compose_dataset_computation_with_learning_process(preprocessed.dataset_computation, learning_process)
+    assert str(by_id.next.type_signature.parameter[1]) == "{str}@CLIENTS"
+    state = by_id.initialize()
+    ids = client_data.client_ids[:3]
+    from_ids = by_id.next(state, ids)
+    from_datasets = learning_process.next(state, [preprocessed.create_tf_dataset_for_client(i) for i in ids])
+    for a, b in zip(by_id.get_model_weights(from_ids.state).trainable, learning_process.get_model_weights(from_datasets.state).trainable):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    keras_style = tff.simulation.models.mnist.keras_dataset_from_emnist(client_data.create_tf_dataset_for_client(ids[0]))
+    assert keras_style.element_spec["x"].shape == (784,)
