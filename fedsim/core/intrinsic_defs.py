@@ -221,22 +221,17 @@ def _aggregate_rule(parameter, placement):
     return ft.FederatedType(report.result, SERVER)
 
 
-def _secure_sum_rule(parameter, placement):
-    value, bitwidth = _elements(FEDERATED_SECURE_SUM_BITWIDTH, parameter, 2)
-    value = _federated(FEDERATED_SECURE_SUM_BITWIDTH, parameter, value, CLIENTS)
-    _numeric(FEDERATED_SECURE_SUM_BITWIDTH, parameter, value.member, integer_only=True)
-    if len(ft.flatten_type(bitwidth)) != len(ft.flatten_type(value.member)):
-        raise _fail(FEDERATED_SECURE_SUM_BITWIDTH, parameter, "one bitwidth per leaf of the value")
-    return ft.FederatedType(value.member, SERVER)
+def _secure_sum_rule_for(uri: str, what: str):
+    """`<{int T}@CLIENTS, one `what` per leaf of T> -> T@SERVER`, for both secure sums."""
+    def rule(parameter, placement):
+        value, bounds = _elements(uri, parameter, 2)
+        value = _federated(uri, parameter, value, CLIENTS)
+        _numeric(uri, parameter, value.member, integer_only=True)
+        if len(ft.flatten_type(bounds)) != len(ft.flatten_type(value.member)):
+            raise _fail(uri, parameter, f"one {what} per leaf of the value")
+        return ft.FederatedType(value.member, SERVER)
 
-
-def _secure_sum_max_input_rule(parameter, placement):
-    value, max_input = _elements(FEDERATED_SECURE_SUM, parameter, 2)
-    value = _federated(FEDERATED_SECURE_SUM, parameter, value, CLIENTS)
-    _numeric(FEDERATED_SECURE_SUM, parameter, value.member, integer_only=True)
-    if len(ft.flatten_type(max_input)) != len(ft.flatten_type(value.member)):
-        raise _fail(FEDERATED_SECURE_SUM, parameter, "one max_input per leaf of the value")
-    return ft.FederatedType(value.member, SERVER)
+    return rule
 
 
 def _sequence_map_rule(parameter, placement):
@@ -314,8 +309,8 @@ REGISTRY = {
         IntrinsicDef(FEDERATED_MEAN, "aggregation", _mean_rule, _mean),
         IntrinsicDef(FEDERATED_WEIGHTED_MEAN, "aggregation", _weighted_mean_rule, _weighted_mean, client_values=2),
         IntrinsicDef(FEDERATED_AGGREGATE, "aggregation", _aggregate_rule, _aggregate, client_values=1, operands="functions"),
-        IntrinsicDef(FEDERATED_SECURE_SUM_BITWIDTH, "aggregation", _secure_sum_rule, _secure_sum, client_values=1, operands="constant"),
-        IntrinsicDef(FEDERATED_SECURE_SUM, "aggregation", _secure_sum_max_input_rule, _secure_sum_max_input,
+        IntrinsicDef(FEDERATED_SECURE_SUM_BITWIDTH, "aggregation", _secure_sum_rule_for(FEDERATED_SECURE_SUM_BITWIDTH, "bitwidth"), _secure_sum, client_values=1, operands="constant"),
+        IntrinsicDef(FEDERATED_SECURE_SUM, "aggregation", _secure_sum_rule_for(FEDERATED_SECURE_SUM, "max_input"), _secure_sum_max_input,
                      client_values=1, operands="constant"),
         IntrinsicDef(FEDERATED_MIN, "aggregation", _extremum_rule(FEDERATED_MIN), _extremum("min")),
         IntrinsicDef(FEDERATED_MAX, "aggregation", _extremum_rule(FEDERATED_MAX), _extremum("max")),
