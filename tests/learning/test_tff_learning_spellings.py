@@ -166,7 +166,6 @@ def test_fed_eval_reports_current_and_total_rounds_metrics(client_arrays):
     metrics = output.metrics["client_work"]["eval"]
     x_last = np.concatenate([x for x, _ in rounds[1]])
     x_all = np.concatenate([x for x, _ in client_arrays])
-    y_all = np.concatenate([y for _, y in client_arrays])
     assert metrics["current_round_metrics"]["num_examples"] == len(x_last)
     assert metrics["total_rounds_metrics"]["num_examples"] == len(x_all)
     # The example-weighted loss over every client evaluated, by plain Keras on the pooled batches.
@@ -177,4 +176,4 @@ def test_fed_eval_reports_current_and_total_rounds_metrics(client_arrays):
             batch_sizes.append(len(x[start:start + 4]))
     expected = np.average(batch_losses, weights=batch_sizes)
     assert metrics["total_rounds_metrics"]["loss"] == pytest.approx(expected, rel=1e-5)
-    assert len(y_all) == len(x_all)
+    assert metrics["current_round_metrics"]["loss"] != pytest.approx(expected, rel=1e-5)  # one round's clients differ

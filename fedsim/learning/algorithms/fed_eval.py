@@ -14,6 +14,7 @@ from fedsim.core.wrappers import federated_computation
 from fedsim.core.placements import CLIENTS, SERVER
 from fedsim.core.wrappers import tf_computation
 from fedsim.learning.algorithms.parts import build_metrics_aggregation
+from fedsim.learning.metrics import finalize_metrics
 from fedsim.learning.algorithms.model_info import ModelInfo, as_model_fn, inspect_model_fn, make_model
 from fedsim.learning.models import ModelWeights, VariableModel
 from fedsim.learning.templates import LearningAlgorithmState, LearningProcess, LearningProcessOutput
@@ -91,11 +92,11 @@ def build_fed_eval(model_fn: Callable[[], VariableModel]) -> LearningProcess:
         new_total = collections.OrderedDict(
             (name, [a + b for a, b in zip(total[name], round_sum[name])]) for name in total
         )
-        finalize = lambda summed: collections.OrderedDict((name, finalizers[name](v)) for name, v in summed.items())  # noqa: E731
         metrics = collections.OrderedDict(
             distributor=(),
             client_work=collections.OrderedDict(eval=collections.OrderedDict(
-                current_round_metrics=finalize(round_sum), total_rounds_metrics=finalize(new_total))),
+                current_round_metrics=finalize_metrics(finalizers, round_sum),
+                total_rounds_metrics=finalize_metrics(finalizers, new_total))),
             aggregator=(),
             finalizer=(),
         )

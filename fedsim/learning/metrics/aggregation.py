@@ -15,7 +15,12 @@ from fedsim.core.wrappers import federated_computation
 from fedsim.core.placements import CLIENTS
 from fedsim.core.wrappers import tf_computation
 
-__all__ = ["sum_then_finalize"]
+__all__ = ["finalize_metrics", "sum_then_finalize"]
+
+
+def finalize_metrics(metric_finalizers: dict[str, Callable], summed: Any) -> collections.OrderedDict:
+    """Each metric's finalizer applied to its summed unfinalized values (inside a computation)."""
+    return collections.OrderedDict((name, metric_finalizers[name](values)) for name, values in summed.items())
 
 
 def sum_then_finalize(metric_finalizers: dict[str, Callable], local_unfinalized_metrics_type: Optional[ft.Type] = None) -> Any:
@@ -40,7 +45,7 @@ def sum_then_finalize(metric_finalizers: dict[str, Callable], local_unfinalized_
 
     @tf_computation(local_unfinalized_metrics_type)
     def finalize(summed):
-        return collections.OrderedDict((name, metric_finalizers[name](values)) for name, values in summed.items())
+        return finalize_metrics(metric_finalizers, summed)
 
     @federated_computation(ft.FederatedType(local_unfinalized_metrics_type, CLIENTS))
     def aggregate(unfinalized):

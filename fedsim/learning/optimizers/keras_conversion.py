@@ -22,12 +22,10 @@ from fedsim.learning.optimizers.optimizer import Optimizer
 
 __all__ = ["from_keras_optimizer"]
 
-# Options that change the update rule and that the functional builders do not implement.
-_UNSUPPORTED = {
-    "weight_decay": None, "clipnorm": None, "clipvalue": None, "global_clipnorm": None,
-    "use_ema": False, "nesterov": False, "amsgrad": False, "centered": False,
-    "gradient_accumulation_steps": None, "loss_scale_factor": None,
-}
+# Options that change the update rule and that the functional builders do not implement
+# (each is off when None, False or 0).
+_UNSUPPORTED = ("weight_decay", "clipnorm", "clipvalue", "global_clipnorm", "use_ema", "nesterov", "amsgrad",
+                "centered", "gradient_accumulation_steps", "loss_scale_factor")
 
 
 def _learning_rate(config: dict) -> Any:
@@ -47,8 +45,8 @@ def from_keras_optimizer(optimizer: keras.optimizers.Optimizer) -> Optimizer:
         raise TypeError(f"expected a Keras optimizer, got {optimizer!r}")
     config = optimizer.get_config()
     name = type(optimizer).__name__
-    for option, default in _UNSUPPORTED.items():
-        if option in config and config[option] not in (default, 0, 0.0) and config[option] is not None:
+    for option in _UNSUPPORTED:
+        if config.get(option) not in (None, 0):  # False == 0.0 == 0
             raise ValueError(
                 f"Keras {name}({option}={config[option]!r}) has no functional counterpart in fedsim; "
                 f"use a fedsim.learning.optimizers.build_* optimizer, or drop {option}"
