@@ -24,7 +24,14 @@ import re
 import threading
 from typing import Any, Optional, Union
 
-__all__ = ["register_container", "container_name", "container_class", "registered_containers"]
+import tensorflow as tf
+
+__all__ = [
+    "register_container", "container_name", "container_class", "registered_containers", "SPARSE_FIELDS", "is_sparse",
+]
+
+# A `tf.SparseTensor` is a structure of three tensors, restored as a `tf.SparseTensor`.
+SPARSE_FIELDS = ("indices", "values", "dense_shape")
 
 _NAME_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*([./][A-Za-z_][A-Za-z0-9_]*)*")
 
@@ -34,6 +41,7 @@ _by_name: dict = {
     "odict": collections.OrderedDict,
     "list": list,
     "tuple": tuple,
+    "sparse_tensor": tf.SparseTensor,
 }
 _by_class: dict = {kind: name for name, kind in _by_name.items()}
 
@@ -69,7 +77,7 @@ def _register(cls: type, name: Optional[str]) -> type:
     if name is None:
         name = f"{cls.__module__}.{cls.__qualname__}"
     _check_name(name)
-    if cls in (dict, collections.OrderedDict, list, tuple):
+    if cls in (dict, collections.OrderedDict, list, tuple, tf.SparseTensor):
         raise ValueError(f"{cls.__name__} is a built-in container; it needs no registration")
     with _lock:
         known = _by_name.get(name)
@@ -81,6 +89,11 @@ def _register(cls: type, name: Optional[str]) -> type:
         _by_name[name] = cls
         _by_class[cls] = name
     return cls
+
+
+def is_sparse(value: Any) -> bool:
+    """Whether a value is a sparse tensor (eager, symbolic, or TF1's `SparseTensorValue`)."""
+    return isinstance(value, (tf.SparseTensor, tf.compat.v1.SparseTensorValue))
 
 
 def container_name(cls: Optional[type]) -> Optional[str]:

@@ -164,6 +164,9 @@ def _zip_rule(parameter, placement):
 
 
 def _numeric(uri, parameter, member, floating_only=False, integer_only=False):
+    if ft.contains_sparse(member):
+        raise _fail(uri, parameter, "a sparse tensor cannot be aggregated leaf by leaf (its indices would be added); "
+                                    "densify it with tf.sparse.to_dense in a federated_map first")
     for leaf in ft.flatten_type(member):
         ok = isinstance(leaf, ft.TensorType) and (
             leaf.dtype.is_floating if floating_only else leaf.dtype.is_integer if integer_only

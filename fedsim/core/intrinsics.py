@@ -136,6 +136,11 @@ def _function(fn: Any, parameter_type: Optional[ft.Type], name: str, what: str, 
 
 
 def _check_leaves(value_type: ft.Type, name: str, allowed: str, what: str = "value") -> None:
+    if ft.contains_sparse(value_type):
+        raise FederatedTypeError(
+            f"fedsim.{name} cannot aggregate the sparse tensor in {value_type} leaf by leaf (its indices would be "
+            f"added); densify it with tf.sparse.to_dense in a federated_map first"
+        )
     for leaf in ft.flatten_type(value_type):
         ok = isinstance(leaf, ft.TensorType) and (
             (allowed == "numeric" and (leaf.dtype.is_floating or leaf.dtype.is_integer))

@@ -156,6 +156,10 @@ def struct_elements(value: Any, struct_type: ft.StructType) -> list:
 
 def _elements(value: Any, struct_type: ft.StructType, path: str) -> list:
     names = struct_type.names()
+    if containers.is_sparse(value):
+        if tuple(names) != containers.SPARSE_FIELDS:
+            raise _Mismatch(f"at {_where(path)}: expected a structure {struct_type}, given a sparse tensor")
+        return [value.indices, value.values, value.dense_shape]
     if isinstance(value, dict):
         missing = [n for n in names if n not in value]
         extra = [k for k in value if k not in names]
@@ -204,6 +208,8 @@ def pack_struct(struct_type: ft.StructType, values: list, like: Any = None) -> A
         raise TypeError(f"a structure with some unnamed elements ({struct_type}) has no Python form")
     if issubclass(container, dict):
         return container(zip(names, values))
+    if container is tf.SparseTensor:
+        return tf.SparseTensor(*values)
     if attrs.has(container):
         return container(**dict(zip(names, values)))
     if issubclass(container, tuple) and hasattr(container, "_fields"):
@@ -292,7 +298,9 @@ def map_structure(fn, type_spec: ft.Type, *values: Any) -> Any:
 
 def named_items(value: Any) -> Any:
     """`(name, element)` pairs of a Python structure (dict, namedtuple, attrs class, list,
-    tuple) in its own order, or None when `value` is not a structure."""
+    tuple, sparse tensor) in its own order, or None when `value` is not a structure."""
+    if containers.is_sparse(value):
+        return list(zip(containers.SPARSE_FIELDS, (value.indices, value.values, value.dense_shape)))
     if isinstance(value, dict):
         return list(value.items())
     if isinstance(value, tuple) and hasattr(type(value), "_fields"):
@@ -306,6 +314,8 @@ def named_items(value: Any) -> Any:
 
 def _items(value: Any) -> Any:
     """(container rebuild function, elements) of a Python structure, or None for a leaf."""
+    if containers.is_sparse(value):
+        return (lambda elements: tf.SparseTensor(*elements)), [value.indices, value.values, value.dense_shape]
     if isinstance(value, dict):
         keys = list(value)
         return (lambda elements: type(value)(zip(keys, elements))), list(value.values())

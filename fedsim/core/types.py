@@ -393,11 +393,39 @@ def _is_namedtuple(obj: Any) -> bool:
     return isinstance(obj, tuple) and hasattr(type(obj), "_fields")
 
 
+def sparse_type(dtype: Any, shape: Any) -> "StructType":
+    """A `tf.SparseTensor` of `dtype` and dense `shape`: `<indices=int64[?,rank],values=dtype[?],dense_shape=int64[rank]>`.
+
+    The number of stored values is dynamic, so only the rank of the dense shape is kept.
+    """
+    rank = None if tf.TensorShape(shape).rank is None else tf.TensorShape(shape).rank
+    return StructType(
+        [("indices", TensorType(tf.int64, (None, rank))), ("values", TensorType(dtype, (None,))),
+         ("dense_shape", TensorType(tf.int64, (rank,)))],
+        container=tf.SparseTensor,
+    )
+
+
+def is_sparse_type(type_spec: Type) -> bool:
+    return isinstance(type_spec, StructType) and containers.resolve(type_spec.container) is tf.SparseTensor
+
+
+def contains_sparse(type_spec: Type) -> bool:
+    """Whether a sparse tensor occurs anywhere in `type_spec` (an arithmetic aggregation must refuse it)."""
+    if is_sparse_type(type_spec):
+        return True
+    if isinstance(type_spec, StructType):
+        return any(contains_sparse(t) for t in type_spec)
+    if isinstance(type_spec, FederatedType):
+        return contains_sparse(type_spec.member)
+    return False
+
+
 def to_type(spec: Any) -> Type:
     """Converts a type-like Python object into a fedsim `Type`.
 
     Accepts fedsim types, dtypes (`tf.float32`, `np.int32`, `"float32"`, `float`),
-    `(dtype, shape)` pairs, `tf.TensorSpec`, `tf.data.DatasetSpec`, and dicts, lists, tuples,
+    `(dtype, shape)` pairs, `tf.TensorSpec`, `tf.SparseTensorSpec`, `tf.data.DatasetSpec`, and dicts, lists, tuples,
     namedtuples and attrs classes of those.
     """
     if isinstance(spec, Type):
@@ -406,6 +434,8 @@ def to_type(spec: Any) -> Type:
         return TensorType(spec)
     if isinstance(spec, tf.TensorSpec):
         return TensorType(spec.dtype, spec.shape)
+    if isinstance(spec, tf.SparseTensorSpec):
+        return sparse_type(spec.dtype, spec.shape)
     if isinstance(spec, tf.data.DatasetSpec):
         return SequenceType(to_type(spec.element_spec))
     if (
@@ -441,6 +471,8 @@ def infer_type(value: Any) -> Type:
         return value.type_signature
     if isinstance(value, tf.data.Dataset):
         return SequenceType(to_type(value.element_spec))
+    if containers.is_sparse(value):
+        return sparse_type(value.values.dtype, [None] * int(np.shape(value.dense_shape)[0]))
     if isinstance(value, (tf.Tensor, tf.Variable)):
         return TensorType(value.dtype, value.shape)
     if isinstance(value, (np.ndarray, np.generic)):

@@ -144,3 +144,31 @@ def test_formatted_representation_puts_one_element_per_line():
                                      tff.types.type_at_clients(tf.float32))
     assert str(function_type) == "(<a=str,b=<float32,int32[2]>> -> {float32}@CLIENTS)"
     assert function_type.formatted_representation() == "(<\n  a=str,\n  b=<\n    float32,\n    int32[2]\n  >\n> -> {float32}@CLIENTS)"
+
+
+def test_sparse_tensors_in_types():
+    """tf.SparseTensorSpec (TFF's sparse tutorial): a structure of indices, values and dense_shape."""
+    spec = tf.SparseTensorSpec([3, 4], tf.float32)
+    assert str(tff.to_type(spec)) == "<indices=int64[?,2],values=float32[?],dense_shape=int64[2]>"
+
+    @tff.tensorflow.computation(spec)
+    def densify(sparse):
+        return tf.reshape(tf.sparse.to_dense(sparse), [3, 4])
+
+    @tff.tensorflow.computation(tf.TensorSpec([3, 4], tf.float32))
+    def sparsify(dense):
+        return tf.sparse.from_dense(dense)
+
+    @tff.federated_computation(tff.types.type_at_clients(spec))
+    def total(sparse):
+        return tff.federated_sum(tff.federated_map(densify, sparse))
+
+    rng = np.random.RandomState(0)
+    dense = [np.where(rng.rand(3, 4) < 0.3, rng.randn(3, 4), 0).astype(np.float32) for _ in range(3)]
+    clients = [tf.sparse.from_dense(d) for d in dense]
+    np.testing.assert_allclose(_round_trip(total)(clients), np.sum(dense, axis=0), rtol=1e-6)
+    back = sparsify(dense[0])
+    assert isinstance(back, tf.SparseTensor)
+    np.testing.assert_array_equal(tf.sparse.to_dense(back).numpy(), dense[0])
+    with pytest.raises(tff.FederatedTypeError, match="sparse tensor.*leaf by leaf"):
+        tff.federated_computation(lambda sparse: tff.federated_sum(sparse), tff.types.type_at_clients(spec))
