@@ -220,3 +220,27 @@ def test_flow_working_with_client_data():
         np.testing.assert_allclose(a, b, atol=1e-6)
     keras_style = tff.simulation.models.mnist.keras_dataset_from_emnist(client_data.create_tf_dataset_for_client(ids[0]))
     assert keras_style.element_spec["x"].shape == (784,)
+
+
+def test_flow_federated_select():
+    """Sending different data to particular clients with tff.federated_select (strings by key)."""
+    list_of_strings_type = tff.TensorType(tf.string, [None])
+    keys_type = tff.TensorType(tf.int32, [2])
+
+    @tff.tensorflow.computation(list_of_strings_type, tf.int32)
+    def select_fn(list_of_strings, key):
+        return tf.gather(list_of_strings, key)
+
+    @tff.tensorflow.computation(list_of_strings_type)
+    def length(list_of_strings):
+        return tf.shape(list_of_strings)[0]
+
+    @tff.federated_computation(tff.types.type_at_server(list_of_strings_type), tff.types.type_at_clients(keys_type))
+    def broadcast_based_on_keys(list_of_strings_at_server, keys_at_clients):
+        max_key = tff.federated_map(length, list_of_strings_at_server)
+        return tff.federated_select(keys_at_clients, max_key, list_of_strings_at_server, select_fn)
+
+    strings = tf.constant(["a", "b", "c", "d"])
+    client_keys = [tf.constant([0, 2]), tf.constant([3, 1]), tf.constant([2, 2])]
+    received = broadcast_based_on_keys(strings, client_keys)
+    assert [[s.decode() for s in d.as_numpy_iterator()] for d in received] == [["a", "c"], ["d", "b"], ["c", "c"]]
