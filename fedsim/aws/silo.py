@@ -39,17 +39,22 @@ from absl import logging
 from fedsim.aws import protocol
 from fedsim.aws.config import StackConfig
 from fedsim.aws.store import Store
-from fedsim.core import op_allowlist, phase_runner
+from fedsim.core import op_allowlist, phase_runner, structure
 from fedsim.core import types as ft
 from fedsim.core.errors import SerializationError
 
-__all__ = ["SiloAgent", "ComputationRefusedError", "load_silo_data", "read_pins", "main"]
+__all__ = ["SiloAgent", "ComputationRefusedError", "LocalDataError", "load_silo_data", "read_pins", "main"]
 
 _HASH_LENGTH = 64
 
 
 class ComputationRefusedError(RuntimeError):
     """The silo will not run a round's computation; the message says which and why."""
+
+
+class LocalDataError(RuntimeError):
+    """The silo's own data does not fit the round's computations (or they fail on it); the
+    message names the silo and the difference. Reported as the silo's result, like a refusal."""
 
 
 def read_pins(values: Any) -> frozenset:
@@ -178,7 +183,7 @@ class SiloAgent:
             else:
                 output_bytes = self.work(request)
                 digest = self.store.put_new(key, output_bytes)
-        except ComputationRefusedError as refusal:
+        except (ComputationRefusedError, LocalDataError) as refusal:
             logging.warning("silo %s, run %s round %d: %s", self.silo_id, run_id, round_num, refusal)
             item.update({"refused": str(refusal)[:protocol.MAX_REASON_CHARS], "written_at": time.time()})
             outcome = "refused" if self.store.put_item_if_absent(item) else "duplicate"
@@ -207,11 +212,21 @@ class SiloAgent:
                 f"the work computation takes {work.type_signature.parameter}, but the run's manifest says "
                 f"<{input_type},{broadcast_type}>"
             )
+        preprocess = None if manifest.get("preprocess") is None else self.accepted_computation(manifest["preprocess"], "preprocess")
         prefix = protocol.round_prefix(request["run_id"], int(request["round"]))
         broadcast = protocol.decode_value(self.store.get_checked(f"{prefix}/broadcast.npz"), broadcast_type, "the round's broadcast")
-        dataset = self._input(manifest)
         started = time.monotonic()
-        output = phase_runner.work(work, dataset, broadcast, f"silo {self.silo_id}'s data")
+        try:  # the silo's own data meets the round's computations: a failure here is reported, not retried
+            dataset = self.dataset
+            if preprocess is not None:
+                dataset = structure.check_and_normalize(dataset, preprocess.type_signature.parameter, f"silo {self.silo_id}'s data")
+                dataset = preprocess.call_value(dataset)
+            output = phase_runner.work(work, dataset, broadcast, f"silo {self.silo_id}'s data")
+        except structure.TypeSignatureMismatchError as mismatch:
+            raise LocalDataError(f"silo {self.silo_id}'s data does not fit the round's computation: {mismatch}") from None
+        except tf.errors.OpError as error:
+            raise LocalDataError(f"silo {self.silo_id} could not run the round on its data: {type(error).__name__}: "
+                                 f"{error.message.splitlines()[0] if error.message else error}") from None
         self.last_work_seconds = time.monotonic() - started
         return protocol.encode_value(output, work.type_signature.result)
 
@@ -243,13 +258,6 @@ class SiloAgent:
             return self.store.get_computation(reference)
         except (SerializationError, protocol.InvalidValueError) as error:
             raise ComputationRefusedError(f"silo {self.silo_id} refused the {role} computation {digest}: {error}") from None
-
-    def _input(self, manifest: dict) -> Any:
-        reference = manifest.get("preprocess")
-        if reference is None:
-            return self.dataset
-        preprocess = self.accepted_computation(reference, "preprocess")
-        return preprocess.call_value(self.dataset)
 
 
 def main(argv: Optional[list] = None) -> None:

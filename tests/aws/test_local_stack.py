@@ -1,5 +1,6 @@
 """The serverless server on the local stack: rounds equal the simulation; faults are handled."""
 
+import collections
 import os
 import re
 import subprocess
@@ -243,3 +244,15 @@ def test_local_stack_command_line_serves_and_stops(tmp_path):
         server.communicate(timeout=60)
     with __import__("socket").socket() as probe:  # the moto server it started is gone: the port is free
         probe.bind(("127.0.0.1", port))
+
+
+def test_a_silo_whose_data_does_not_fit_reports_why_and_the_round_fails_at_once(fresh, arrays, process):
+    stack = fresh
+    wrong = {"c": collections.OrderedDict(x=np.zeros([4, 7], np.float32), y=np.zeros([4], np.int32))}
+    with aws.execution_context(stack, silos=SILOS, preprocess=batch, round_deadline_seconds=300) as context:
+        start_agents(stack, arrays, ["a", "b"])
+        start_agents(stack, wrong, ["c"])
+        with pytest.raises(aws.RoundFailedError,
+                           match=r"(?s)rejected: c: .*silo c's data does not fit the round's computation.*at \*.x: expected float32\[5\], given float32\[7\]"):
+            process.next(process.initialize(), SILOS)
+        assert context.last_report.rounds[0]["status"] == "failed"
