@@ -24,6 +24,7 @@ import uuid
 from typing import Any, Iterator, Optional, Sequence
 
 import attrs
+from absl import logging
 
 from fedsim.aws import protocol
 from fedsim.aws.config import StackConfig
@@ -61,7 +62,10 @@ class AwsExecutionContext:
         max_result_bytes: int = 256 * 2**20,
         preprocess: Any = None,
         poll_seconds: float = 0.05,
+        pickup_timeout_seconds: Optional[float] = 120.0,
     ):
+        """`pickup_timeout_seconds`: a round whose message no silo has taken by then fails at once
+        (the silo agents are probably not running) instead of at its deadline; None waits."""
         silos = list(silos)
         unknown = [s for s in silos if s not in config.silo_queues]
         if not silos or unknown:
@@ -76,7 +80,9 @@ class AwsExecutionContext:
         self.max_result_bytes = int(max_result_bytes)
         self.preprocess = preprocess
         self.poll_seconds = poll_seconds
+        self.pickup_timeout_seconds = pickup_timeout_seconds
         self.store = Store(config)
+        self.sqs = config.client("sqs")
         self.sfn = config.client("stepfunctions")
         self.local = LocalExecutionContext()
         self._forms: dict = {}
@@ -154,7 +160,7 @@ class AwsExecutionContext:
                started: Optional[float] = None) -> Any:
         """Waits for a started run; returns its last result or raises `RoundFailedError` with the reason."""
         started = time.monotonic() if started is None else started
-        status = self.wait(execution, timeout=rounds * (self.round_deadline_seconds + 60))
+        status = self.wait(execution, timeout=rounds * (self.round_deadline_seconds + 60), run_id=run_id)
         reports = self._round_reports(run_id)
         self.last_report = RoundReport(run_id, tuple(reports), time.monotonic() - started)
         if status["status"] != "SUCCEEDED":
@@ -187,14 +193,22 @@ class AwsExecutionContext:
             self._phase_references[key] = {name: self.store.put_computation(phase) for name, phase in form.phases().items()}
         return self._phase_references[key]
 
-    def wait(self, execution_arn: str, timeout: float) -> dict:
+    def wait(self, execution_arn: str, timeout: float, run_id: Optional[str] = None) -> dict:
+        """Polls the execution until it ends. With `run_id`, logs who has reported in each round
+        and fails early when no silo takes a round's message within `pickup_timeout_seconds`."""
         deadline = time.monotonic() + timeout
+        watch = _RoundWatch(self, run_id) if run_id is not None else None
         while True:
             description = self.sfn.describe_execution(executionArn=execution_arn)
             if description["status"] != "RUNNING":
                 return description
             if time.monotonic() > deadline:
                 raise RoundFailedError(f"the execution {execution_arn} is still running after {timeout:.0f}s")
+            if watch is not None:
+                unpicked = watch.check()
+                if unpicked:
+                    self.sfn.stop_execution(executionArn=execution_arn, error="NoSiloAnswered", cause=unpicked)
+                    raise RoundFailedError(f"serverless run {run_id} stopped: {unpicked}")
             time.sleep(self.poll_seconds)
 
     def _round_reports(self, run_id: str) -> list:
@@ -232,6 +246,53 @@ class AwsExecutionContext:
             reason = last.get("cause") or f"{error}: {cause}"
         rejected = "; ".join(f"{s}: {r}" for s, r in sorted(last.get("rejected", {}).items()))
         return f"serverless run {run_id} failed: {reason}" + (f" (rejected: {rejected})" if rejected and rejected not in reason else "")
+
+
+class _RoundWatch:
+    """Progress of a run as the notebook waits: who has reported, and whether anyone took the round."""
+
+    CHECK_EVERY_SECONDS = 1.0
+
+    def __init__(self, context: AwsExecutionContext, run_id: str):
+        self.context, self.run_id = context, run_id
+        self.round_num, self.round_seen_at = 0, time.monotonic()
+        self.reported: frozenset = frozenset()
+        self.next_check = 0.0
+
+    def check(self) -> Optional[str]:
+        """None, or why the run should stop now (no silo took the open round's message)."""
+        now = time.monotonic()
+        if now < self.next_check:
+            return None
+        self.next_check = now + self.CHECK_EVERY_SECONDS
+        store = self.context.store
+        while store.get_item(protocol.round_item_key(self.run_id, self.round_num + 1)) is not None:
+            self.round_num, self.round_seen_at, self.reported = self.round_num + 1, now, frozenset()
+        if self.round_num == 0:
+            return None
+        item = store.get_item(protocol.round_item_key(self.run_id, self.round_num))
+        reported = frozenset(r["pk"] for r in store.round_results(self.run_id, self.round_num))
+        if reported != self.reported:
+            self.reported = reported
+            logging.info("run %s round %d: %d of %d silos reported (%s); waiting for %s", self.run_id, self.round_num,
+                         len(reported), len(item["silos"]), ", ".join(sorted(reported)) or "none",
+                         ", ".join(s for s in item["silos"] if s not in reported) or "nobody")
+        timeout = self.context.pickup_timeout_seconds
+        if reported or item.get("status") != "open" or timeout is None or now - self.round_seen_at < timeout:
+            return None
+        if any(self._taken(silo) for silo in item["silos"]):
+            return None
+        return (f"round {self.round_num}: no silo took the round's message within {timeout:.0f}s "
+                f"(silos {', '.join(item['silos'])}); are the silo agents running? "
+                f"(python -m fedsim.aws.silo --stack-config ... --silo-id ...)")
+
+    def _taken(self, silo: str) -> bool:
+        """Whether the silo's queue shows its message received (in flight) or already gone."""
+        attributes = self.context.sqs.get_queue_attributes(
+            QueueUrl=self.context.config.silo_queues[silo],
+            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+        )["Attributes"]
+        return int(attributes.get("ApproximateNumberOfMessagesNotVisible", 0)) > 0 or int(attributes.get("ApproximateNumberOfMessages", 0)) == 0
 
 
 def _has_clients_parameter(computation: Any) -> bool:

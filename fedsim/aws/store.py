@@ -151,13 +151,22 @@ class Store:
             raise
 
     def round_results(self, run_id: str, round_num: int) -> list:
-        response = self.dynamodb.query(
-            TableName=self.config.table,
-            IndexName="by_round",
-            KeyConditionExpression="round_key = :r",
-            ExpressionAttributeValues={":r": {"S": protocol.round_key(run_id, round_num)}},
-        )
-        return [_unmarshal(item) for item in response.get("Items", [])]
+        """Every silo record of a round (all pages of the query)."""
+        items, start = [], None
+        while True:
+            request = dict(
+                TableName=self.config.table,
+                IndexName="by_round",
+                KeyConditionExpression="round_key = :r",
+                ExpressionAttributeValues={":r": {"S": protocol.round_key(run_id, round_num)}},
+            )
+            if start is not None:
+                request["ExclusiveStartKey"] = start
+            response = self.dynamodb.query(**request)
+            items.extend(_unmarshal(item) for item in response.get("Items", []))
+            start = response.get("LastEvaluatedKey")
+            if not start:
+                return items
 
 
 def _marshal(item: dict) -> dict:

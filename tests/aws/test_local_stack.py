@@ -256,3 +256,10 @@ def test_a_silo_whose_data_does_not_fit_reports_why_and_the_round_fails_at_once(
                            match=r"(?s)rejected: c: .*silo c's data does not fit the round's computation.*at \*.x: expected float32\[5\], given float32\[7\]"):
             process.next(process.initialize(), SILOS)
         assert context.last_report.rounds[0]["status"] == "failed"
+
+
+def test_silos_not_started_fail_the_round_early_and_say_so(fresh, process):
+    stack = fresh
+    with aws.execution_context(stack, silos=SILOS, preprocess=batch, round_deadline_seconds=300, pickup_timeout_seconds=2):
+        with pytest.raises(aws.RoundFailedError, match=r"round 1: no silo took the round's message within 2s .*are the silo agents running"):
+            process.next(process.initialize(), SILOS)
