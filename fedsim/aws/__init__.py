@@ -11,12 +11,35 @@ Example::
             output = process.next(process.initialize(), ["a", "b", "c"])
 """
 
-from fedsim.aws.config import StackConfig
-from fedsim.aws.context import AwsExecutionContext, RoundFailedError, RoundReport, execution_context
+import importlib
+
+# The Lambda entry point `fedsim.aws.handler.handler` shares its name with its module: bound
+# here, eagerly, so the package attribute is the function.
 from fedsim.aws.handler import AggregationHandler, handler
-from fedsim.aws.local import LocalStack
-from fedsim.aws.silo import SiloAgent, load_silo_data
-from fedsim.aws.template import template_path
+
+# Attributes load their module on first use, so `python -m fedsim.aws.silo` (or `.local`,
+# `.review`) runs its module once, as __main__, without it being imported by the package first.
+_LAZY = {
+    "StackConfig": "config", "StackUnreachableError": "config",
+    "AwsExecutionContext": "context", "RoundFailedError": "context", "RoundReport": "context", "execution_context": "context",
+    "LocalStack": "local",
+    "SiloAgent": "silo", "load_silo_data": "silo",
+    "template_path": "template",
+}
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'fedsim.aws' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"fedsim.aws.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "AggregationHandler",
@@ -26,6 +49,7 @@ __all__ = [
     "RoundReport",
     "SiloAgent",
     "StackConfig",
+    "StackUnreachableError",
     "execution_context",
     "handler",
     "load_silo_data",

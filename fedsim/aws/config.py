@@ -13,7 +13,11 @@ from typing import Any, Optional
 
 import attrs
 
-__all__ = ["StackConfig"]
+__all__ = ["StackConfig", "StackUnreachableError"]
+
+
+class StackUnreachableError(ConnectionError):
+    """The stack's endpoint does not answer (a local stack that is not running, a wrong region)."""
 
 
 @attrs.frozen
@@ -29,18 +33,42 @@ class StackConfig:
     access_key: Optional[str] = None
     secret_key: Optional[str] = None
 
-    def client(self, service: str) -> Any:
+    def client(self, service: str, probe: bool = False) -> Any:
+        """A boto3 client for `service`; `probe=True`: short timeouts and one attempt, to check reachability."""
         import boto3
         from botocore.config import Config
 
+        if probe:
+            settings = Config(connect_timeout=3, read_timeout=5, retries={"max_attempts": 1, "mode": "standard"})
+        else:
+            settings = Config(retries={"max_attempts": 5, "mode": "standard"})
         return boto3.client(
             service,
             region_name=self.region,
             endpoint_url=self.endpoint_url,
             aws_access_key_id=self.access_key,
             aws_secret_access_key=self.secret_key,
-            config=Config(retries={"max_attempts": 5, "mode": "standard"}),
+            config=settings,
         )
+
+    def check_reachable(self, queue_url: Optional[str] = None) -> None:
+        """Raises `StackUnreachableError` (one line) if the stack's endpoint does not answer.
+
+        Any answer counts, an access error included: only a connection that fails is unreachable.
+        """
+        from botocore.exceptions import ClientError, ConnectTimeoutError, EndpointConnectionError, ReadTimeoutError
+
+        sqs = self.client("sqs", probe=True)
+        try:
+            if queue_url is not None:
+                sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])
+            else:
+                sqs.list_queues(MaxResults=1)
+        except ClientError:
+            return
+        except (EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError):
+            where = self.endpoint_url or f"AWS region {self.region}"
+            raise StackUnreachableError(f"the stack at {where} does not answer; is it running?") from None
 
     def to_json(self) -> str:
         return json.dumps(attrs.asdict(self), sort_keys=True, indent=2)

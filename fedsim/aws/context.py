@@ -73,6 +73,7 @@ class AwsExecutionContext:
         quorum = len(silos) if quorum is None else quorum
         if not 1 <= quorum <= len(silos):
             raise ValueError(f"quorum must be from 1 to {len(silos)}, got {quorum}")
+        config.check_reachable()
         self.config = config
         self.silos = silos
         self.quorum = quorum

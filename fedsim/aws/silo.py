@@ -37,7 +37,7 @@ import tensorflow as tf
 from absl import logging
 
 from fedsim.aws import protocol
-from fedsim.aws.config import StackConfig
+from fedsim.aws.config import StackConfig, StackUnreachableError
 from fedsim.aws.store import Store
 from fedsim.core import op_allowlist, phase_runner, structure
 from fedsim.core import types as ft
@@ -122,6 +122,7 @@ class SiloAgent:
         `allowed_ops`). `allowed_ops`: the ops a computation's graphs may use here."""
         if silo_id not in config.silo_queues:
             raise ValueError(f"silo {silo_id!r} has no queue in this stack (silos: {sorted(config.silo_queues)})")
+        config.check_reachable(config.silo_queues[silo_id])
         self.config = config
         self.silo_id = silo_id
         self.dataset = dataset
@@ -290,9 +291,21 @@ def main(argv: Optional[list] = None) -> None:
         if not pins:
             parser.error("--accept/--accept-file named no hash; a silo that accepts nothing would refuse every round")
     logging.set_verbosity(logging.INFO)
-    with open(args.stack_config) as stream:
-        config = StackConfig.from_json(stream.read())
-    agent = SiloAgent(config, args.silo_id, load_silo_data(args.data, args.split, args.client_id), accept=pins)
+    try:
+        with open(args.stack_config) as stream:
+            config = StackConfig.from_json(stream.read())
+    except (OSError, ValueError, TypeError) as error:
+        parser.error(f"--stack-config {args.stack_config}: {error}")
+    try:
+        dataset = load_silo_data(args.data, args.split, args.client_id)
+    except (OSError, ValueError) as error:
+        parser.error(f"--data {args.data}: {error}")
+    try:
+        agent = SiloAgent(config, args.silo_id, dataset, accept=pins)
+    except ValueError as error:
+        parser.error(str(error))
+    except StackUnreachableError as error:
+        parser.exit(1, f"{parser.prog}: {error}\n")
     agent.run(stop_after_rounds=args.rounds, idle_timeout=args.idle_timeout)
 
 
