@@ -18,7 +18,6 @@ Example::
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import signal
@@ -28,7 +27,7 @@ import sys
 import threading
 import time
 import urllib.request
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 from absl import logging
 
@@ -69,8 +68,9 @@ class LocalStack:
         self._stop = threading.Event()
         self._loop: Optional[threading.Thread] = None
         self.handler_errors: list = []
-        self._paused = threading.Event()
-        self.held_records: list = []
+        # Where the stream loop sends each batch of records: the aggregation handler, as the
+        # event source mapping would. Replace it to observe, hold or redirect the stream.
+        self.deliver_records: Callable[[list], None] = self.handle_records
 
     # lifecycle -----------------------------------------------------------------------------------
 
@@ -181,26 +181,15 @@ class LocalStack:
                     response = streams.get_records(ShardIterator=iterator, Limit=100)
                     iterators[shard_id] = response.get("NextShardIterator") or iterator
                     if response["Records"]:
-                        self._deliver(response["Records"])
+                        self.deliver_records(response["Records"])
             except Exception as error:  # keep serving: a Lambda would be retried too
                 if self._stop.is_set():
                     break
                 logging.warning("local stream loop: %s: %s", type(error).__name__, error)
             self._stop.wait(self.poll_seconds)
 
-    @contextlib.contextmanager
-    def paused(self):
-        """Holds stream records instead of delivering them (to replay them, as a retried Lambda would)."""
-        self._paused.set()
-        try:
-            yield self.held_records
-        finally:
-            self._paused.clear()
-
-    def _deliver(self, records: list) -> None:
-        if self._paused.is_set():
-            self.held_records.extend(records)
-            return
+    def handle_records(self, records: list) -> None:
+        """Runs the aggregation handler on a batch of stream records; its errors are kept in `handler_errors`."""
         try:
             self.handler.handle({"Records": records})
         except Exception as error:

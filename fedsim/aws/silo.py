@@ -116,7 +116,7 @@ class SiloAgent:
     """One silo: its id, its queue (from the stack config) and its local dataset."""
 
     def __init__(self, config: StackConfig, silo_id: str, dataset: tf.data.Dataset, poll_seconds: int = 1,
-                 fail_before_upload: bool = False, accept: Optional[Any] = None,
+                 accept: Optional[Any] = None,
                  allowed_ops: op_allowlist.OpAllowlist = op_allowlist.DEFAULT_OP_ALLOWLIST):
         """`accept`: the hashes of the only computations this silo runs (None: any that passes
         `allowed_ops`). `allowed_ops`: the ops a computation's graphs may use here."""
@@ -134,7 +134,6 @@ class SiloAgent:
         self.rounds_done = 0
         self.outcomes: list = []
         self.last_work_seconds = 0.0
-        self.fail_before_upload = fail_before_upload  # for fault tests: die after receiving
         self._stop = threading.Event()
         self._preprocessed: dict = {}
 
@@ -164,8 +163,6 @@ class SiloAgent:
             self.sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=message["ReceiptHandle"])
             self.rounds_done += 1
             return "not for this silo"
-        if self.fail_before_upload:
-            raise RuntimeError(f"silo {self.silo_id} failed mid-round (simulated)")
         run_id, round_num = request["run_id"], int(request["round"])
         if self.store.exists(f"{protocol.round_prefix(run_id, round_num)}/result.npz"):
             self.sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=message["ReceiptHandle"])

@@ -1,6 +1,7 @@
 """What the local-stack tests share: a small model, the preprocessing, simulation and silo agents in threads."""
 
 import collections
+import contextlib
 import threading
 
 import keras
@@ -62,3 +63,22 @@ def start_agents(stack, arrays, silos, rounds=1, agent_class=aws.SiloAgent, **kw
         agents.append(agent)
         threads.append(thread)
     return agents, threads, errors
+
+
+class CrashingSilo(aws.SiloAgent):
+    """A silo that dies after taking a round's message, before uploading (it never deletes the message)."""
+
+    def work(self, request):
+        raise RuntimeError(f"silo {self.silo_id} failed mid-round (simulated)")
+
+
+@contextlib.contextmanager
+def held_stream(stack):
+    """Holds the stack's stream records instead of delivering them (to replay them, as a retried Lambda would)."""
+    held = []
+    original = stack.deliver_records
+    stack.deliver_records = held.extend
+    try:
+        yield held
+    finally:
+        stack.deliver_records = original

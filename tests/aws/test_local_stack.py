@@ -17,7 +17,7 @@ from fedsim import aws
 from fedsim.aws import protocol
 from fedsim.aws.store import ObjectExistsError
 
-from tests.aws.helpers import SILOS, assert_close, batch, local_datasets, simulate, start_agents
+from tests.aws.helpers import SILOS, CrashingSilo, assert_close, batch, held_stream, local_datasets, simulate, start_agents
 
 
 def test_rounds_with_silo_processes_equal_the_simulation(fresh, arrays, process, tmp_path):
@@ -106,7 +106,7 @@ def test_a_silo_killed_mid_round_gets_its_message_again(fresh, arrays, process):
     stack = fresh
     with aws.execution_context(stack, silos=SILOS, preprocess=batch, round_deadline_seconds=60) as context:
         run_id, execution = context.start_rounds(process.next, process.initialize(), SILOS)
-        _, crashed_threads, crashed = start_agents(stack, arrays, ["a"], fail_before_upload=True)
+        _, crashed_threads, crashed = start_agents(stack, arrays, ["a"], agent_class=CrashingSilo)
         crashed_threads[0].join(timeout=30)
         assert crashed and "failed mid-round" in str(crashed[0][1])  # died holding the message
         _, threads, errors = start_agents(stack, arrays, SILOS)  # a restarts; b and c work normally
@@ -178,7 +178,7 @@ def test_a_round_that_cannot_reach_quorum_fails_with_the_reasons(fresh, arrays, 
 def test_aggregation_fired_twice_aggregates_once(fresh, arrays, process):
     stack = fresh
     with aws.execution_context(stack, silos=SILOS, preprocess=batch, round_deadline_seconds=60) as context:
-        with stack.paused() as held:
+        with held_stream(stack) as held:
             run_id, execution = context.start_rounds(process.next, process.initialize(), SILOS)
             _, threads, errors = start_agents(stack, arrays, SILOS)
             deadline = time.time() + 60
