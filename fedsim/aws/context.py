@@ -229,7 +229,9 @@ class AwsExecutionContext:
             entry["silo_timings"] = {
                 r["pk"]: {k: r.get(k) for k in ("received_at", "work_seconds", "written_at")} for r in results
             }
-            entry.setdefault("rejected", {r["pk"]: r.get("reason", "") for r in results if r.get("status") == "rejected"})
+            verdicts = self.store.round_verdicts(run_id, round_num)
+            entry["verdicts"] = {silo: v["status"] for silo, v in verdicts.items()}
+            entry.setdefault("rejected", {silo: v.get("reason", "") for silo, v in verdicts.items() if v["status"] == "rejected"})
             reports.append(entry)
             round_num += 1
 
@@ -239,7 +241,7 @@ class AwsExecutionContext:
         missing = [s for s in last["silos"] if s not in last["reported"]]
         if error == "States.Timeout":
             reason = (
-                f"round {last['round']} missed its deadline of {self.round_deadline_seconds}s: "
+                f"round {last['round']} (status: {last.get('status', 'not opened')}) missed its deadline of {self.round_deadline_seconds}s: "
                 f"{len(last['reported'])} of {len(last['silos'])} silos reported (missing: {', '.join(missing) or 'none'}), "
                 f"quorum {self.quorum}"
             )

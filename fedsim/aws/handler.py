@@ -1,15 +1,17 @@
 """The aggregation handler: a Lambda (`handler(event, context)`) fed by the results table's stream.
 
-For each new silo result it
+For each new or rewritten silo result it
 1. checks the result belongs to an open round and to one of its silos (late or foreign: ignored),
 2. verifies the uploaded object (size limit, SHA-256, dtypes and shapes of the work phase's
-   output type, finite values) and marks the result `valid` or `rejected` with the reason (a
-   silo that refused the round's computation is rejected with the silo's reason),
-3. when the round's quorum of valid results is in, claims the round with a conditional write
-   (so a record delivered twice aggregates once), runs zero/accumulate/report and update, writes
-   the result under a new key, prepares the next round if there is one, and answers the round's
-   task token with `SendTaskSuccess`; as soon as the quorum can no longer be met,
-   `SendTaskFailure` names the rejected results.
+   output type, finite values) and records the server's *verdict* (`valid` or `rejected` with
+   the reason) in an item only the server writes; the first verdict stands, and what a silo
+   writes in its own record (a status, a token) is never taken as true,
+3. when the round's quorum of valid verdicts is in (read strongly consistent), claims the round
+   with a lease (a conditional write; a later invocation takes over an expired lease, so a
+   handler that died does not lose the round), runs zero/accumulate/report and update, writes
+   the result once, prepares the next round, records the outcome and answers the round's task
+   token; a round found done but unanswered is answered from its stored outcome. As soon as
+   the quorum can no longer be met, `SendTaskFailure` names the rejected results.
 
 Example (what the local stack does with each batch of stream records)::
 
@@ -39,11 +41,15 @@ __all__ = ["AggregationHandler", "handler", "NO_METRIC"]
 
 NO_METRIC = 1e308  # what the state machine's Choice compares when no stop metric is set
 VALIDATED_CACHE_BYTES = 512 * 2**20
+LEASE_SECONDS = 900.0  # a Lambda runs 15 minutes at most
 
 
 class AggregationHandler:
-    def __init__(self, config: StackConfig, store: Optional[Store] = None):
+    def __init__(self, config: StackConfig, store: Optional[Store] = None, lease_seconds: float = LEASE_SECONDS):
+        """`lease_seconds`: how long a claim on a round holds before another invocation may take
+        it over (a handler that died mid-aggregation leaves its claim behind)."""
         self.config = config
+        self.lease_seconds = lease_seconds
         self.store = store or Store(config)
         self.sfn = config.client("stepfunctions")
         self._manifests: dict = {}
@@ -65,17 +71,17 @@ class AggregationHandler:
             self._validated_bytes -= evicted
 
     def handle(self, event: dict) -> list:
-        """Processes every INSERT of a silo result in `event["Records"]`; returns what happened to each round.
+        """Processes the silo results in `event["Records"]` (new or rewritten records alike; a
+        silo's record is input, never trusted); returns what happened to each round.
 
-        Results are validated one by one; each round they belong to is then checked for its
-        quorum once per batch.
+        Results are validated one by one; each round they belong to is then checked once per batch.
         """
         rounds: dict = {}
         for record in event.get("Records", []):
-            if record.get("eventName") != "INSERT":
+            if record.get("eventName") not in ("INSERT", "MODIFY") or "NewImage" not in record.get("dynamodb", {}):
                 continue
             item = unmarshal_image(record["dynamodb"]["NewImage"])
-            if item["pk"].startswith("round#"):
+            if not isinstance(item.get("round_key"), str) or "#" not in item["round_key"] or str(item.get("pk", "")).startswith(("round#", "verdict#")):
                 continue
             round_item = self.validate_result(item)
             if round_item is not None:
@@ -89,40 +95,65 @@ class AggregationHandler:
     # One silo result ---------------------------------------------------------------------------
 
     def validate_result(self, item: dict) -> Optional[dict]:
-        """Marks the result valid, rejected (with the reason) or late; returns its open round, if any."""
+        """Writes the server's verdict on a silo's result (once: the first verdict stands);
+        returns the round if it may still need closing or answering."""
         run_id, round_text = item["round_key"].rsplit("#", 1)
-        round_num = int(round_text)
+        try:
+            round_num = int(round_text)
+        except ValueError:
+            logging.warning("result of %s with a malformed round key %r ignored", item["pk"], item["round_key"][:100])
+            return None
+        if item["sk"] != item["round_key"]:
+            logging.warning("result of %s filed under %r for round %r ignored", item["pk"], item["sk"][:100], item["round_key"][:100])
+            return None
         round_item = self.store.get_item(protocol.round_item_key(run_id, round_num))
-        silo_key = {"pk": item["pk"], "sk": item["sk"]}
         if round_item is None:
             logging.warning("result of %s for unknown round %s ignored", item["pk"], item["round_key"])
             return None
+        silo = item["pk"]
+        judged = silo in self.store.round_verdicts(run_id, round_num)
         if round_item["status"] != "open":
-            self.store.transition(silo_key, "status", None, "late")
-            logging.info("late result of %s for round %d ignored (round %s)", item["pk"], round_num, round_item["status"])
-            return None
+            if not judged:
+                self._verdict(run_id, round_num, silo, "late")
+                logging.info("late result of %s for round %d ignored (round %s)", silo, round_num, round_item["status"])
+            # a retried delivery: an expired claim may need taking over, a done round answering
+            return round_item if round_item["status"] in ("aggregating", "done") else None
+        if judged:
+            return round_item  # a rewritten record does not change the verdict
         reason = self._check(item, round_item)
         if reason is None:
-            self.store.transition(silo_key, "status", None, "valid")
+            self._verdict(run_id, round_num, silo, "valid", key=item["key"], sha256=item["sha256"])
         else:
-            self.store.transition(silo_key, "status", None, "rejected", reason=reason)
-            logging.warning("round %d: rejected the result of %s: %s", round_num, item["pk"], reason)
+            self._verdict(run_id, round_num, silo, "rejected", reason=reason)
+            logging.warning("round %d: rejected the result of %s: %s", round_num, silo, reason)
         return round_item
+
+    def _verdict(self, run_id: str, round_num: int, silo: str, status: str, **values: Any) -> dict:
+        """Records the server's verdict unless one exists; returns the verdict that stands."""
+        verdict = dict(protocol.verdict_item_key(run_id, round_num, silo), status=status, judged_at=time.time(), **values)
+        if self.store.put_item_if_absent(verdict):
+            return verdict
+        standing = self.store.get_item(protocol.verdict_item_key(run_id, round_num, silo))
+        if standing is None:
+            raise RuntimeError(f"the verdict on {silo}'s result in round {round_num} could be neither written nor read")
+        return standing
 
     def _check(self, item: dict, round_item: dict) -> Optional[str]:
         silo = item["pk"]
         if silo not in round_item["silos"]:
             return f"{silo} is not a silo of this round"
-        if "refused" in item:  # the silo would not run the round's computation; its words, bounded
+        if "refused" in item:  # the silo would not (or could not) run the round; its words, bounded
             return f"the silo refused the round: {str(item['refused'])[:protocol.MAX_REASON_CHARS]}"
         run_id, round_text = item["round_key"].rsplit("#", 1)
         expected_key = protocol.silo_result_key(silo, run_id, int(round_text))
         if item.get("key") != expected_key:
-            return f"result key {item.get('key')!r} is not {expected_key!r}"
+            return f"result key {str(item.get('key'))[:200]!r} is not {expected_key!r}"
+        if not isinstance(item.get("sha256"), str) or len(item["sha256"]) != 64:
+            return "the result's record has no valid sha256"
         manifest = self.manifest(round_item["manifest_key"])
         work = self.store.get_computation(manifest["phases"]["work"])
         try:
-            data = self.store.get_checked(item["key"], item.get("sha256"), max_bytes=int(manifest["max_result_bytes"]))
+            data = self.store.get_checked(item["key"], item["sha256"], max_bytes=int(manifest["max_result_bytes"]))
             value = protocol.decode_value(data, work.type_signature.result, f"{silo}'s result", require_finite=True)
             self._remember((item["key"], item["sha256"]), value, len(data))
         except protocol.InvalidValueError as error:
@@ -134,25 +165,32 @@ class AggregationHandler:
     # Closing a round -----------------------------------------------------------------------------
 
     def _maybe_close(self, run_id: str, round_num: int, round_item: dict) -> str:
-        results = self.store.round_results(run_id, round_num)
-        by_silo = {r["pk"]: r for r in results if r["pk"] in round_item["silos"]}
-        valid = [s for s in round_item["silos"] if by_silo.get(s, {}).get("status") == "valid"]
-        rejected = {s: r.get("reason", "") for s, r in by_silo.items() if r.get("status") == "rejected"}
-        quorum = int(round_item["quorum"])
         round_key = protocol.round_item_key(run_id, round_num)
-        token = next((r["task_token"] for r in results if r.get("task_token")), None)
+        tokens = self._tokens(run_id, round_num, round_item)
+        if round_item["status"] == "done":  # aggregated, maybe not answered: answer from the stored outcome
+            if not round_item.get("answered"):
+                self._answer(round_key, tokens, round_item["outcome"])
+                return "answered"
+            return "already answered"
+        verdicts = self.store.round_verdicts(run_id, round_num)
+        valid = [s for s in round_item["silos"] if verdicts.get(s, {}).get("status") == "valid"]
+        rejected = {s: v.get("reason", "") for s, v in verdicts.items() if v.get("status") == "rejected" and s in round_item["silos"]}
+        quorum = int(round_item["quorum"])
         if len(valid) >= quorum:
-            if not self.store.transition(round_key, "status", "open", "aggregating"):
+            if not self.store.claim(round_key, time.time(), self.lease_seconds):
                 return "already claimed"
             try:
-                outcome = self._aggregate(run_id, round_num, round_item, [by_silo[s] for s in valid], rejected)
+                outcome = self._aggregate(run_id, round_num, round_item, [verdicts[s] for s in valid], rejected)
             except Exception as error:
                 cause = f"round {round_num}: aggregation failed: {type(error).__name__}: {error}"
-                self.store.transition(round_key, "status", "aggregating", "failed", cause=cause)
-                self._fail(token, cause)
+                if self.store.transition(round_key, "status", "aggregating", "failed", cause=cause):
+                    self._fail(tokens, cause)
                 raise
-            self.store.transition(round_key, "status", "aggregating", "done", outcome=json.dumps(outcome))
-            self.sfn.send_task_success(taskToken=token, output=json.dumps(outcome))
+            text = json.dumps(outcome)
+            if not self.store.transition(round_key, "status", "aggregating", "done", outcome=text):
+                raise RuntimeError(f"round {round_num}: the claim was lost before the outcome was recorded "
+                                   f"(status is now {self.store.get_item(round_key)['status']})")
+            self._answer(round_key, tokens, text)
             return "aggregated"
         answered = len(valid) + len(rejected)
         if len(valid) + len(round_item["silos"]) - answered < quorum:  # the quorum can no longer be met
@@ -163,13 +201,41 @@ class AggregationHandler:
                 + (f"; not waiting for {', '.join(pending)}" if pending else "")
             )
             if self.store.transition(round_key, "status", "open", "failed", cause=cause):
-                self._fail(token, cause)
+                self._fail(tokens, cause)
             return "failed"
         return "waiting"
 
-    def _fail(self, token: Optional[str], cause: str) -> None:
-        if token:
-            self.sfn.send_task_failure(taskToken=token, error="RoundFailed", cause=cause[:32000])
+    def _tokens(self, run_id: str, round_num: int, round_item: dict) -> list:
+        """The task tokens the round's silos relayed, most relayed first.
+
+        The token travels in the round's message; a silo's record is input, so a token is only
+        tried, never trusted: one that the state machine refuses is skipped.
+        """
+        counts = collections.Counter(
+            r["task_token"] for r in self.store.round_results(run_id, round_num)
+            if r["pk"] in round_item["silos"] and isinstance(r.get("task_token"), str) and len(r["task_token"]) <= 2048
+        )
+        return [token for token, _ in counts.most_common()]
+
+    def _answer(self, round_key: dict, tokens: list, output: str) -> None:
+        """Answers the round's task with the stored outcome; marks the round answered."""
+        for token in tokens:
+            try:
+                self.sfn.send_task_success(taskToken=token, output=output)
+            except self.sfn.exceptions.InvalidToken:
+                continue
+            except self.sfn.exceptions.TaskTimedOut:
+                break  # already answered, or past its deadline: nothing more to say
+            break
+        self.store.transition(round_key, "answered", None, "yes")
+
+    def _fail(self, tokens: list, cause: str) -> None:
+        for token in tokens:
+            try:
+                self.sfn.send_task_failure(taskToken=token, error="RoundFailed", cause=cause[:32000])
+                return
+            except self.sfn.exceptions.InvalidToken:
+                continue
 
     def form(self, manifest: dict) -> CanonicalForm:
         """The run's phases as a checked canonical form (they must fit together and iterate)."""
@@ -189,15 +255,18 @@ class AggregationHandler:
                 self._validated_bytes -= size
             else:  # validated by another invocation: fetch and check it again
                 data = self.store.get_checked(result["key"], result["sha256"])
-                value = protocol.decode_value(data, form.client_output_type, f"{result['pk']}'s result", require_finite=True)
+                value = protocol.decode_value(data, form.client_output_type, f"{result['sk']}'s result", require_finite=True)
             aggregation.add(value)
         aggregates = aggregation.result()
         aggregated_at = time.time()
         prefix = protocol.round_prefix(run_id, round_num)
         carry = protocol.decode_value(self.store.get_checked(f"{prefix}/carry.npz"), form.carry_type, "the round's carry")
-        result = phase_runner.update(form.update, carry, aggregates)
         result_key = f"{prefix}/result.npz"
-        self.store.put_new(result_key, protocol.encode_value(result, form.result_type))
+        if self.store.exists(result_key):  # taking over from a handler that died after writing it: written once
+            result = protocol.decode_value(self.store.get_checked(result_key), form.result_type, f"round {round_num}'s result")
+        else:
+            result = phase_runner.update(form.update, carry, aggregates)
+            self.store.put_new(result_key, protocol.encode_value(result, form.result_type))
         updated_at = time.time()
 
         metric = NO_METRIC
@@ -210,23 +279,31 @@ class AggregationHandler:
             "next_round": round_num + 1,
             "metric": metric,
             "result_key": result_key,
-            "aggregated": [r["pk"] for r in results],
+            "aggregated": [r["sk"] for r in results],
             "rejected": rejected,
             "timings": {"claimed_at": claimed_at, "aggregate_seconds": aggregated_at - claimed_at,
                         "update_seconds": updated_at - aggregated_at},
         }
         if round_num < int(manifest["total_rounds"]) and metric > float(manifest["stop_metric_below"]):
-            prepare_round(self.store, form, form.next_state(result), run_id, round_num + 1, round_item)
+            prepare_round(self.store, form, form.next_state(result), run_id, round_num + 1, round_item, resume=True)
         outcome["timings"]["prepare_next_seconds"] = time.time() - updated_at
         return outcome
 
 
-def prepare_round(store: Store, form: CanonicalForm, state: Any, run_id: str, round_num: int, template: dict) -> None:
-    """Runs prepare on `state`, uploads the broadcast and carry, and opens round `round_num`."""
-    broadcast, carry = phase_runner.prepare(form.prepare, state)
+def prepare_round(store: Store, form: CanonicalForm, state: Any, run_id: str, round_num: int, template: dict,
+                  resume: bool = False) -> None:
+    """Runs prepare on `state`, uploads the broadcast and carry, and opens round `round_num`.
+
+    With `resume` (a handler taking over a dead one's claim), what was already written stays:
+    objects and the round item are written once.
+    """
     prefix = protocol.round_prefix(run_id, round_num)
-    store.put_new(f"{prefix}/broadcast.npz", protocol.encode_value(broadcast, form.broadcast_type))
-    store.put_new(f"{prefix}/carry.npz", protocol.encode_value(carry, form.carry_type))
+    if resume and store.get_item(protocol.round_item_key(run_id, round_num)) is not None:
+        return
+    broadcast, carry = phase_runner.prepare(form.prepare, state)
+    for name, value, value_type in (("broadcast", broadcast, form.broadcast_type), ("carry", carry, form.carry_type)):
+        if not (resume and store.exists(f"{prefix}/{name}.npz")):
+            store.put_new(f"{prefix}/{name}.npz", protocol.encode_value(value, value_type))
     item = dict(protocol.round_item_key(run_id, round_num))
     item.update({
         "status": "open",

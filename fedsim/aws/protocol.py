@@ -12,6 +12,9 @@ DynamoDB (one table, stream of new images):
     pk="round#<run>",  sk="<r>"               the round: expected silos, quorum, status, outcome
     pk="<silo>",       sk="<run>#<r>"         a silo's result: key, sha256, size, token (GSI by_round: round_key),
                                               or `refused`: why the silo would not run the round's computation
+    pk="verdict#<run>#<r>", sk="<silo>"       the server's verdict on that result (valid / rejected / late, the
+                                              key and sha256 it checked): only the server writes these (a silo's
+                                              role may write items under its own partition key only)
 
 Values are `.npz` archives of a value's leaves in the order of its fedsim type (no pickle,
 members stored uncompressed); decoding checks every leaf's dtype and shape from its header
@@ -42,6 +45,8 @@ __all__ = [
     "sha256",
     "silo_result_key",
     "silo_item_key",
+    "verdict_item_key",
+    "verdict_partition",
 ]
 
 
@@ -74,6 +79,14 @@ def round_item_key(run_id: str, round_num: int) -> dict:
 
 def silo_item_key(silo_id: str, run_id: str, round_num: int) -> dict:
     return {"pk": silo_id, "sk": f"{run_id}#{round_num}"}
+
+
+def verdict_partition(run_id: str, round_num: int) -> str:
+    return f"verdict#{run_id}#{round_num}"
+
+
+def verdict_item_key(run_id: str, round_num: int, silo_id: str) -> dict:
+    return {"pk": verdict_partition(run_id, round_num), "sk": silo_id}
 
 
 def round_key(run_id: str, round_num: int) -> str:

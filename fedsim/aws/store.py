@@ -150,6 +150,43 @@ class Store:
                 return False
             raise
 
+    def claim(self, key: dict, now: float, lease_seconds: float) -> bool:
+        """Claims an open round for aggregation, or takes over a claim whose lease has expired
+        (the handler that held it died); False if the round is not claimable now."""
+        try:
+            self.dynamodb.update_item(
+                TableName=self.config.table,
+                Key=_marshal(key),
+                UpdateExpression="SET #s = :aggregating, lease_until = :until",
+                ConditionExpression="#s = :open OR (#s = :aggregating AND lease_until < :now)",
+                ExpressionAttributeNames={"#s": "status"},
+                ExpressionAttributeValues=_marshal({":aggregating": "aggregating", ":open": "open",
+                                                    ":now": now, ":until": now + lease_seconds}),
+            )
+            return True
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
+                return False
+            raise
+
+    def query_partition(self, partition: str) -> list:
+        """Every item of one partition key, strongly consistent, all pages."""
+        items, start = [], None
+        while True:
+            request = dict(TableName=self.config.table, KeyConditionExpression="pk = :p", ConsistentRead=True,
+                           ExpressionAttributeValues={":p": {"S": partition}})
+            if start is not None:
+                request["ExclusiveStartKey"] = start
+            response = self.dynamodb.query(**request)
+            items.extend(_unmarshal(item) for item in response.get("Items", []))
+            start = response.get("LastEvaluatedKey")
+            if not start:
+                return items
+
+    def round_verdicts(self, run_id: str, round_num: int) -> dict:
+        """silo -> the server's verdict item for that silo's result in the round."""
+        return {item["sk"]: item for item in self.query_partition(protocol.verdict_partition(run_id, round_num))}
+
     def round_results(self, run_id: str, round_num: int) -> list:
         """Every silo record of a round (all pages of the query)."""
         items, start = [], None

@@ -1,0 +1,131 @@
+"""The server under hostile silo records and a dying handler (issue cases b2, m, n and j), on the local stack.
+
+Every round that completes is compared with the same round simulated over the honest silos.
+"""
+
+import io
+from decimal import Decimal
+import time
+
+import numpy as np
+import pytest
+from boto3.dynamodb.types import TypeSerializer
+
+from fedsim import aws
+from fedsim.aws import protocol
+from tests.aws.helpers import SILOS, assert_close, batch, held_stream, simulate, start_agents
+
+
+def _wait_for(condition, what, timeout=60):
+    deadline = time.time() + timeout
+    while not condition():
+        assert time.time() < deadline, what
+        time.sleep(0.1)
+
+
+class _ValidNaNSilo(aws.SiloAgent):
+    """Uploads NaNs and writes its record with `status: valid` already set (case n)."""
+
+    def work(self, request):
+        arrays = dict(np.load(io.BytesIO(super().work(request))))
+        first = sorted(k for k in arrays if arrays[k].dtype.kind == "f" and arrays[k].size)[0]
+        arrays[first] = np.full_like(arrays[first], np.nan)
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        return buffer.getvalue()
+
+
+class _BogusTokenSilo(aws.SiloAgent):
+    """Relays a task token of its own making (case m)."""
+
+    def process(self, message):
+        real_put = self.store.put_item_if_absent
+        self.store.put_item_if_absent = lambda item: real_put(dict(item, task_token="bogus-token"))
+        return super().process(message)
+
+
+def test_a_record_claiming_valid_with_nan_is_rejected_and_the_honest_round_completes(fresh, arrays, process):
+    stack = fresh
+    with aws.execution_context(stack, silos=SILOS, quorum=2, preprocess=batch, round_deadline_seconds=120) as context:
+        state = process.initialize()
+        bad, _, _ = start_agents(stack, arrays, ["c"], agent_class=_ValidNaNSilo)
+        real_put = bad[0].store.put_item_if_absent
+        bad[0].store.put_item_if_absent = lambda item: real_put(dict(item, status="valid"))
+        run_id, execution = context.start_rounds(process.next, state, SILOS)
+        _wait_for(lambda: context.store.round_verdicts(run_id, 1).get("c", {}).get("status") == "rejected", "c not rejected")
+        start_agents(stack, arrays, ["a", "b"])
+        output = context.finish(process.next, run_id, execution)
+        assert "non-finite" in context.last_report.rounds[0]["rejected"]["c"]
+        assert context.last_report.rounds[0]["aggregated"] == ["a", "b"]
+        assert_close(simulate(process, state, arrays, ["a", "b"]), output)
+
+
+def test_bogus_task_tokens_are_skipped(fresh, arrays, process):
+    stack = fresh
+    with aws.execution_context(stack, silos=SILOS, preprocess=batch, round_deadline_seconds=120):
+        state = process.initialize()
+        start_agents(stack, arrays, ["b", "c"], agent_class=_BogusTokenSilo)  # the bogus token is the most relayed
+        start_agents(stack, arrays, ["a"])
+        output = process.next(state, SILOS)
+        assert_close(simulate(process, state, arrays, SILOS), output)
+
+
+def test_a_silo_rewriting_its_record_does_not_undo_its_verdict(fresh, arrays, process):
+    stack = fresh
+    with aws.execution_context(stack, silos=SILOS, preprocess=batch, round_deadline_seconds=120) as context:
+        state = process.initialize()
+        run_id, execution = context.start_rounds(process.next, state, SILOS)
+        start_agents(stack, arrays, ["a"])
+        _wait_for(lambda: context.store.round_verdicts(run_id, 1).get("a", {}).get("status") == "valid", "a not judged")
+        record = context.store.get_item(protocol.silo_item_key("a", run_id, 1))
+        rewritten = {k: Decimal(str(v)) if isinstance(v, float) else v for k, v in record.items()}
+        rewritten.update(status="whatever", note="re-put with a plain PutItem")
+        context.store.dynamodb.put_item(TableName=stack.config.table,
+                                        Item={k: TypeSerializer().serialize(v) for k, v in rewritten.items()})
+        start_agents(stack, arrays, ["b", "c"])
+        output = context.finish(process.next, run_id, execution)
+        assert context.store.round_verdicts(run_id, 1)["a"]["status"] == "valid"
+        assert_close(simulate(process, state, arrays, SILOS), output)
+
+
+class _Killed(BaseException):
+    """Stands for the handler's process being killed: nothing after it runs, no except clause catches it."""
+
+
+class _DiesAfterClaiming(aws.AggregationHandler):
+    def _aggregate(self, *args, **kwargs):
+        raise _Killed()
+
+
+class _DiesBeforeAnswering(aws.AggregationHandler):
+    def _answer(self, *args, **kwargs):
+        raise _Killed()
+
+
+@pytest.mark.parametrize("dying, status_left", [(_DiesAfterClaiming, "aggregating"), (_DiesBeforeAnswering, "done")])
+def test_a_handler_that_dies_does_not_lose_the_round(fresh, arrays, process, dying, status_left):
+    stack = fresh
+    with aws.execution_context(stack, silos=SILOS, preprocess=batch, round_deadline_seconds=120) as context:
+        state = process.initialize()
+        with held_stream(stack) as held:
+            run_id, execution = context.start_rounds(process.next, state, SILOS)
+            start_agents(stack, arrays, SILOS)
+            results_key = protocol.round_key(run_id, 1)
+            _wait_for(lambda: {r["dynamodb"]["NewImage"]["pk"]["S"] for r in held if r["eventName"] == "INSERT"
+                               and r["dynamodb"]["NewImage"].get("round_key", {}).get("S") == results_key} == set(SILOS),
+                      "the silos' records were not all held")
+            event = {"Records": list(held)}
+        with pytest.raises(_Killed):
+            dying(stack.config, lease_seconds=0.5).handle(event)
+        round_item = context.store.get_item(protocol.round_item_key(run_id, 1))
+        assert round_item["status"] == status_left and not round_item.get("answered")
+        if status_left == "aggregating":
+            assert aws.AggregationHandler(stack.config, lease_seconds=0.5).handle(event) == ["already claimed"]  # lease held
+            time.sleep(0.6)
+        retry = aws.AggregationHandler(stack.config, lease_seconds=0.5).handle(event)  # the stream delivers again
+        assert retry == ["aggregated" if status_left == "aggregating" else "answered"]
+        output = context.finish(process.next, run_id, execution)
+        assert_close(simulate(process, state, arrays, SILOS), output)
+        versions = stack.config.client("s3").list_object_versions(
+            Bucket=stack.config.bucket, Prefix=f"runs/{run_id}/round-1/result.npz")["Versions"]
+        assert len(versions) == 1  # the result is written once
