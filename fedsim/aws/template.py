@@ -25,6 +25,9 @@ import yaml
 __all__ = ["MAX_SILOS", "definition_from_template", "load_template", "render", "state_machine_definition", "template_path"]
 
 MAX_SILOS = 10
+# What a silo's result record may hold (its role's PutItem is limited to these attributes).
+SILO_RECORD_ATTRIBUTES = ("pk", "sk", "round_key", "task_token", "received_at", "key", "sha256", "size",
+                          "work_seconds", "written_at", "refused")
 TOPIC_PLACEHOLDER = "${GlobalModelReadyTopic}"
 
 
@@ -141,9 +144,13 @@ def _silo_resources(index: int) -> tuple:
                     "Statement": [{
                         "Effect": "Allow",
                         "Principal": {"AWS": {"Fn::If": [
-                            "HasSiloAccount",
-                            {"Fn::Sub": "arn:${AWS::Partition}:iam::${SiloAccountId}:root"},
-                            {"Fn::Sub": "arn:${AWS::Partition}:iam::${AWS::AccountId}:root"},
+                            f"Has{silo}Principal",
+                            {"Ref": f"{silo}Principal"},
+                            {"Fn::If": [
+                                "HasSiloAccount",
+                                {"Fn::Sub": "arn:${AWS::Partition}:iam::${SiloAccountId}:root"},
+                                {"Fn::Sub": "arn:${AWS::Partition}:iam::${AWS::AccountId}:root"},
+                            ]},
                         ]}},
                         "Action": "sts:AssumeRole",
                     }],
@@ -163,9 +170,10 @@ def _silo_resources(index: int) -> tuple:
                                 "Sid": "ReadRoundObjects",
                                 "Effect": "Allow",
                                 "Action": "s3:GetObject",
-                                "Resource": [
+                                "Resource": [  # not the server's carry, results or other silos' uploads
                                     {"Fn::Sub": "${ModelBucket.Arn}/computations/*"},
-                                    {"Fn::Sub": "${ModelBucket.Arn}/runs/*"},
+                                    {"Fn::Sub": "${ModelBucket.Arn}/runs/*/manifest.json"},
+                                    {"Fn::Sub": "${ModelBucket.Arn}/runs/*/round-*/broadcast.npz"},
                                 ],
                             },
                             {
@@ -179,7 +187,10 @@ def _silo_resources(index: int) -> tuple:
                                 "Effect": "Allow",
                                 "Action": "dynamodb:PutItem",
                                 "Resource": {"Fn::GetAtt": ["ResultsTable", "Arn"]},
-                                "Condition": {"ForAllValues:StringEquals": {"dynamodb:LeadingKeys": [silo_id]}},
+                                "Condition": {"ForAllValues:StringEquals": {
+                                    "dynamodb:LeadingKeys": [silo_id],
+                                    "dynamodb:Attributes": list(SILO_RECORD_ATTRIBUTES),
+                                }},
                             },
                         ],
                     },
@@ -226,6 +237,10 @@ def render() -> dict:
         parameters[f"Silo{index}Id"] = {"Type": "String", "Default": "", "AllowedPattern": "^[A-Za-z0-9_-]{0,64}$",
                                         "Description": f"id of silo {index} (empty: no silo in this slot)"}
         conditions[f"HasSilo{index}"] = {"Fn::Not": [{"Fn::Equals": [{"Ref": f"Silo{index}Id"}, ""]}]}
+        parameters[f"Silo{index}Principal"] = {
+            "Type": "String", "Default": "",
+            "Description": f"the IAM principal ARN allowed to assume silo {index}'s role (default: the silo account's root)"}
+        conditions[f"HasSilo{index}Principal"] = {"Fn::Not": [{"Fn::Equals": [{"Ref": f"Silo{index}Principal"}, ""]}]}
         silo_resources, silo_outputs = _silo_resources(index)
         resources.update(silo_resources)
         outputs.update(silo_outputs)

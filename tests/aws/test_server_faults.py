@@ -12,7 +12,7 @@ import pytest
 from boto3.dynamodb.types import TypeSerializer
 
 from fedsim import aws
-from fedsim.aws import protocol
+from fedsim.aws import protocol, template
 from tests.aws.helpers import SILOS, assert_close, batch, held_stream, simulate, start_agents
 
 
@@ -129,3 +129,5 @@ def test_a_handler_that_dies_does_not_lose_the_round(fresh, arrays, process, dyi
         versions = stack.config.client("s3").list_object_versions(
             Bucket=stack.config.bucket, Prefix=f"runs/{run_id}/round-1/result.npz")["Versions"]
         assert len(versions) == 1  # the result is written once
+        for record in context.store.round_results(run_id, 1):  # what the silo role's PutItem is limited to
+            assert set(record) <= set(template.SILO_RECORD_ATTRIBUTES), record

@@ -24,7 +24,13 @@ def test_each_silo_role_is_least_privilege():
     assert statements["OwnQueueOnly"]["Resource"] == {"Fn::GetAtt": ["Silo2Queue", "Arn"]}
     assert statements["WriteOwnPrefixOnly"]["Resource"] == {"Fn::Sub": ["${ModelBucket.Arn}/silos/${Id}/*", {"Id": {"Ref": "Silo2Id"}}]}
     assert statements["WriteOwnResultItemsOnly"]["Action"] == "dynamodb:PutItem"
-    assert statements["WriteOwnResultItemsOnly"]["Condition"] == {"ForAllValues:StringEquals": {"dynamodb:LeadingKeys": [{"Ref": "Silo2Id"}]}}
+    assert statements["WriteOwnResultItemsOnly"]["Condition"] == {"ForAllValues:StringEquals": {
+        "dynamodb:LeadingKeys": [{"Ref": "Silo2Id"}], "dynamodb:Attributes": list(template.SILO_RECORD_ATTRIBUTES)}}
+    assert "status" not in template.SILO_RECORD_ATTRIBUTES  # the verdict is the server's
+    reads = json.dumps(statements["ReadRoundObjects"]["Resource"])
+    assert "manifest.json" in reads and "broadcast.npz" in reads and '/runs/*"' not in reads  # no carry, no results
+    trust = resources["Silo2Role"]["Properties"]["AssumeRolePolicyDocument"]["Statement"][0]["Principal"]["AWS"]["Fn::If"]
+    assert trust[0] == "HasSilo2Principal" and trust[1] == {"Ref": "Silo2Principal"}  # each slot its own principal
     actions = [a for s in statements.values() for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])]
     assert not any(a.endswith("*") for a in actions)
     assert "s3:PutObject" not in json.dumps(statements["ReadRoundObjects"])
