@@ -55,13 +55,12 @@ def main(rounds: int = 10, num_clients: int = 10, silo_rounds: int = 2) -> int:
     )
     print(f"next: {process.next.type_signature}\n")
     state = process.initialize()
-    bar = simulation.ProgressBar(rounds, "round", stream=sys.stdout)
+    bar = keras.utils.Progbar(rounds, unit_name="round", stateful_metrics=["loss", "accuracy"])
     for round_number in range(1, rounds + 1):
         output = process.next(state, train_data)
         state = output.state
         train = output.metrics["client_work"]["train"]
-        bar.update(round_number, loss=train["loss"], accuracy=train["sparse_categorical_accuracy"])
-    bar.close()
+        bar.update(round_number, values=[("loss", train["loss"]), ("accuracy", train["sparse_categorical_accuracy"])])
     evaluation = learning.build_federated_evaluation(model_fn)(process.get_model_weights(state), test_data)["eval"]
     print(f"federated evaluation on held-out examples: loss={evaluation['loss']:.4f} "
           f"accuracy={evaluation['sparse_categorical_accuracy']:.4f} examples={evaluation['num_examples']}")

@@ -9,23 +9,25 @@ Example::
 """
 
 from fedsim.simulation import datasets, models
+from fedsim.simulation.callbacks import Callback, EarlyStopping, History
 from fedsim.simulation.compose import (
     compose_dataset_computation_with_iterative_process,
     compose_dataset_computation_with_learning_process,
 )
 from fedsim.simulation.metrics_managers import CSVMetricsManager, TensorBoardMetricsManager, flatten_metrics
 from fedsim.simulation.program_state import FileProgramStateManager, ProgramStateError
-from fedsim.simulation.progress import ProgressBar
 from fedsim.simulation.sampling import build_uniform_sampling_fn
 from fedsim.simulation.synthetic import EMNIST_INPUT_SPEC, emnist_like_client_arrays, emnist_like_client_datasets
 from fedsim.simulation.training_loop import run_training_process
 
 __all__ = [
+    "Callback",
+    "EarlyStopping",
+    "History",
     "CSVMetricsManager",
     "EMNIST_INPUT_SPEC",
     "FileProgramStateManager",
     "ProgramStateError",
-    "ProgressBar",
     "TensorBoardMetricsManager",
     "build_uniform_sampling_fn",
     "compose_dataset_computation_with_iterative_process",

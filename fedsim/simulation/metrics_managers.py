@@ -16,6 +16,7 @@ from typing import Any, Mapping
 
 import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
+from tensorflow.core.util import event_pb2
 
 from fedsim.core.structure import flatten_metrics
 
@@ -93,4 +94,21 @@ class TensorBoardMetricsManager:
         self._writer.flush()
 
     def clear_metrics(self, round_num: int) -> None:
-        del round_num  # TensorBoard shows the latest value written for a step; nothing to remove
+        """Drops the events of rounds >= `round_num` (a run resumed from an earlier saved state
+        rewrites them), so TensorBoard shows each round once. Event files are rewritten whole."""
+        self._writer.close()
+        for name in sorted(os.listdir(self.summary_dir)):
+            if "tfevents" not in name:
+                continue
+            path = os.path.join(self.summary_dir, name)
+            kept = []
+            for record in tf.data.TFRecordDataset(path):
+                event = event_pb2.Event.FromString(record.numpy())
+                if not event.HasField("summary") or event.step < round_num:
+                    kept.append(record.numpy())
+            partial = path + ".partial"
+            with tf.io.TFRecordWriter(partial) as writer:
+                for record in kept:
+                    writer.write(record)
+            os.replace(partial, path)
+        self._writer = tf.summary.create_file_writer(self.summary_dir)

@@ -19,15 +19,14 @@ Example::
 
 from __future__ import annotations
 
-import sys
 import time
-from typing import Any, Callable, Optional, Sequence, TextIO
+from typing import Any, Callable, Optional, Sequence
 
+import keras
 from absl import logging
 
 from fedsim.simulation.metrics_managers import flatten_metrics
 from fedsim.simulation.program_state import FileProgramStateManager
-from fedsim.simulation.progress import ProgressBar
 
 __all__ = ["run_training_process"]
 
@@ -57,13 +56,18 @@ def run_training_process(
     program_state_manager: Optional[FileProgramStateManager] = None,
     rounds_per_saving_program_state: int = 1,
     metrics_managers: Sequence[Any] = (),
-    progress_stream: Optional[TextIO] = None,
+    callbacks: Sequence[Any] = (),
+    verbose: int = 1,
 ) -> Any:
     """Runs rounds `1..total_rounds` (or resumes after the last saved one); returns the final state.
 
     `training_selection_fn(round_num)` gives the `next` argument for that round (e.g. a list
     of client datasets). `evaluation_fn(state, data)` gives evaluation metrics for
     `evaluation_selection_fn(round_num)`; they are released under `evaluation`.
+    `callbacks` get `on_round_end(round_num, flattened_metrics)` (a `History` keeps them all,
+    `EarlyStopping` ends the run). `verbose`: 1 a Keras progress bar with ETA (updated in place
+    in notebooks), 2 one line per round, 0 silent. The return value is the final state, as in
+    TFF; the metrics history comes through a `History` callback.
     """
     if not isinstance(total_rounds, int) or total_rounds < 1:
         raise ValueError(f"total_rounds must be a positive int, got {total_rounds!r}")
@@ -84,7 +88,9 @@ def run_training_process(
             for manager in metrics_managers:
                 manager.clear_metrics(start_round)
 
-    bar = ProgressBar(total_rounds, description="round", stream=progress_stream or sys.stderr)
+    bar = keras.utils.Progbar(total_rounds, verbose=verbose, unit_name="round", stateful_metrics=["loss", "accuracy"])
+    if start_round > 1:
+        bar.update(start_round - 1)  # a resumed run counts from where it left off
     for round_num in range(start_round, total_rounds + 1):
         started = time.perf_counter()
         output = training_process.next(state, training_selection_fn(round_num))
@@ -96,8 +102,15 @@ def run_training_process(
             metrics["evaluation_time_in_seconds"] = time.perf_counter() - evaluation_started
         for manager in metrics_managers:
             manager.release(metrics, round_num)
-        if program_state_manager is not None and (round_num % rounds_per_saving_program_state == 0 or round_num == total_rounds):
+        flat = flatten_metrics(metrics)
+        for callback in callbacks:
+            callback.on_round_end(round_num, flat)
+        stopping = any(getattr(callback, "stop_training", False) for callback in callbacks)
+        last = round_num == total_rounds or stopping
+        if program_state_manager is not None and (round_num % rounds_per_saving_program_state == 0 or last):
             program_state_manager.save(state, round_num)
-        bar.update(round_num, **_headline(output.metrics))
-    bar.close()
+        bar.update(round_num, values=list(_headline(output.metrics).items()), finalize=last)
+        if stopping:
+            logging.info("training stopped by a callback after round %d of %d", round_num, total_rounds)
+            break
     return state

@@ -2,8 +2,8 @@
 
 import collections
 import csv
-import io
 import os
+import re
 import pathlib
 import signal
 import subprocess
@@ -69,6 +69,22 @@ def test_tensorboard_metrics_manager(tmp_path):
     assert seen["training/count"] == {1: 7.0, 2: 7.0}
 
 
+def test_tensorboard_shows_each_round_once_after_a_resume(tmp_path):
+    manager = simulation.TensorBoardMetricsManager(str(tmp_path))
+    for round_num in (1, 2, 3, 4):
+        manager.release({"loss": float(round_num)}, round_num)
+    resumed = simulation.TensorBoardMetricsManager(str(tmp_path))  # a new process after a crash; state saved at 2
+    resumed.clear_metrics(3)
+    for round_num in (3, 4, 5):
+        resumed.release({"loss": 10.0 * round_num}, round_num)
+    steps = collections.defaultdict(list)
+    for event_file in tmp_path.glob("events.out.tfevents.*"):
+        for event in tf.compat.v1.train.summary_iterator(str(event_file)):
+            for value in event.summary.value:
+                steps[event.step].append(float(tf.make_ndarray(value.tensor)))
+    assert dict(steps) == {1: [1.0], 2: [2.0], 3: [30.0], 4: [40.0], 5: [50.0]}
+
+
 def _model_fn():
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
     return learning.from_keras_model(
@@ -118,7 +134,7 @@ def test_program_state_round_trip(small_run, tmp_path):
         manager.load_latest(process.initialize())
 
 
-def test_run_training_process_with_evaluation_and_managers(small_run, tmp_path):
+def test_run_training_process_with_evaluation_and_managers(small_run, tmp_path, capsys):
     client_data, process, evaluation = small_run
     sample = simulation.build_uniform_sampling_fn(client_data.client_ids, random_seed=1)
     evaluated = []
@@ -127,7 +143,7 @@ def test_run_training_process_with_evaluation_and_managers(small_run, tmp_path):
         evaluated.append(len(data))
         return evaluation(process.get_model_weights(state), data)
 
-    stream = io.StringIO()
+    history = simulation.History()
     final = simulation.run_training_process(
         process,
         lambda r: [client_data.create_tf_dataset_for_client(i) for i in sample(r, 3)],
@@ -136,7 +152,8 @@ def test_run_training_process_with_evaluation_and_managers(small_run, tmp_path):
         evaluation_selection_fn=lambda r: [client_data.create_tf_dataset_for_client(i) for i in client_data.client_ids[:2]],
         rounds_per_evaluation=2,
         metrics_managers=[simulation.CSVMetricsManager(str(tmp_path / "m.csv"))],
-        progress_stream=stream,
+        callbacks=[history],
+        verbose=1,
     )
     assert evaluated == [2, 2, 2]  # rounds 2, 4 and the last
     rows = simulation.CSVMetricsManager(str(tmp_path / "m.csv")).get_metrics()
@@ -149,12 +166,40 @@ def test_run_training_process_with_evaluation_and_managers(small_run, tmp_path):
         state = process.next(state, [client_data.create_tf_dataset_for_client(i) for i in sample(r, 3)]).state
     for x, y in zip(process.get_model_weights(final).trainable, process.get_model_weights(state).trainable):
         np.testing.assert_array_equal(x, y)
-    lines = stream.getvalue().splitlines()
-    assert lines[0].startswith("round 1/5") and "loss=" in lines[0] and "accuracy=" in lines[0] and "s/step" in lines[0]
+    # The history holds what the CSV holds, round by round (None where a round had no evaluation).
+    assert history.rounds == [1, 2, 3, 4, 5]
+    assert [f"{v:.6g}" for v in history.history["training/client_work/train/loss"]] == \
+        [f"{float(r['training/client_work/train/loss']):.6g}" for r in rows]
+    assert [v is not None for v in history.history["evaluation/eval/loss"]] == [False, True, False, True, True]
+    shown = re.sub(r"\x1b\[[0-9;]*m", "", capsys.readouterr().out)  # Keras' progress bar, colours removed
+    assert "5/5" in shown and "loss:" in shown and "accuracy:" in shown and "/round" in shown
+    simulation.run_training_process(process, lambda r: [client_data.create_tf_dataset_for_client("c0")], 2, verbose=0)
+    assert capsys.readouterr().out == ""
     with pytest.raises(ValueError, match="give both or neither"):
         simulation.run_training_process(process, lambda r: [], 2, evaluation_fn=evaluation_fn)
     with pytest.raises(ValueError, match="total_rounds"):
         simulation.run_training_process(process, lambda r: [], 0)
+
+
+def test_early_stopping_ends_the_run_and_saves_the_state(small_run, tmp_path):
+    client_data, process, _ = small_run
+    losses = iter([3.0, 2.0, 2.5, 2.4, 1.0, 0.5])
+    seen = []
+
+    class FakeLoss(simulation.Callback):  # a metric with a known course, to check the stopping rule
+        def on_round_end(self, round_num, metrics):
+            seen.append(round_num)
+            metrics["fake/loss"] = next(losses)
+
+    stop = simulation.EarlyStopping("fake/loss", patience=1)
+    manager = simulation.FileProgramStateManager(str(tmp_path), keep_total=0)
+    simulation.run_training_process(process, lambda r: [client_data.create_tf_dataset_for_client("c0")], 6,
+                                    program_state_manager=manager, callbacks=[FakeLoss(), stop], verbose=0)  # callbacks share the round's metrics dict
+    assert seen == [1, 2, 3, 4] and stop.stopped_round == 4  # 2.0 at round 2, then two rounds without improvement
+    assert "did not improve on 2 for 2 round(s)" in stop.reason
+    assert max(manager.versions()) == 4  # the stopped round's state is saved
+    with pytest.raises(ValueError, match="mode"):
+        simulation.EarlyStopping("x", mode="lowest")
 
 
 def _start(state_dir, out_path, seconds_per_round):
@@ -180,11 +225,11 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path):
     resumed = _start(killed_dir, tmp_path / "resumed.npz", 0)
     logs = []
     for process in (clean, resumed):
-        _, stderr = process.communicate(timeout=300)
+        stdout, stderr = process.communicate(timeout=300)
         assert process.returncode == 0, stderr.decode()[-3000:]
-        logs.append(stderr.decode())
-    rounds_run = [line.split()[1] for line in logs[1].splitlines() if line.startswith("round ") and "/6" in line.split()[1]]
-    assert rounds_run[0] == f"{max(saved) + 1}/6" and rounds_run[-1] == "6/6"  # it resumed, it did not start over
+        logs.append(stdout.decode())
+    rounds_shown = [int(n) for n in re.findall(r"\b(\d+)/6\b", re.sub(r"\x1b\[[0-9;]*m", "", logs[1]))]
+    assert rounds_shown[0] == max(saved) and rounds_shown[-1] == 6  # it counts from the saved round, not from 1
     with np.load(tmp_path / "clean.npz") as a, np.load(tmp_path / "resumed.npz") as b:
         assert len(a.files) == len(b.files) == 2
         for key in a.files:

@@ -1,5 +1,3 @@
-import io
-
 import numpy as np
 import pytest
 
@@ -21,12 +19,3 @@ def test_emnist_like_data_is_seeded_shaped_and_skewed():
     assert datasets[0].element_spec["x"].shape.as_list() == [None, 28, 28, 1]
     with pytest.raises(ValueError, match="num_clients"):
         simulation.emnist_like_client_arrays(0)
-
-
-def test_progress_bar_lines():
-    stream = io.StringIO()
-    bar = simulation.ProgressBar(4, "round", stream=stream)
-    line = bar.update(2, loss=0.5)
-    bar.close()
-    assert "round 2/4 [############............] loss=0.5" in line
-    assert stream.getvalue().count("\n") == 2 and "4 steps in" in stream.getvalue()
