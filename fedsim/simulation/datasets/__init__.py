@@ -10,17 +10,20 @@ Example::
 
 from fedsim.simulation.datasets import cifar100, emnist, leaf_synthetic, shakespeare, stackoverflow
 from fedsim.simulation.datasets.client_data import ClientData, TestClientData
+from fedsim.simulation.datasets.download import DownloadError, download_file
 from fedsim.simulation.datasets.files import locate_database
 from fedsim.simulation.datasets.sql_writer import compress_lzma, to_example, write_sqlite
 from fedsim.simulation.datasets.sql_client_data import MalformedDatasetError, SqlClientData
 
 __all__ = [
     "ClientData",
+    "DownloadError",
     "MalformedDatasetError",
     "SqlClientData",
     "TestClientData",
     "cifar100",
     "compress_lzma",
+    "download_file",
     "emnist",
     "leaf_synthetic",
     "locate_database",

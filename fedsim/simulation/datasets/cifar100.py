@@ -30,7 +30,7 @@ def _to_element(dataset: tf.data.Dataset) -> tf.data.Dataset:
     )
 
 
-def load_data(cache_dir: Optional[str] = None) -> Tuple[ClientData, ClientData]:
+def load_data(cache_dir: Optional[str] = None, download: Optional[bool] = None) -> Tuple[ClientData, ClientData]:
     """`(train, test)` from `cifar100.sqlite(.lzma)` in `cache_dir`."""
-    path = locate_database("cifar100", cache_dir)
+    path = locate_database("cifar100", cache_dir, download)
     return tuple(SqlClientData(path, split, FEATURES).preprocess(_to_element) for split in ("train", "test"))

@@ -27,9 +27,9 @@ FEATURES = {
 }
 
 
-def load_data(only_digits: bool = True, cache_dir: Optional[str] = None) -> Tuple[ClientData, ClientData]:
+def load_data(only_digits: bool = True, cache_dir: Optional[str] = None, download: Optional[bool] = None) -> Tuple[ClientData, ClientData]:
     """`(train, test)`: 3,383 writers of digits (`only_digits`) or 3,400 of all 62 classes."""
-    path = locate_database("emnist_all", cache_dir)
+    path = locate_database("emnist_all", cache_dir, download)
     prefix = "digits_only" if only_digits else "all"
     return tuple(SqlClientData(path, f"{prefix}_{split}", FEATURES) for split in ("train", "test"))
 

@@ -1,10 +1,11 @@
-"""Finding a published dataset file on local disk: fedsim never downloads.
+"""Finding a published dataset file on local disk, and fetching it only when asked.
 
 `locate_database("emnist_all", cache_dir)` returns the path of `emnist_all.sqlite` in
 `cache_dir` (else `$FEDSIM_DATA_DIR`, else `~/.fedsim/datasets`). If only the published
 `emnist_all.sqlite.lzma` is there, it is decompressed once beside it (atomically, with an index on
-`examples(client_id)` so a client's read touches only its rows). If neither is there, the error
-names the exact file expected and where to get it.
+`examples(client_id)` so a client's read touches only its rows). If neither is there, it is
+downloaded when `download=True` (or `FEDSIM_DOWNLOAD=1`; see `download`), else the error names
+the exact file expected and where to get it.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from typing import Optional
 
 from absl import logging
 
-__all__ = ["DATA_DIR_ENVIRONMENT_VARIABLE", "PUBLIC_URL", "data_dir", "locate_database"]
+from fedsim.simulation.datasets import download
+
+__all__ = ["DATA_DIR_ENVIRONMENT_VARIABLE", "PUBLIC_URL", "data_dir", "locate_database", "public_url"]
 
 DATA_DIR_ENVIRONMENT_VARIABLE = "FEDSIM_DATA_DIR"
 PUBLIC_URL = "https://storage.googleapis.com/tff-datasets-public/{name}.sqlite.lzma"
@@ -29,19 +32,30 @@ def data_dir(cache_dir: Optional[str] = None) -> str:
     return os.path.expanduser(os.environ.get(DATA_DIR_ENVIRONMENT_VARIABLE, "~/.fedsim/datasets"))
 
 
-def locate_database(name: str, cache_dir: Optional[str] = None) -> str:
-    """The path of `<name>.sqlite`, decompressing `<name>.sqlite.lzma` if that is what is there."""
+def public_url(name: str) -> str:
+    """Where `<name>.sqlite.lzma` is published (or mirrored, with `FEDSIM_DATASETS_URL`)."""
+    mirror = os.environ.get(download.URL_ENVIRONMENT_VARIABLE)
+    if mirror:
+        return f"{mirror.rstrip('/')}/{name}.sqlite.lzma"
+    return PUBLIC_URL.format(name=name)
+
+
+def locate_database(name: str, cache_dir: Optional[str] = None, download_missing: Optional[bool] = None) -> str:
+    """The path of `<name>.sqlite`, decompressing `<name>.sqlite.lzma` if that is what is there,
+    and downloading it first if it is missing and a download was asked for."""
     directory = data_dir(cache_dir)
     database = os.path.join(directory, f"{name}.sqlite")
     compressed = database + ".lzma"
     if os.path.isfile(database):
         return database
+    if not os.path.isfile(compressed) and download.download_requested(download_missing):
+        download.download_file(public_url(name), compressed)
     if not os.path.isfile(compressed):
         where = "cache_dir" if cache_dir is not None else f"${DATA_DIR_ENVIRONMENT_VARIABLE} or ~/.fedsim/datasets"
         raise FileNotFoundError(
             f"dataset file not found: expected {compressed} (or the decompressed {database}), looked in {where}. "
-            f"fedsim does not download: fetch {PUBLIC_URL.format(name=name)} and put it in {directory}, "
-            f"or pass cache_dir= / set ${DATA_DIR_ENVIRONMENT_VARIABLE} to the directory that holds it."
+            f"Pass download=True (or set ${download.DOWNLOAD_ENVIRONMENT_VARIABLE}=1) to fetch {public_url(name)}, "
+            f"or put the file in {directory} / pass cache_dir= / set ${DATA_DIR_ENVIRONMENT_VARIABLE} to where it is."
         )
     _decompress(compressed, database)
     return database

@@ -19,9 +19,9 @@ __all__ = ["FEATURES", "load_data", "get_synthetic"]
 FEATURES = {"snippets": tf.io.FixedLenFeature([], tf.string)}
 
 
-def load_data(cache_dir: Optional[str] = None) -> Tuple[ClientData, ClientData]:
+def load_data(cache_dir: Optional[str] = None, download: Optional[bool] = None) -> Tuple[ClientData, ClientData]:
     """`(train, test)` from `shakespeare.sqlite(.lzma)` in `cache_dir`."""
-    path = locate_database("shakespeare", cache_dir)
+    path = locate_database("shakespeare", cache_dir, download)
     return tuple(SqlClientData(path, split, FEATURES) for split in ("train", "test"))
 
 

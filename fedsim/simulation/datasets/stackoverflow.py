@@ -26,7 +26,7 @@ FEATURES = {
 }
 
 
-def load_data(cache_dir: Optional[str] = None) -> Tuple[ClientData, ClientData, ClientData]:
+def load_data(cache_dir: Optional[str] = None, download: Optional[bool] = None) -> Tuple[ClientData, ClientData, ClientData]:
     """`(train, heldout, test)` from `stackoverflow.sqlite(.lzma)` in `cache_dir`."""
-    path = locate_database("stackoverflow", cache_dir)
+    path = locate_database("stackoverflow", cache_dir, download)
     return tuple(SqlClientData(path, split, FEATURES) for split in ("train", "heldout", "test"))
