@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test benchmarks clean
+.PHONY: demo test benchmarks notebooks clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,9 @@ benchmarks: $(STAMP)
 	$(PY) benchmarks/fedavg.py
 	$(PY) benchmarks/client_data.py
 	$(PY) benchmarks/aws_round.py
+
+notebooks: $(STAMP)
+	$(PY) tutorials/store_outputs.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

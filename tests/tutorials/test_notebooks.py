@@ -21,3 +21,15 @@ def test_notebook_runs(path, tmp_path):
 
 def test_there_are_tutorials():
     assert any("image_classification" in p.stem for p in TUTORIALS)
+
+
+@pytest.mark.parametrize("path", TUTORIALS, ids=[p.stem for p in TUTORIALS])
+def test_notebooks_are_stored_with_their_outputs_and_a_plot(path):
+    """What a reader sees without running them (`make notebooks` stores them executed)."""
+    notebook = nbformat.read(path, as_version=4)
+    code = [cell for cell in notebook.cells if cell.cell_type == "code"]
+    assert all(cell.get("execution_count") for cell in code), "some cells were never run"
+    outputs = [o for cell in code for o in cell.get("outputs", [])]
+    assert not [o for o in outputs if o.get("output_type") == "error"]
+    assert any("image/png" in o.get("data", {}) for o in outputs), "no loss/accuracy plot stored"
+    assert path.stat().st_size < 200 * 1024
