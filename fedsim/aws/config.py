@@ -32,6 +32,7 @@ class StackConfig:
     endpoint_url: Optional[str] = None  # the local stack's; None on AWS
     access_key: Optional[str] = None
     secret_key: Optional[str] = None
+    server_queue_url: str = ""  # the server's copy of the round messages (task tokens); not for silos
 
     def client(self, service: str, probe: bool = False) -> Any:
         """A boto3 client for `service`; `probe=True`: short timeouts and one attempt, to check reachability."""
@@ -92,6 +93,7 @@ class StackConfig:
             topic_arn=outputs["TopicArn"],
             state_machine_arn=state_machine_arn or outputs["StateMachineArn"],
             silo_queues=silo_queues,
+            server_queue_url=outputs.get("ServerQueueUrl", ""),
             **connection,
         )
 

@@ -42,6 +42,7 @@ __all__ = ["AggregationHandler", "handler", "NO_METRIC"]
 NO_METRIC = 1e308  # what the state machine's Choice compares when no stop metric is set
 VALIDATED_CACHE_BYTES = 512 * 2**20
 LEASE_SECONDS = 900.0  # a Lambda runs 15 minutes at most
+TOKEN_WAIT_SECONDS = 20.0  # how long a round message may take to reach the server's queue
 
 
 class AggregationHandler:
@@ -52,6 +53,7 @@ class AggregationHandler:
         self.lease_seconds = lease_seconds
         self.store = store or Store(config)
         self.sfn = config.client("stepfunctions")
+        self.sqs = config.client("sqs")
         self._manifests: dict = {}
         # Results validated by this process, kept (up to a byte budget) so that aggregating them
         # does not download and decode them a second time.
@@ -166,10 +168,9 @@ class AggregationHandler:
 
     def _maybe_close(self, run_id: str, round_num: int, round_item: dict) -> str:
         round_key = protocol.round_item_key(run_id, round_num)
-        tokens = self._tokens(run_id, round_num, round_item)
         if round_item["status"] == "done":  # aggregated, maybe not answered: answer from the stored outcome
             if not round_item.get("answered"):
-                self._answer(round_key, tokens, round_item["outcome"])
+                self._answer(round_key, self._token(run_id, round_num), round_item["outcome"])
                 return "answered"
             return "already answered"
         verdicts = self.store.round_verdicts(run_id, round_num)
@@ -184,13 +185,13 @@ class AggregationHandler:
             except Exception as error:
                 cause = f"round {round_num}: aggregation failed: {type(error).__name__}: {error}"
                 if self.store.transition(round_key, "status", "aggregating", "failed", cause=cause):
-                    self._fail(tokens, cause)
+                    self._fail(self._token(run_id, round_num), cause)
                 raise
             text = json.dumps(outcome)
             if not self.store.transition(round_key, "status", "aggregating", "done", outcome=text):
                 raise RuntimeError(f"round {round_num}: the claim was lost before the outcome was recorded "
                                    f"(status is now {self.store.get_item(round_key)['status']})")
-            self._answer(round_key, tokens, text)
+            self._answer(round_key, self._token(run_id, round_num), text)
             return "aggregated"
         answered = len(valid) + len(rejected)
         if len(valid) + len(round_item["silos"]) - answered < quorum:  # the quorum can no longer be met
@@ -201,41 +202,60 @@ class AggregationHandler:
                 + (f"; not waiting for {', '.join(pending)}" if pending else "")
             )
             if self.store.transition(round_key, "status", "open", "failed", cause=cause):
-                self._fail(tokens, cause)
+                self._fail(self._token(run_id, round_num), cause)
             return "failed"
         return "waiting"
 
-    def _tokens(self, run_id: str, round_num: int, round_item: dict) -> list:
-        """The task tokens the round's silos relayed, most relayed first.
+    def _token(self, run_id: str, round_num: int) -> Optional[str]:
+        """The round's task token, from the round item the server wrote (never from a silo's record).
 
-        The token travels in the round's message; a silo's record is input, so a token is only
-        tried, never trusted: one that the state machine refuses is skipped.
+        The state machine's round message reaches the server's own queue as well as the silos';
+        tokens found there are stored in their round items (once), so any invocation can answer.
         """
-        counts = collections.Counter(
-            r["task_token"] for r in self.store.round_results(run_id, round_num)
-            if r["pk"] in round_item["silos"] and isinstance(r.get("task_token"), str) and len(r["task_token"]) <= 2048
-        )
-        return [token for token, _ in counts.most_common()]
+        round_key = protocol.round_item_key(run_id, round_num)
+        deadline = time.monotonic() + TOKEN_WAIT_SECONDS
+        while True:
+            item = self.store.get_item(round_key) or {}
+            if isinstance(item.get("task_token"), str):
+                return item["task_token"]
+            if not self.config.server_queue_url or not self._collect_tokens() and time.monotonic() > deadline:
+                logging.warning("round %d of run %s: no task token from the server's queue", round_num, run_id)
+                return None
 
-    def _answer(self, round_key: dict, tokens: list, output: str) -> None:
-        """Answers the round's task with the stored outcome; marks the round answered."""
-        for token in tokens:
+    def _collect_tokens(self) -> int:
+        """Moves the tokens of the round messages in the server's queue into their round items."""
+        messages = self.sqs.receive_message(QueueUrl=self.config.server_queue_url, MaxNumberOfMessages=10,
+                                            WaitTimeSeconds=1).get("Messages", [])
+        for message in messages:
             try:
-                self.sfn.send_task_success(taskToken=token, output=output)
-            except self.sfn.exceptions.InvalidToken:
-                continue
-            except self.sfn.exceptions.TaskTimedOut:
-                break  # already answered, or past its deadline: nothing more to say
-            break
+                body = json.loads(message["Body"])
+                request = json.loads(body["Message"]) if "Message" in body else body  # the SNS envelope
+                run_id, round_num, token = str(request["run_id"]), int(request["round"]), request["task_token"]
+                if not isinstance(token, str):
+                    raise TypeError("task_token is not a string")
+            except (ValueError, KeyError, TypeError) as error:
+                logging.warning("server queue: a message that is not a round message was dropped (%s)", error)
+            else:
+                self.store.set_if_absent(protocol.round_item_key(run_id, round_num), "task_token", token)
+            self.sqs.delete_message(QueueUrl=self.config.server_queue_url, ReceiptHandle=message["ReceiptHandle"])
+        return len(messages)
+
+    def _answer(self, round_key: dict, token: Optional[str], output: str) -> None:
+        """Answers the round's task with the stored outcome; marks the round answered."""
+        if token is None:
+            return  # a later delivery answers from the stored outcome
+        try:
+            self.sfn.send_task_success(taskToken=token, output=output)
+        except (self.sfn.exceptions.TaskTimedOut, self.sfn.exceptions.TaskDoesNotExist):
+            pass  # already answered, or past its deadline: nothing more to say
         self.store.transition(round_key, "answered", None, "yes")
 
-    def _fail(self, tokens: list, cause: str) -> None:
-        for token in tokens:
+    def _fail(self, token: Optional[str], cause: str) -> None:
+        if token is not None:
             try:
                 self.sfn.send_task_failure(taskToken=token, error="RoundFailed", cause=cause[:32000])
-                return
-            except self.sfn.exceptions.InvalidToken:
-                continue
+            except (self.sfn.exceptions.TaskTimedOut, self.sfn.exceptions.TaskDoesNotExist):
+                pass
 
     def form(self, manifest: dict) -> CanonicalForm:
         """The run's phases as a checked canonical form (they must fit together and iterate)."""
@@ -328,6 +348,7 @@ def _config_from_environment() -> StackConfig:
         state_machine_arn="",
         silo_queues={},
         endpoint_url=os.environ.get("FEDSIM_ENDPOINT_URL"),
+        server_queue_url=os.environ.get("FEDSIM_SERVER_QUEUE_URL", ""),
     )
 
 

@@ -153,8 +153,9 @@ class LocalStack:
         sns = bootstrap.client("sns")
         subscribed = {s["Endpoint"] for s in sns.list_subscriptions_by_topic(TopicArn=outputs["TopicArn"])["Subscriptions"]}
         sqs = bootstrap.client("sqs")
-        for index, silo in enumerate(self.silo_ids, start=1):
-            queue_arn = sqs.get_queue_attributes(QueueUrl=outputs[f"Silo{index}QueueUrl"], AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        queue_urls = [outputs[f"Silo{index}QueueUrl"] for index in range(1, len(self.silo_ids) + 1)] + [outputs["ServerQueueUrl"]]
+        for queue_url in queue_urls:
+            queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
             if queue_arn not in subscribed:
                 sns.subscribe(TopicArn=outputs["TopicArn"], Protocol="sqs", Endpoint=queue_arn)
         state_machine = bootstrap.client("stepfunctions").create_state_machine(

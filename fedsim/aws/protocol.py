@@ -9,8 +9,9 @@ S3 (one bucket):
     silos/<silo>/<run>/round-<r>/work.npz     a silo's work output (only that silo may write here)
 
 DynamoDB (one table, stream of new images):
-    pk="round#<run>",  sk="<r>"               the round: expected silos, quorum, status, outcome
-    pk="<silo>",       sk="<run>#<r>"         a silo's result: key, sha256, size, token (GSI by_round: round_key),
+    pk="round#<run>",  sk="<r>"               the round: expected silos, quorum, status, lease, outcome, and the
+                                              task token (from the server's own queue, never from a silo)
+    pk="<silo>",       sk="<run>#<r>"         a silo's result: key, sha256, size (GSI by_round: round_key),
                                               or `refused`: why the silo would not run the round's computation
     pk="verdict#<run>#<r>", sk="<silo>"       the server's verdict on that result (valid / rejected / late, the
                                               key and sha256 it checked): only the server writes these (a silo's

@@ -172,8 +172,7 @@ class SiloAgent:
         key = protocol.silo_result_key(self.silo_id, run_id, round_num)
         received_at = time.time()
         item = dict(protocol.silo_item_key(self.silo_id, run_id, round_num))
-        item.update({"round_key": protocol.round_key(run_id, round_num), "task_token": request["task_token"],
-                     "received_at": received_at})
+        item.update({"round_key": protocol.round_key(run_id, round_num), "received_at": received_at})
         try:
             if self.store.exists(key):  # a redelivered message after an upload: reuse it, never rewrite it
                 output_bytes = self.store.get(key)[0]

@@ -150,6 +150,20 @@ class Store:
                 return False
             raise
 
+    def set_if_absent(self, key: dict, attribute: str, value: Any) -> bool:
+        """Sets `attribute` of an existing item unless it is set already; False if it was (or no item)."""
+        try:
+            self.dynamodb.update_item(
+                TableName=self.config.table, Key=_marshal(key), UpdateExpression="SET #a = :v",
+                ConditionExpression="attribute_exists(pk) AND attribute_not_exists(#a)",
+                ExpressionAttributeNames={"#a": attribute}, ExpressionAttributeValues=_marshal({":v": value}),
+            )
+            return True
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
+                return False
+            raise
+
     def claim(self, key: dict, now: float, lease_seconds: float) -> bool:
         """Claims an open round for aggregation, or takes over a claim whose lease has expired
         (the handler that held it died); False if the round is not claimable now."""

@@ -26,7 +26,7 @@ __all__ = ["MAX_SILOS", "definition_from_template", "load_template", "render", "
 
 MAX_SILOS = 10
 # What a silo's result record may hold (its role's PutItem is limited to these attributes).
-SILO_RECORD_ATTRIBUTES = ("pk", "sk", "round_key", "task_token", "received_at", "key", "sha256", "size",
+SILO_RECORD_ATTRIBUTES = ("pk", "sk", "round_key", "received_at", "key", "sha256", "size",
                           "work_seconds", "written_at", "refused")
 TOPIC_PLACEHOLDER = "${GlobalModelReadyTopic}"
 
@@ -281,6 +281,36 @@ def render() -> dict:
             "Type": "AWS::SNS::Topic",
             "Properties": {"TopicName": {"Fn::Sub": "${AWS::StackName}-global_model_ready"}},
         },
+        # The server's own copy of every round message: the handler takes the round's task token
+        # from here (never from a silo's record) and stores it in the round item.
+        "ServerQueue": {
+            "Type": "AWS::SQS::Queue",
+            "Properties": {"SqsManagedSseEnabled": True, "MessageRetentionPeriod": 1209600},
+        },
+        "ServerQueuePolicy": {
+            "Type": "AWS::SQS::QueuePolicy",
+            "Properties": {
+                "Queues": [{"Ref": "ServerQueue"}],
+                "PolicyDocument": {
+                    "Version": "2012-10-17",
+                    "Statement": [{
+                        "Effect": "Allow",
+                        "Principal": {"Service": "sns.amazonaws.com"},
+                        "Action": "sqs:SendMessage",
+                        "Resource": {"Fn::GetAtt": ["ServerQueue", "Arn"]},
+                        "Condition": {"ArnEquals": {"aws:SourceArn": {"Ref": "GlobalModelReadyTopic"}}},
+                    }],
+                },
+            },
+        },
+        "ServerSubscription": {
+            "Type": "AWS::SNS::Subscription",
+            "Properties": {
+                "TopicArn": {"Ref": "GlobalModelReadyTopic"},
+                "Protocol": "sqs",
+                "Endpoint": {"Fn::GetAtt": ["ServerQueue", "Arn"]},
+            },
+        },
         "StateMachineRole": {
             "Type": "AWS::IAM::Role",
             "Properties": {
@@ -317,6 +347,8 @@ def render() -> dict:
                                                             "dynamodb:ListStreams"],
                              "Resource": {"Fn::GetAtt": ["ResultsTable", "StreamArn"]}},
                             {"Effect": "Allow", "Action": ["states:SendTaskSuccess", "states:SendTaskFailure"], "Resource": "*"},
+                            {"Effect": "Allow", "Action": ["sqs:ReceiveMessage", "sqs:DeleteMessage"],
+                             "Resource": {"Fn::GetAtt": ["ServerQueue", "Arn"]}},
                         ],
                     },
                 }],
@@ -335,6 +367,7 @@ def render() -> dict:
                 "Environment": {"Variables": {
                     "FEDSIM_BUCKET": {"Ref": "ModelBucket"},
                     "FEDSIM_TABLE": {"Ref": "ResultsTable"},
+                    "FEDSIM_SERVER_QUEUE_URL": {"Ref": "ServerQueue"},
                 }},
             },
         },
@@ -347,7 +380,9 @@ def render() -> dict:
                 "StartingPosition": "LATEST",
                 "BatchSize": 10,
                 "MaximumRetryAttempts": 3,
-                "FilterCriteria": {"Filters": [{"Pattern": json.dumps({"eventName": ["INSERT"]})}]},
+                # silo records, new or rewritten (a rewritten one is judged again, never trusted)
+                "FilterCriteria": {"Filters": [{"Pattern": json.dumps(
+                    {"eventName": ["INSERT", "MODIFY"], "dynamodb": {"NewImage": {"round_key": {"S": [{"exists": True}]}}}})}]},
             },
         },
         "RoundStateMachine": {
@@ -364,6 +399,7 @@ def render() -> dict:
     })
     outputs.update({
         "BucketName": {"Value": {"Ref": "ModelBucket"}},
+        "ServerQueueUrl": {"Value": {"Ref": "ServerQueue"}},
         "TableName": {"Value": {"Ref": "ResultsTable"}},
         "StreamArn": {"Value": {"Fn::GetAtt": ["ResultsTable", "StreamArn"]}},
         "TopicArn": {"Value": {"Ref": "GlobalModelReadyTopic"}},

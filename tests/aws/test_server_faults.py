@@ -60,14 +60,17 @@ def test_a_record_claiming_valid_with_nan_is_rejected_and_the_honest_round_compl
         assert_close(simulate(process, state, arrays, ["a", "b"]), output)
 
 
-def test_bogus_task_tokens_are_skipped(fresh, arrays, process):
+def test_a_silo_cannot_supply_the_task_token(fresh, arrays, process):
+    """The token comes from the server's own copy of the round message, stored in the round item."""
     stack = fresh
-    with aws.execution_context(stack, silos=SILOS, preprocess=batch, round_deadline_seconds=120):
+    with aws.execution_context(stack, silos=SILOS, preprocess=batch, round_deadline_seconds=120) as context:
         state = process.initialize()
-        start_agents(stack, arrays, ["b", "c"], agent_class=_BogusTokenSilo)  # the bogus token is the most relayed
+        start_agents(stack, arrays, ["b", "c"], agent_class=_BogusTokenSilo)
         start_agents(stack, arrays, ["a"])
         output = process.next(state, SILOS)
         assert_close(simulate(process, state, arrays, SILOS), output)
+        round_item = context.store.get_item(protocol.round_item_key(context.last_report.run_id, 1))
+        assert round_item["task_token"] not in ("bogus-token", None) and round_item["answered"] == "yes"
 
 
 def test_a_silo_rewriting_its_record_does_not_undo_its_verdict(fresh, arrays, process):

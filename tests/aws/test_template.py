@@ -26,7 +26,13 @@ def test_each_silo_role_is_least_privilege():
     assert statements["WriteOwnResultItemsOnly"]["Action"] == "dynamodb:PutItem"
     assert statements["WriteOwnResultItemsOnly"]["Condition"] == {"ForAllValues:StringEquals": {
         "dynamodb:LeadingKeys": [{"Ref": "Silo2Id"}], "dynamodb:Attributes": list(template.SILO_RECORD_ATTRIBUTES)}}
-    assert "status" not in template.SILO_RECORD_ATTRIBUTES  # the verdict is the server's
+    assert "status" not in template.SILO_RECORD_ATTRIBUTES and "task_token" not in template.SILO_RECORD_ATTRIBUTES
+    server = resources["ServerSubscription"]["Properties"]  # the server's copy of the round messages (task tokens)
+    assert server["TopicArn"] == {"Ref": "GlobalModelReadyTopic"} and server["Endpoint"] == {"Fn::GetAtt": ["ServerQueue", "Arn"]}
+    handler_statements = resources["AggregationRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
+    assert {"Effect": "Allow", "Action": ["sqs:ReceiveMessage", "sqs:DeleteMessage"],
+            "Resource": {"Fn::GetAtt": ["ServerQueue", "Arn"]}} in handler_statements
+    assert "ServerQueue" not in json.dumps(statements)  # no silo reads it
     reads = json.dumps(statements["ReadRoundObjects"]["Resource"])
     assert "manifest.json" in reads and "broadcast.npz" in reads and '/runs/*"' not in reads  # no carry, no results
     trust = resources["Silo2Role"]["Properties"]["AssumeRolePolicyDocument"]["Statement"][0]["Principal"]["AWS"]["Fn::If"]
