@@ -69,12 +69,15 @@ def main() -> None:
         processes = {kind: build_process(kind) for kind in args.models}
         baselines = {kind: local_seconds(processes[kind], local_data, args.rounds) for kind in args.models}
         with aws.LocalStack(silo_ids, silo_visibility_timeout=60) as stack:
-            config_path = os.path.join(workdir, f"stack{num_silos}.json")
-            with open(config_path, "w") as stream:
-                stream.write(stack.config.to_json())
+            def config_path(silo):  # each silo its own credentials
+                path = os.path.join(workdir, f"stack{num_silos}-{silo}.json")
+                with open(path, "w") as stream:
+                    stream.write(stack.silo_config(silo).to_json())
+                return path
+
             total_rounds = len(args.models) * (args.rounds + 1)
             agents = [subprocess.Popen(
-                [sys.executable, "-m", "fedsim.aws.silo", "--stack-config", config_path, "--silo-id", silo, "--data", path,
+                [sys.executable, "-m", "fedsim.aws.silo", "--stack-config", config_path(silo), "--silo-id", silo, "--data", path,
                  "--rounds", str(total_rounds), "--idle-timeout", "300"],
                 env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             ) for silo, path in zip(silo_ids, paths)]

@@ -82,7 +82,7 @@ def swap_to_silos(process, state, silo_datasets: list, rounds: int) -> None:
     for _ in range(rounds):
         simulated = process.next(simulated, silo_datasets).state
     with aws.LocalStack(silo_ids) as stack:
-        agents = [aws.SiloAgent(stack.config, silo, dataset) for silo, dataset in zip(silo_ids, silo_datasets)]
+        agents = [aws.SiloAgent(stack.silo_config(silo), silo, dataset) for silo, dataset in zip(silo_ids, silo_datasets)]
         threads = [threading.Thread(target=agent.run, kwargs={"stop_after_rounds": rounds, "idle_timeout": 120}, daemon=True)
                    for agent in agents]
         for thread in threads:

@@ -33,6 +33,7 @@ class StackConfig:
     access_key: Optional[str] = None
     secret_key: Optional[str] = None
     server_queue_url: str = ""  # the server's copy of the round messages (task tokens); not for silos
+    session_token: Optional[str] = None  # with temporary (assumed-role) credentials
 
     def client(self, service: str, probe: bool = False) -> Any:
         """A boto3 client for `service`; `probe=True`: short timeouts and one attempt, to check reachability."""
@@ -49,6 +50,7 @@ class StackConfig:
             endpoint_url=self.endpoint_url,
             aws_access_key_id=self.access_key,
             aws_secret_access_key=self.secret_key,
+            aws_session_token=self.session_token,
             config=settings,
         )
 

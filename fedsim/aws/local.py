@@ -18,6 +18,7 @@ Example::
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import signal
@@ -29,6 +30,7 @@ import time
 import urllib.request
 from typing import Callable, Optional, Sequence
 
+import attrs
 from absl import logging
 
 from fedsim.aws import template
@@ -38,7 +40,12 @@ from fedsim.aws.handler import AggregationHandler
 __all__ = ["LocalStack", "main"]
 
 REGION = "us-east-1"
+ACCOUNT = "123456789012"  # moto's account
 CREDENTIALS = {"access_key": "testing", "secret_key": "testing"}
+# With IAM enforcement, moto lets this many requests through unsigned: the bootstrap that creates
+# the operator's user (user, policy, attachment, access key). Every later request is checked.
+_BOOTSTRAP_ACTIONS = 4
+_ALLOW_ALL = json.dumps({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]})
 
 
 def _free_port() -> int:
@@ -51,13 +58,18 @@ class LocalStack:
     """A moto server + the deployed template + the stream loop; a context manager."""
 
     def __init__(self, silo_ids: Sequence[str], stack_name: str = "fedsim", silo_visibility_timeout: int = 30,
-                 poll_seconds: float = 0.05):
+                 poll_seconds: float = 0.05, enforce_iam: bool = True):
+        """`enforce_iam`: moto checks IAM policies (it does for S3 and SQS, not DynamoDB): the server
+        side uses an operator user's credentials, and each silo its own role's, assumed by its own
+        IAM user (`silo_config(silo_id)`), so a silo cannot act as another."""
         silo_ids = list(silo_ids)
         if not silo_ids or len(silo_ids) > template.MAX_SILOS:
             raise ValueError(f"LocalStack needs 1 to {template.MAX_SILOS} silo ids, got {silo_ids}")
         if len(set(silo_ids)) != len(silo_ids):
             raise ValueError(f"silo ids must be unique, got {silo_ids}")
         self.silo_ids = silo_ids
+        self.enforce_iam = enforce_iam
+        self._silo_configs: dict = {}
         self.stack_name = stack_name
         self.silo_visibility_timeout = silo_visibility_timeout
         self.poll_seconds = poll_seconds
@@ -86,8 +98,10 @@ class LocalStack:
         endpoint = f"http://127.0.0.1:{self.port}"
         env = dict(os.environ, MOTO_PORT=str(self.port), AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
                    AWS_DEFAULT_REGION=REGION)
+        if self.enforce_iam:
+            env["INITIAL_NO_AUTH_ACTION_COUNT"] = str(_BOOTSTRAP_ACTIONS)
         self._server = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            [sys.executable, "-m", "fedsim.aws.moto_server", "-H", "127.0.0.1", "-p", str(self.port)],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
         )
         try:
@@ -132,15 +146,52 @@ class LocalStack:
 
     # deployment -----------------------------------------------------------------------------------
 
+    def silo_config(self, silo_id: str) -> StackConfig:
+        """The stack as silo `silo_id` sees it: its own role's credentials (what its agent and
+        `--stack-config` file get). Without IAM enforcement, the operator's."""
+        if silo_id not in self.silo_ids:
+            raise ValueError(f"{silo_id!r} is not a silo of this stack ({self.silo_ids})")
+        return self._silo_configs.get(silo_id, self.config)
+
+    def _operator(self, endpoint: str) -> dict:
+        """The credentials the server side uses: an operator user (created unsigned, first) under IAM enforcement."""
+        if not self.enforce_iam:
+            return dict(endpoint_url=endpoint, **CREDENTIALS)
+        iam = StackConfig(region=REGION, bucket="", table="", stream_arn="", topic_arn="", state_machine_arn="",
+                          silo_queues={}, endpoint_url=endpoint, **CREDENTIALS).client("iam")
+        iam.create_user(UserName="fedsim-operator")
+        policy = iam.create_policy(PolicyName="fedsim-operator", PolicyDocument=_ALLOW_ALL)["Policy"]["Arn"]
+        iam.attach_user_policy(UserName="fedsim-operator", PolicyArn=policy)
+        key = iam.create_access_key(UserName="fedsim-operator")["AccessKey"]
+        return dict(endpoint_url=endpoint, access_key=key["AccessKeyId"], secret_key=key["SecretAccessKey"])
+
+    def _silo_users(self, bootstrap: StackConfig) -> dict:
+        """One IAM user per silo, allowed only to assume its own silo role: silo id -> (user ARN, key)."""
+        iam = bootstrap.client("iam")
+        users = {}
+        for index, silo in enumerate(self.silo_ids, start=1):
+            name = f"fedsim-silo-{index}"
+            arn = iam.create_user(UserName=name)["User"]["Arn"]
+            iam.put_user_policy(UserName=name, PolicyName="assume-own-role", PolicyDocument=json.dumps({
+                "Version": "2012-10-17",
+                "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole", "Resource": f"arn:aws:iam::{ACCOUNT}:role/*"}],
+            }))
+            users[silo] = (arn, iam.create_access_key(UserName=name)["AccessKey"])
+        return users
+
     def _deploy(self, endpoint: str) -> StackConfig:
-        connection = dict(endpoint_url=endpoint, **CREDENTIALS)
+        connection = self._operator(endpoint)
         bootstrap = StackConfig(region=REGION, bucket="", table="", stream_arn="", topic_arn="", state_machine_arn="",
                                 silo_queues={}, **connection)
+        users = self._silo_users(bootstrap) if self.enforce_iam else {}
         cloudformation = bootstrap.client("cloudformation")
         parameters = [
             {"ParameterKey": "LocalEmulation", "ParameterValue": "true"},
             {"ParameterKey": "SiloVisibilityTimeout", "ParameterValue": str(self.silo_visibility_timeout)},
-        ] + [{"ParameterKey": f"Silo{i}Id", "ParameterValue": silo} for i, silo in enumerate(self.silo_ids, start=1)]
+        ] + [{"ParameterKey": f"Silo{i}Id", "ParameterValue": silo} for i, silo in enumerate(self.silo_ids, start=1)] + [
+            {"ParameterKey": f"Silo{i}Principal", "ParameterValue": users[silo][0]}
+            for i, silo in enumerate(self.silo_ids, start=1) if silo in users
+        ]
         cloudformation.create_stack(
             StackName=self.stack_name, TemplateBody=template.template_path().read_text(), Parameters=parameters,
             Capabilities=["CAPABILITY_IAM"],
@@ -163,7 +214,26 @@ class LocalStack:
             definition=template.definition_from_template(template.load_template(), outputs["TopicArn"]),
             roleArn=outputs["StateMachineRoleArn"],
         )["stateMachineArn"]
-        return StackConfig.from_outputs(outputs, REGION, state_machine_arn=state_machine, **connection)
+        config = StackConfig.from_outputs(outputs, REGION, state_machine_arn=state_machine, **connection)
+        iam = bootstrap.client("iam")
+        for silo, (_, key) in users.items():  # each silo assumes its own role with its own user's key
+            slot = 1 + self.silo_ids.index(silo)
+            # moto keeps a template's inline role policies in a form its own policy checker cannot
+            # read; putting the same documents back through the IAM API stores them as it expects.
+            role_name = outputs[f"Silo{slot}RoleArn"].rsplit("/", 1)[-1]
+            for policy_name in iam.list_role_policies(RoleName=role_name)["PolicyNames"]:
+                document = iam.get_role_policy(RoleName=role_name, PolicyName=policy_name)["PolicyDocument"]
+                if isinstance(document, str):  # moto returns the Python repr of the template's dict
+                    document = ast.literal_eval(document)
+                iam.put_role_policy(RoleName=role_name, PolicyName=policy_name,
+                                    PolicyDocument=json.dumps(_as_moto_checks_it(document)))
+            sts = attrs.evolve(config, access_key=key["AccessKeyId"], secret_key=key["SecretAccessKey"]).client("sts")
+            credentials = sts.assume_role(RoleArn=outputs[f"Silo{slot}RoleArn"], RoleSessionName=f"fedsim-silo-{slot}",
+                                          DurationSeconds=43200)["Credentials"]
+            self._silo_configs[silo] = attrs.evolve(
+                config, access_key=credentials["AccessKeyId"], secret_key=credentials["SecretAccessKey"],
+                session_token=credentials["SessionToken"], server_queue_url="")
+        return config
 
     # the event source mapping -------------------------------------------------------------------
 
@@ -198,6 +268,28 @@ class LocalStack:
             logging.exception("aggregation handler failed")
 
 
+def _as_moto_checks_it(document: dict) -> dict:
+    """The policy as moto can check it. moto authorizes every DynamoDB request against the resource
+    `*` and cannot evaluate `dynamodb:LeadingKeys` / `dynamodb:Attributes`, so DynamoDB statements
+    are kept with resource `*` and without those conditions (otherwise every silo record would be
+    refused). Locally, a silo can therefore write records under another partition key or with other
+    attributes: what the handler never trusts anyway (verdicts and tokens are the server's). S3 and
+    SQS statements are enforced as written."""
+    statements = []
+    for statement in document.get("Statement", []):
+        actions = statement.get("Action", [])
+        if any(a.startswith("dynamodb:") for a in ([actions] if isinstance(actions, str) else actions)):
+            statement = dict(statement, Resource="*")
+        condition = statement.get("Condition", {})
+        kept = {op: {k: v for k, v in keys.items() if not k.startswith("dynamodb:")} for op, keys in condition.items()}
+        kept = {op: keys for op, keys in kept.items() if keys}
+        statement = {k: v for k, v in statement.items() if k != "Condition"}
+        if kept:
+            statement["Condition"] = kept
+        statements.append(statement)
+    return dict(document, Statement=statements)
+
+
 def _post_json(url: str, document: dict) -> None:
     request = urllib.request.Request(url, data=json.dumps(document).encode(), method="POST", headers={"Content-Type": "application/json"})
     urllib.request.urlopen(request, timeout=10).read()
@@ -206,13 +298,18 @@ def _post_json(url: str, document: dict) -> None:
 def main(argv: Optional[list] = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m fedsim.aws.local", description="Serve the fedsim server on a local moto stack.")
     parser.add_argument("--silos", required=True, help="comma-separated silo ids")
-    parser.add_argument("--config-out", default="fedsim-local-stack.json", help="where to write the stack config for silo agents")
+    parser.add_argument("--config-out", default="fedsim-local-stack.json",
+                        help="where to write the operator's stack config (each silo's goes beside it: NAME-<silo>.json)")
     args = parser.parse_args(argv)
     logging.set_verbosity(logging.INFO)
     with LocalStack(args.silos.split(",")) as stack:
         with open(args.config_out, "w") as stream:
             stream.write(stack.config.to_json())
-        logging.info("stack config written to %s; Ctrl-C stops the stack", args.config_out)
+        stem, extension = os.path.splitext(args.config_out)
+        for silo in stack.silo_ids:
+            with open(f"{stem}-{silo}{extension or '.json'}", "w") as stream:
+                stream.write(stack.silo_config(silo).to_json())
+        logging.info("stack config written to %s, each silo's beside it; Ctrl-C stops the stack", args.config_out)
         try:
             while True:
                 time.sleep(1)

@@ -50,7 +50,7 @@ def start_agents(stack, arrays, silos, rounds=1, agent_class=aws.SiloAgent, **kw
     """Silo agents in threads (the fault tests); returns (agents, threads, errors)."""
     agents, threads, errors = [], [], []
     for silo in silos:
-        agent = agent_class(stack.config, silo, tf.data.Dataset.from_tensor_slices(arrays[silo]), **kwargs)
+        agent = agent_class(stack.silo_config(silo), silo, tf.data.Dataset.from_tensor_slices(arrays[silo]), **kwargs)
 
         def run(agent=agent):
             try:

@@ -10,6 +10,7 @@ import time
 import numpy as np
 import pytest
 from boto3.dynamodb.types import TypeSerializer
+from botocore.exceptions import ClientError
 
 from fedsim import aws
 from fedsim.aws import protocol, template
@@ -134,3 +135,23 @@ def test_a_handler_that_dies_does_not_lose_the_round(fresh, arrays, process, dyi
         assert len(versions) == 1  # the result is written once
         for record in context.store.round_results(run_id, 1):  # what the silo role's PutItem is limited to
             assert set(record) <= set(template.SILO_RECORD_ATTRIBUTES), record
+
+
+def test_a_silo_cannot_act_as_another_on_the_local_stack(fresh):
+    """Each local silo has its own assumed-role credentials and moto enforces IAM (S3 and SQS)."""
+    stack = fresh
+    silo_a = stack.silo_config("a")
+    assert silo_a.access_key != stack.silo_config("b").access_key != stack.config.access_key
+    s3, sqs = silo_a.client("s3"), silo_a.client("sqs")
+    s3.put_object(Bucket=silo_a.bucket, Key="silos/a/probe", Body=b"own prefix")
+    denied = []
+    for attempt in (lambda: s3.put_object(Bucket=silo_a.bucket, Key="silos/b/probe", Body=b"as b"),
+                    lambda: s3.get_object(Bucket=silo_a.bucket, Key="runs/any/round-1/carry.npz"),
+                    lambda: s3.get_object(Bucket=silo_a.bucket, Key="runs/any/round-1/result.npz"),
+                    lambda: sqs.receive_message(QueueUrl=silo_a.silo_queues["b"], WaitTimeSeconds=0),
+                    lambda: sqs.receive_message(QueueUrl=stack.config.server_queue_url, WaitTimeSeconds=0)):
+        with pytest.raises(ClientError) as error:
+            attempt()
+        denied.append(error.value.response["Error"]["Code"])
+    assert all(code in ("AccessDenied", "403") for code in denied), denied
+    sqs.receive_message(QueueUrl=silo_a.silo_queues["a"], WaitTimeSeconds=0)  # its own queue works

@@ -169,7 +169,7 @@ def test_a_hand_made_pyfunc_work_graph_is_refused(fresh, arrays, process, monkey
 def test_a_pinned_silo_runs_only_what_it_accepted(fresh, arrays, process, tmp_path):
     stack = fresh
     config_path = tmp_path / "stack.json"
-    config_path.write_text(stack.config.to_json())
+    config_path.write_text(stack.silo_config("a").to_json())
     np.savez(tmp_path / "a.npz", **arrays["a"])
     other = learning.build_weighted_fed_avg(model_fn, lambda: optimizers.build_sgdm(0.05))  # another algorithm
     with aws.execution_context(stack, silos=SILOS, preprocess=batch, round_deadline_seconds=120) as context:
