@@ -21,6 +21,7 @@ import argparse
 import ast
 import json
 import os
+import pathlib
 import signal
 import socket
 import subprocess
@@ -101,7 +102,8 @@ class LocalStack:
         if self.enforce_iam:
             env["INITIAL_NO_AUTH_ACTION_COUNT"] = str(_BOOTSTRAP_ACTIONS)
         self._server = subprocess.Popen(
-            [sys.executable, "-m", "fedsim.aws.moto_server", "-H", "127.0.0.1", "-p", str(self.port)],
+            # the file, not `-m fedsim.aws.moto_server`: the server process need not import fedsim (and TensorFlow)
+            [sys.executable, str(pathlib.Path(__file__).with_name("moto_server.py")), "-H", "127.0.0.1", "-p", str(self.port)],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
         )
         try:

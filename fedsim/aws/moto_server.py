@@ -1,4 +1,6 @@
-"""The local stack's moto server: `python -m fedsim.aws.moto_server -H 127.0.0.1 -p PORT`.
+"""The local stack's moto server: `python fedsim/aws/moto_server.py -H 127.0.0.1 -p PORT`.
+
+Run as a file (it imports moto only, not fedsim or TensorFlow, so the server starts fast).
 
 Plain `moto.server`, plus one thing IAM enforcement needs: moto's emulated Step Functions calls
 SNS with the fixed credentials `ak`/`sk`, which no IAM user holds, so under enforcement every
