@@ -236,7 +236,7 @@ class AggregationHandler:
             except (ValueError, KeyError, TypeError) as error:
                 logging.warning("server queue: a message that is not a round message was dropped (%s)", error)
             else:
-                self.store.set_if_absent(protocol.round_item_key(run_id, round_num), "task_token", token)
+                self.store.transition(protocol.round_item_key(run_id, round_num), "task_token", None, token)
             self.sqs.delete_message(QueueUrl=self.config.server_queue_url, ReceiptHandle=message["ReceiptHandle"])
         return len(messages)
 

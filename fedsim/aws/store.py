@@ -111,15 +111,24 @@ class Store:
         response = self.dynamodb.get_item(TableName=self.config.table, Key=_marshal(key), ConsistentRead=True)
         return _unmarshal(response["Item"]) if "Item" in response else None
 
-    def put_item_if_absent(self, item: dict) -> bool:
-        """False when an item with the same key exists (a duplicate); nothing is overwritten."""
+    @staticmethod
+    def _conditional(write: Any, **request: Any) -> bool:
+        """Runs a conditional write; False (nothing written) when its condition does not hold."""
         try:
-            self.dynamodb.put_item(TableName=self.config.table, Item=_marshal(item), ConditionExpression="attribute_not_exists(pk)")
+            write(**request)
             return True
         except ClientError as error:
             if error.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
                 return False
             raise
+
+    def _update(self, key: dict, **request: Any) -> bool:
+        return self._conditional(self.dynamodb.update_item, TableName=self.config.table, Key=_marshal(key), **request)
+
+    def put_item_if_absent(self, item: dict) -> bool:
+        """False when an item with the same key exists (a duplicate); nothing is overwritten."""
+        return self._conditional(self.dynamodb.put_item, TableName=self.config.table, Item=_marshal(item),
+                                 ConditionExpression="attribute_not_exists(pk)")
 
     def transition(self, key: dict, attribute: str, expected: Optional[str], new: str, **values: Any) -> bool:
         """Sets `attribute` from `expected` (None: absent) to `new` atomically; False if it was not `expected`."""
@@ -135,89 +144,42 @@ class Store:
         else:
             condition = "#a = :expected"
             expression_values[":expected"] = expected
-        try:
-            self.dynamodb.update_item(
-                TableName=self.config.table,
-                Key=_marshal(key),
-                UpdateExpression="SET " + ", ".join(sets),
-                ConditionExpression=condition,
-                ExpressionAttributeNames=names,
-                ExpressionAttributeValues=_marshal(expression_values),
-            )
-            return True
-        except ClientError as error:
-            if error.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
-                return False
-            raise
-
-    def set_if_absent(self, key: dict, attribute: str, value: Any) -> bool:
-        """Sets `attribute` of an existing item unless it is set already; False if it was (or no item)."""
-        try:
-            self.dynamodb.update_item(
-                TableName=self.config.table, Key=_marshal(key), UpdateExpression="SET #a = :v",
-                ConditionExpression="attribute_exists(pk) AND attribute_not_exists(#a)",
-                ExpressionAttributeNames={"#a": attribute}, ExpressionAttributeValues=_marshal({":v": value}),
-            )
-            return True
-        except ClientError as error:
-            if error.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
-                return False
-            raise
+        return self._update(key, UpdateExpression="SET " + ", ".join(sets), ConditionExpression=condition,
+                            ExpressionAttributeNames=names, ExpressionAttributeValues=_marshal(expression_values))
 
     def claim(self, key: dict, now: float, lease_seconds: float) -> bool:
         """Claims an open round for aggregation, or takes over a claim whose lease has expired
         (the handler that held it died); False if the round is not claimable now."""
-        try:
-            self.dynamodb.update_item(
-                TableName=self.config.table,
-                Key=_marshal(key),
-                UpdateExpression="SET #s = :aggregating, lease_until = :until",
-                ConditionExpression="#s = :open OR (#s = :aggregating AND lease_until < :now)",
-                ExpressionAttributeNames={"#s": "status"},
-                ExpressionAttributeValues=_marshal({":aggregating": "aggregating", ":open": "open",
-                                                    ":now": now, ":until": now + lease_seconds}),
-            )
-            return True
-        except ClientError as error:
-            if error.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
-                return False
-            raise
+        return self._update(
+            key,
+            UpdateExpression="SET #s = :aggregating, lease_until = :until",
+            ConditionExpression="#s = :open OR (#s = :aggregating AND lease_until < :now)",
+            ExpressionAttributeNames={"#s": "status"},
+            ExpressionAttributeValues=_marshal({":aggregating": "aggregating", ":open": "open", ":now": now, ":until": now + lease_seconds}),
+        )
 
-    def query_partition(self, partition: str) -> list:
-        """Every item of one partition key, strongly consistent, all pages."""
+    def _query_all(self, **request: Any) -> list:
+        """Every item a query matches, across all its pages."""
         items, start = [], None
         while True:
-            request = dict(TableName=self.config.table, KeyConditionExpression="pk = :p", ConsistentRead=True,
-                           ExpressionAttributeValues={":p": {"S": partition}})
-            if start is not None:
-                request["ExclusiveStartKey"] = start
-            response = self.dynamodb.query(**request)
+            response = self.dynamodb.query(TableName=self.config.table, **request, **({"ExclusiveStartKey": start} if start else {}))
             items.extend(_unmarshal(item) for item in response.get("Items", []))
             start = response.get("LastEvaluatedKey")
             if not start:
                 return items
+
+    def query_partition(self, partition: str) -> list:
+        """Every item of one partition key, strongly consistent."""
+        return self._query_all(KeyConditionExpression="pk = :p", ConsistentRead=True, ExpressionAttributeValues={":p": {"S": partition}})
 
     def round_verdicts(self, run_id: str, round_num: int) -> dict:
         """silo -> the server's verdict item for that silo's result in the round."""
         return {item["sk"]: item for item in self.query_partition(protocol.verdict_partition(run_id, round_num))}
 
     def round_results(self, run_id: str, round_num: int) -> list:
-        """Every silo record of a round (all pages of the query)."""
-        items, start = [], None
-        while True:
-            request = dict(
-                TableName=self.config.table,
-                IndexName="by_round",
-                KeyConditionExpression="round_key = :r",
-                ExpressionAttributeValues={":r": {"S": protocol.round_key(run_id, round_num)}},
-            )
-            if start is not None:
-                request["ExclusiveStartKey"] = start
-            response = self.dynamodb.query(**request)
-            items.extend(_unmarshal(item) for item in response.get("Items", []))
-            start = response.get("LastEvaluatedKey")
-            if not start:
-                return items
+        """Every silo record of a round (the by_round index: eventually consistent; the verdicts are not)."""
+        return self._query_all(IndexName="by_round", KeyConditionExpression="round_key = :r",
+                               ExpressionAttributeValues={":r": {"S": protocol.round_key(run_id, round_num)}})
 
 
 def _marshal(item: dict) -> dict:

@@ -99,6 +99,26 @@ def definition_from_template(template_document: dict, topic_arn: str) -> str:
     return text.replace(TOPIC_PLACEHOLDER, topic_arn)
 
 
+def _topic_may_send_to(queue: str) -> dict:
+    """The queue policy that lets the round topic (and only it) deliver to `queue`."""
+    return {
+        "Type": "AWS::SQS::QueuePolicy",
+        "Properties": {
+            "Queues": [{"Ref": queue}],
+            "PolicyDocument": {
+                "Version": "2012-10-17",
+                "Statement": [{
+                    "Effect": "Allow",
+                    "Principal": {"Service": "sns.amazonaws.com"},
+                    "Action": "sqs:SendMessage",
+                    "Resource": {"Fn::GetAtt": [queue, "Arn"]},
+                    "Condition": {"ArnEquals": {"aws:SourceArn": {"Ref": "GlobalModelReadyTopic"}}},
+                }],
+            },
+        },
+    }
+
+
 def _silo_resources(index: int) -> tuple:
     silo = f"Silo{index}"
     condition = f"Has{silo}"
@@ -118,23 +138,7 @@ def _silo_resources(index: int) -> tuple:
                 "RedrivePolicy": {"deadLetterTargetArn": {"Fn::GetAtt": [f"{silo}DeadLetterQueue", "Arn"]}, "maxReceiveCount": 5},
             },
         },
-        f"{silo}QueuePolicy": {
-            "Type": "AWS::SQS::QueuePolicy",
-            "Condition": condition,
-            "Properties": {
-                "Queues": [{"Ref": f"{silo}Queue"}],
-                "PolicyDocument": {
-                    "Version": "2012-10-17",
-                    "Statement": [{
-                        "Effect": "Allow",
-                        "Principal": {"Service": "sns.amazonaws.com"},
-                        "Action": "sqs:SendMessage",
-                        "Resource": {"Fn::GetAtt": [f"{silo}Queue", "Arn"]},
-                        "Condition": {"ArnEquals": {"aws:SourceArn": {"Ref": "GlobalModelReadyTopic"}}},
-                    }],
-                },
-            },
-        },
+        f"{silo}QueuePolicy": dict(_topic_may_send_to(f"{silo}Queue"), Condition=condition),
         f"{silo}Role": {
             "Type": "AWS::IAM::Role",
             "Condition": condition,
@@ -287,22 +291,7 @@ def render() -> dict:
             "Type": "AWS::SQS::Queue",
             "Properties": {"SqsManagedSseEnabled": True, "MessageRetentionPeriod": 1209600},
         },
-        "ServerQueuePolicy": {
-            "Type": "AWS::SQS::QueuePolicy",
-            "Properties": {
-                "Queues": [{"Ref": "ServerQueue"}],
-                "PolicyDocument": {
-                    "Version": "2012-10-17",
-                    "Statement": [{
-                        "Effect": "Allow",
-                        "Principal": {"Service": "sns.amazonaws.com"},
-                        "Action": "sqs:SendMessage",
-                        "Resource": {"Fn::GetAtt": ["ServerQueue", "Arn"]},
-                        "Condition": {"ArnEquals": {"aws:SourceArn": {"Ref": "GlobalModelReadyTopic"}}},
-                    }],
-                },
-            },
-        },
+        "ServerQueuePolicy": _topic_may_send_to("ServerQueue"),
         "ServerSubscription": {
             "Type": "AWS::SNS::Subscription",
             "Properties": {
