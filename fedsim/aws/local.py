@@ -64,8 +64,8 @@ class LocalStack:
         side uses an operator user's credentials, and each silo its own role's, assumed by its own
         IAM user (`silo_config(silo_id)`), so a silo cannot act as another."""
         silo_ids = list(silo_ids)
-        if not silo_ids or len(silo_ids) > template.MAX_SILOS:
-            raise ValueError(f"LocalStack needs 1 to {template.MAX_SILOS} silo ids, got {silo_ids}")
+        if not silo_ids or len(silo_ids) > template.MAX_RENDERED_SILOS:
+            raise ValueError(f"LocalStack needs 1 to {template.MAX_RENDERED_SILOS} silo ids, got {len(silo_ids)}")
         if len(set(silo_ids)) != len(silo_ids):
             raise ValueError(f"silo ids must be unique, got {silo_ids}")
         self.silo_ids = silo_ids
@@ -181,6 +181,12 @@ class LocalStack:
             users[silo] = (arn, iam.create_access_key(UserName=name)["AccessKey"])
         return users
 
+    def _template_body(self) -> str:
+        """The shipped template, or one rendered with more silo slots for a larger stack."""
+        if len(self.silo_ids) <= template.MAX_SILOS:
+            return template.template_path().read_text()
+        return template.render_yaml(len(self.silo_ids))
+
     def _deploy(self, endpoint: str) -> StackConfig:
         connection = self._operator(endpoint)
         bootstrap = StackConfig(region=REGION, bucket="", table="", stream_arn="", topic_arn="", state_machine_arn="",
@@ -195,7 +201,7 @@ class LocalStack:
             for i, silo in enumerate(self.silo_ids, start=1) if silo in users
         ]
         cloudformation.create_stack(
-            StackName=self.stack_name, TemplateBody=template.template_path().read_text(), Parameters=parameters,
+            StackName=self.stack_name, TemplateBody=self._template_body(), Parameters=parameters,
             Capabilities=["CAPABILITY_IAM"],
         )
         stack = cloudformation.describe_stacks(StackName=self.stack_name)["Stacks"][0]

@@ -61,3 +61,18 @@ def test_state_machine_is_jsonpath_and_carries_no_model_bytes():
     # The template embeds the same definition.
     embedded = template.definition_from_template(template.load_template(), "arn:aws:sns:us-east-1:1:t")
     assert json.loads(embedded) == definition
+
+
+def test_rendered_for_more_silos_passes_cfn_lint(tmp_path):
+    cfn_lint = pathlib.Path(sys.executable).with_name("cfn-lint")
+    for slots in (3, template.MAX_RENDERED_SILOS):
+        path = tmp_path / f"server-{slots}.yaml"
+        path.write_text(template.render_yaml(slots))
+        completed = subprocess.run([str(cfn_lint), str(path)], capture_output=True, text=True, timeout=300)
+        assert completed.returncode == 0, completed.stdout + completed.stderr
+        rendered = template.render(slots)
+        assert len(rendered["Parameters"]) <= 200 and len(rendered["Resources"]) <= 500 and len(rendered["Outputs"]) <= 200
+        assert f"Silo{slots}Role" in rendered["Resources"] and f"Silo{slots + 1}Role" not in rendered["Resources"]
+    import pytest
+    with pytest.raises(ValueError, match="CloudFormation's limits"):
+        template.render(template.MAX_RENDERED_SILOS + 1)
