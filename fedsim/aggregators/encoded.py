@@ -16,7 +16,6 @@ Example::
 from __future__ import annotations
 
 import numpy as np
-import tensorflow as tf
 
 from fedsim.aggregators.factory import UnweightedAggregationFactory, check_value_type
 from fedsim.aggregators.quantization import check_bits, dequantize, quantize

@@ -1,6 +1,5 @@
 """The silo's command line: one-line errors through argparse, no runpy warning, a stack that is not running named."""
 
-import json
 import socket
 import subprocess
 import sys
