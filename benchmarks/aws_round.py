@@ -1,23 +1,30 @@
-"""Seconds per round through the serverless server on the local stack vs the local context.
+"""Seconds per round, and handler seconds per round, through the serverless server on the local stack.
 
-For an MLP and a CNN, with 3 and 10 silos (each a separate `python -m fedsim.aws.silo` process
-holding ~100 EMNIST-shaped examples), it runs warm-up + measured rounds of FedAvg both ways on
-the same data and prints seconds per round, the ratio, and the split of a serverless round:
-prepare + publish -> delivery to the silos -> work -> upload/record -> stream + claim ->
-aggregate -> update (+ next prepare) -> answer and completion seen by the caller.
+For MLPs of about 1 MB and 20 MB of weights, with 3, 10 and 50 silos (each holding ~100
+EMNIST-shaped examples), it runs a warm-up round and measured rounds of FedAvg on the local stack
+and the same rounds in the local context on the same data, and prints per configuration:
+seconds per round both ways and their ratio; the handler's seconds per round (all its
+invocations for the round: judging each silo's upload, then aggregating and updating); and the
+split of a serverless round: prepare + publish -> delivery -> work -> upload/record -> stream +
+claim -> aggregate -> update -> answer seen by the caller.
 
-    .venv/bin/python benchmarks/aws_round.py [--rounds 3] [--silos 3 10] [--models mlp cnn]
+Silo agents run `SiloAgent` in threads inside a few worker processes (`--agent-processes`), so
+50 silos fit 2 cores; each silo still has its own credentials, queue and data file.
+
+    .venv/bin/python benchmarks/aws_round.py [--rounds 2] [--silos 3 10 50] [--sizes 1 20]
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import json
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -33,15 +40,24 @@ from fedsim.learning import optimizers  # noqa: E402
 
 ELEMENT = collections.OrderedDict(x=tf.TensorSpec([28, 28, 1], tf.float32), y=tf.TensorSpec([], tf.int32))
 INPUT_SPEC = collections.OrderedDict(x=tf.TensorSpec([None, 28, 28, 1], tf.float32), y=tf.TensorSpec([None], tf.int32))
+CLASSES = 62
 
 
-def build_model(kind: str) -> keras.Model:
-    if kind == "mlp":
-        layers = [keras.layers.Flatten(), keras.layers.Dense(200, activation="relu"), keras.layers.Dense(62)]
-    else:
-        layers = [keras.layers.Conv2D(16, 5, activation="relu"), keras.layers.MaxPooling2D(2), keras.layers.Conv2D(32, 5, activation="relu"),
-                  keras.layers.MaxPooling2D(2), keras.layers.Flatten(), keras.layers.Dense(62)]
-    return keras.Sequential([keras.Input((28, 28, 1))] + layers)
+def hidden_units(megabytes: float) -> int:
+    """The hidden width of a 784-h-62 MLP whose float32 weights take about `megabytes` MB."""
+    return max(1, round((megabytes * 1e6 / 4 - CLASSES) / (784 + 1 + CLASSES)))
+
+
+def build_process(megabytes: float):
+    units = hidden_units(megabytes)
+
+    def model_fn():
+        model = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Flatten(),
+                                  keras.layers.Dense(units, activation="relu"), keras.layers.Dense(CLASSES)])
+        return learning.from_keras_model(model, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                                         input_spec=INPUT_SPEC)
+
+    return learning.build_weighted_fed_avg(model_fn, lambda: optimizers.build_sgdm(0.05))
 
 
 @fedsim.tf_computation(fedsim.SequenceType(ELEMENT))
@@ -49,52 +65,37 @@ def batch(dataset):
     return dataset.batch(20)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--silos", type=int, nargs="+", default=[3, 10])
-    parser.add_argument("--models", nargs="+", default=["mlp", "cnn"])
-    args = parser.parse_args()
-    workdir = tempfile.mkdtemp(prefix="fedsim_aws_bench_")
-    for num_silos in args.silos:
-        silo_ids = [f"silo{i}" for i in range(num_silos)]
-        arrays = simulation.emnist_like_client_arrays(num_silos, seed=0, min_examples=90, max_examples=110)
-        paths = []
-        for silo, (pixels, labels) in zip(silo_ids, arrays):
-            path = os.path.join(workdir, f"{silo}.npz")
-            np.savez(path, x=pixels, y=labels)
-            paths.append(path)
-        local_data = [tf.data.Dataset.from_tensor_slices(collections.OrderedDict(x=p, y=l)).batch(20) for p, l in arrays]
-        # The baseline first, on a quiet machine (no stack, no silo processes yet).
-        processes = {kind: build_process(kind) for kind in args.models}
-        baselines = {kind: local_seconds(processes[kind], local_data, args.rounds) for kind in args.models}
-        with aws.LocalStack(silo_ids, silo_visibility_timeout=60) as stack:
-            def config_path(silo):  # each silo its own credentials
-                path = os.path.join(workdir, f"stack{num_silos}-{silo}.json")
-                with open(path, "w") as stream:
-                    stream.write(stack.silo_config(silo).to_json())
-                return path
-
-            total_rounds = len(args.models) * (args.rounds + 1)
-            agents = [subprocess.Popen(
-                [sys.executable, "-m", "fedsim.aws.silo", "--stack-config", config_path(silo), "--silo-id", silo, "--data", path,
-                 "--rounds", str(total_rounds), "--idle-timeout", "300"],
-                env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            ) for silo, path in zip(silo_ids, paths)]
-            try:
-                for kind in args.models:
-                    run_model(kind, processes[kind], baselines[kind], stack, silo_ids, args.rounds)
-            finally:
-                for agent in agents:
-                    agent.wait(timeout=600) if agent.poll() is None else None
+def serve_silos(spec_path: str) -> None:
+    """Worker mode: run the silo agents listed in `spec_path` in threads until they are done."""
+    with open(spec_path) as stream:
+        spec = json.load(stream)
+    threads = []
+    for silo in spec["silos"]:
+        config = aws.StackConfig.from_json(open(silo["config"]).read())
+        with np.load(silo["data"]) as archive:
+            arrays = collections.OrderedDict(x=archive["x"], y=archive["y"])
+        agent = aws.SiloAgent(config, silo["id"], tf.data.Dataset.from_tensor_slices(arrays))
+        thread = threading.Thread(target=agent.run, kwargs=dict(stop_after_rounds=spec["rounds"], idle_timeout=600), daemon=True)
+        thread.start()
+        threads.append(thread)
+    for thread in threads:
+        thread.join()
 
 
-def build_process(kind: str):
-    def model_fn():
-        return learning.from_keras_model(build_model(kind), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                                         input_spec=INPUT_SPEC)
+class HandlerClock:
+    """Wraps the local stack's stream delivery: seconds the aggregation handler spends, in total."""
 
-    return learning.build_weighted_fed_avg(model_fn, lambda: optimizers.build_sgdm(0.05))
+    def __init__(self, stack: aws.LocalStack):
+        self.seconds = 0.0
+        self._deliver = stack.deliver_records
+        stack.deliver_records = self
+
+    def __call__(self, records: list) -> None:
+        started = time.perf_counter()
+        try:
+            self._deliver(records)
+        finally:
+            self.seconds += time.perf_counter() - started
 
 
 def local_seconds(process, local_data: list, rounds: int) -> float:
@@ -109,25 +110,29 @@ def local_seconds(process, local_data: list, rounds: int) -> float:
     return statistics.median(times)
 
 
-def run_model(kind: str, process, local: float, stack: aws.LocalStack, silo_ids: list, rounds: int) -> None:
+def run_size(megabytes: float, process, local: float, stack: aws.LocalStack, clock: HandlerClock,
+             silo_ids: list, rounds: int) -> None:
     with context_stack.execution_context(fedsim.LocalExecutionContext()):
         state = process.initialize()
-    with aws.execution_context(stack, silos=silo_ids, preprocess=batch, round_deadline_seconds=600) as context:
+    size = sum(np.asarray(w).nbytes for w in tf.nest.flatten(state.global_model_weights)) / 1e6
+    with aws.execution_context(stack, silos=silo_ids, preprocess=batch, round_deadline_seconds=1200) as context:
         process.next(state, silo_ids)  # warm-up: phases uploaded, silos cache the work computation
-        aws_times, splits = [], []
+        round_times, handler_times, splits = [], [], []
         current = state
         for _ in range(rounds):
+            handler_before = clock.seconds
             started = time.time()
             output = process.next(current, silo_ids)
             finished = time.time()
-            aws_times.append(finished - started)
+            round_times.append(finished - started)
+            handler_times.append(clock.seconds - handler_before)
             splits.append(split(context.last_report.rounds[0], started, finished))
             current = output.state
-    serverless = statistics.median(aws_times)
-    print(f"{kind.upper():3s} {len(silo_ids):2d} silos: local context {local:6.3f} s/round, local stack {serverless:6.3f} s/round, "
-          f"ratio {serverless / local:5.1f}")
+    serverless = statistics.median(round_times)
+    print(f"{size:5.1f} MB model, {len(silo_ids):2d} silos: local context {local:7.3f} s/round, local stack {serverless:7.3f} s/round "
+          f"(ratio {serverless / local:5.1f}); handler {statistics.median(handler_times):6.3f} s/round", flush=True)
     stages = {name: statistics.median(s[name] for s in splits) for name in splits[0]}
-    print("      split: " + ", ".join(f"{name} {seconds:.3f}s" for name, seconds in stages.items()))
+    print("      split: " + ", ".join(f"{name} {seconds:.3f}s" for name, seconds in stages.items()), flush=True)
 
 
 def split(report: dict, started: float, finished: float) -> dict:
@@ -146,6 +151,56 @@ def split(report: dict, started: float, finished: float) -> dict:
         "update": timings["update_seconds"],
         "answer->caller": finished - timings["claimed_at"] - timings["aggregate_seconds"] - timings["update_seconds"],
     }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--silos", type=int, nargs="+", default=[3, 10, 50])
+    parser.add_argument("--sizes", type=float, nargs="+", default=[1, 20], help="model sizes in MB")
+    parser.add_argument("--agent-processes", type=int, default=2, help="worker processes that run the silo agents")
+    parser.add_argument("--serve-silos", help=argparse.SUPPRESS)  # worker mode
+    args = parser.parse_args()
+    if args.serve_silos:
+        serve_silos(args.serve_silos)
+        return
+    workdir = tempfile.mkdtemp(prefix="fedsim_aws_bench_")
+    print(f"{os.cpu_count()} cores; silo agents in {args.agent_processes} processes; {args.rounds} measured rounds after a warm-up",
+          flush=True)
+    processes = {size: build_process(size) for size in args.sizes}
+    for num_silos in args.silos:
+        silo_ids = [f"silo{i:03d}" for i in range(num_silos)]
+        arrays = simulation.emnist_like_client_arrays(num_silos, seed=0, min_examples=90, max_examples=110)
+        paths = {}
+        for silo, (pixels, labels) in zip(silo_ids, arrays):
+            paths[silo] = os.path.join(workdir, f"{silo}.npz")
+            np.savez(paths[silo], x=pixels, y=labels)
+        local_data = [tf.data.Dataset.from_tensor_slices(collections.OrderedDict(x=p, y=l)).batch(20) for p, l in arrays]
+        # The baseline first, on a quiet machine (no stack, no silo processes yet).
+        baselines = {size: local_seconds(processes[size], local_data, args.rounds) for size in args.sizes}
+        with aws.LocalStack(silo_ids, silo_visibility_timeout=600) as stack:
+            clock = HandlerClock(stack)
+            rounds_per_silo = len(args.sizes) * (args.rounds + 1)
+            silo_specs = []
+            for silo in silo_ids:
+                config = os.path.join(workdir, f"stack{num_silos}-{silo}.json")
+                with open(config, "w") as stream:
+                    stream.write(stack.silo_config(silo).to_json())  # each silo its own credentials
+                silo_specs.append({"id": silo, "config": config, "data": paths[silo]})
+            workers = []
+            for index in range(min(args.agent_processes, num_silos)):
+                spec = os.path.join(workdir, f"agents{num_silos}-{index}.json")
+                with open(spec, "w") as stream:
+                    json.dump({"rounds": rounds_per_silo, "silos": silo_specs[index::args.agent_processes]}, stream)
+                workers.append(subprocess.Popen([sys.executable, __file__, "--serve-silos", spec],
+                                                env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+                                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            try:
+                for size in args.sizes:
+                    run_size(size, processes[size], baselines[size], stack, clock, silo_ids, args.rounds)
+            finally:
+                for worker in workers:
+                    worker.wait(timeout=600) if worker.poll() is None else None
 
 
 if __name__ == "__main__":

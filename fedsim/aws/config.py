@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 import attrs
 
-__all__ = ["StackConfig", "StackUnreachableError"]
+__all__ = ["StackConfig", "StackUnreachableError", "silo_slots", "stack_outputs"]
 
 
 class StackUnreachableError(ConnectionError):
@@ -82,11 +82,7 @@ class StackConfig:
 
     @classmethod
     def from_outputs(cls, outputs: dict, region: str, state_machine_arn: Optional[str] = None, **connection: Any) -> "StackConfig":
-        silo_queues = {}
-        for name, value in outputs.items():
-            if name.endswith("IdOut"):
-                slot = name[: -len("IdOut")]
-                silo_queues[value] = outputs[f"{slot}QueueUrl"]
+        silo_queues = {silo: outputs[f"{slot}QueueUrl"] for silo, slot in silo_slots(outputs).items()}
         return cls(
             region=region,
             bucket=outputs["BucketName"],
@@ -101,9 +97,27 @@ class StackConfig:
 
     @classmethod
     def from_stack(cls, stack_name: str, region: str) -> "StackConfig":
-        """Reads a deployed stack's outputs with the default AWS credentials."""
+        """Reads a deployed stack's outputs with the default AWS credentials, nested silo groups included."""
         import boto3
 
-        stacks = boto3.client("cloudformation", region_name=region).describe_stacks(StackName=stack_name)["Stacks"]
-        outputs = {o["OutputKey"]: o["OutputValue"] for o in stacks[0].get("Outputs", [])}
-        return cls.from_outputs(outputs, region)
+        cloudformation = boto3.client("cloudformation", region_name=region)
+        return cls.from_outputs(stack_outputs(cloudformation, stack_name), region)
+
+
+def silo_slots(outputs: dict) -> dict:
+    """Silo id -> the prefix of its slot's outputs (`Silo3`, or `SiloGroup2Slot7` in a nested group)."""
+    return {value: name[: -len("IdOut")] for name, value in outputs.items() if name.endswith("IdOut")}
+
+
+def stack_outputs(cloudformation: Any, stack_name: str) -> dict:
+    """A stack's outputs; a nested silo group's (`SiloGroup<g>StackId`) are merged in as `SiloGroup<g><name>`."""
+    def outputs_of(name: str) -> dict:
+        stacks = cloudformation.describe_stacks(StackName=name)["Stacks"]
+        return {o["OutputKey"]: o["OutputValue"] for o in stacks[0].get("Outputs", [])}
+
+    outputs = outputs_of(stack_name)
+    for key, stack_id in list(outputs.items()):
+        if key.startswith("SiloGroup") and key.endswith("StackId"):
+            group = key[: -len("StackId")]
+            outputs.update({f"{group}{name}": value for name, value in outputs_of(stack_id).items()})
+    return outputs

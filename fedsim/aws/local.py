@@ -35,7 +35,7 @@ import attrs
 from absl import logging
 
 from fedsim.aws import template
-from fedsim.aws.config import StackConfig
+from fedsim.aws.config import StackConfig, silo_slots, stack_outputs
 from fedsim.aws.handler import AggregationHandler
 
 __all__ = ["LocalStack", "main"]
@@ -46,6 +46,7 @@ CREDENTIALS = {"access_key": "testing", "secret_key": "testing"}
 # With IAM enforcement, moto lets this many requests through unsigned: the bootstrap that creates
 # the operator's user (user, policy, attachment, access key). Every later request is checked.
 _BOOTSTRAP_ACTIONS = 4
+_TEMPLATES_BUCKET = "fedsim-local-templates"  # where a nested deployment's silo-group template is staged
 _ALLOW_ALL = json.dumps({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]})
 
 
@@ -59,13 +60,20 @@ class LocalStack:
     """A moto server + the deployed template + the stream loop; a context manager."""
 
     def __init__(self, silo_ids: Sequence[str], stack_name: str = "fedsim", silo_visibility_timeout: int = 30,
-                 poll_seconds: float = 0.05, enforce_iam: bool = True):
+                 poll_seconds: float = 0.05, enforce_iam: bool = True, silo_group_size: Optional[int] = None):
         """`enforce_iam`: moto checks IAM policies (it does for S3 and SQS, not DynamoDB): the server
         side uses an operator user's credentials, and each silo its own role's, assumed by its own
-        IAM user (`silo_config(silo_id)`), so a silo cannot act as another."""
+        IAM user (`silo_config(silo_id)`), so a silo cannot act as another.
+
+        `silo_group_size`: deploy the silos as nested stacks of this many (`template.render_nested`),
+        as a deployment beyond `template.MAX_RENDERED_SILOS` silos must; the default does so only then.
+        """
         silo_ids = list(silo_ids)
-        if not silo_ids or len(silo_ids) > template.MAX_RENDERED_SILOS:
-            raise ValueError(f"LocalStack needs 1 to {template.MAX_RENDERED_SILOS} silo ids, got {len(silo_ids)}")
+        if not silo_ids:
+            raise ValueError("LocalStack needs at least one silo id")
+        if silo_group_size is None and len(silo_ids) > template.MAX_RENDERED_SILOS:
+            silo_group_size = template.SILO_GROUP_SIZE
+        self.silo_group_size = silo_group_size
         if len(set(silo_ids)) != len(silo_ids):
             raise ValueError(f"silo ids must be unique, got {silo_ids}")
         self.silo_ids = silo_ids
@@ -181,38 +189,54 @@ class LocalStack:
             users[silo] = (arn, iam.create_access_key(UserName=name)["AccessKey"])
         return users
 
-    def _template_body(self) -> str:
-        """The shipped template, or one rendered with more silo slots for a larger stack."""
-        if len(self.silo_ids) <= template.MAX_SILOS:
-            return template.template_path().read_text()
-        return template.render_yaml(len(self.silo_ids))
+    def _create_stack(self, bootstrap: StackConfig, users: dict) -> None:
+        """The shipped template (or one rendered with more slots, or nested silo groups), deployed."""
+        principals = [users[silo][0] if silo in users else "" for silo in self.silo_ids]
+        parameters = {"LocalEmulation": "true", "SiloVisibilityTimeout": str(self.silo_visibility_timeout)}
+        if self.silo_group_size is not None:
+            s3 = bootstrap.client("s3")
+            s3.create_bucket(Bucket=_TEMPLATES_BUCKET)
+            server, group = template.render_nested(
+                len(self.silo_ids), self.silo_group_size,
+                group_template_url=f"https://s3.amazonaws.com/{_TEMPLATES_BUCKET}/{template.SILO_GROUP_FILE}")
+            s3.put_object(Bucket=_TEMPLATES_BUCKET, Key=template.SILO_GROUP_FILE, Body=template.to_yaml(group).encode())
+            body = template.to_yaml(server)
+            parameters.update(template.silo_group_parameters(self.silo_ids, principals, self.silo_group_size))
+        else:
+            if len(self.silo_ids) <= template.MAX_SILOS:
+                body = template.template_path().read_text()
+            else:
+                body = template.render_yaml(len(self.silo_ids))
+            for index, (silo, principal) in enumerate(zip(self.silo_ids, principals), start=1):
+                parameters[f"Silo{index}Id"] = silo
+                if principal:
+                    parameters[f"Silo{index}Principal"] = principal
+        bootstrap.client("cloudformation").create_stack(
+            StackName=self.stack_name, TemplateBody=body, Capabilities=["CAPABILITY_IAM"],
+            Parameters=[{"ParameterKey": key, "ParameterValue": value} for key, value in parameters.items()],
+        )
 
     def _deploy(self, endpoint: str) -> StackConfig:
         connection = self._operator(endpoint)
         bootstrap = StackConfig(region=REGION, bucket="", table="", stream_arn="", topic_arn="", state_machine_arn="",
                                 silo_queues={}, **connection)
         users = self._silo_users(bootstrap) if self.enforce_iam else {}
+        self._create_stack(bootstrap, users)
         cloudformation = bootstrap.client("cloudformation")
-        parameters = [
-            {"ParameterKey": "LocalEmulation", "ParameterValue": "true"},
-            {"ParameterKey": "SiloVisibilityTimeout", "ParameterValue": str(self.silo_visibility_timeout)},
-        ] + [{"ParameterKey": f"Silo{i}Id", "ParameterValue": silo} for i, silo in enumerate(self.silo_ids, start=1)] + [
-            {"ParameterKey": f"Silo{i}Principal", "ParameterValue": users[silo][0]}
-            for i, silo in enumerate(self.silo_ids, start=1) if silo in users
-        ]
-        cloudformation.create_stack(
-            StackName=self.stack_name, TemplateBody=self._template_body(), Parameters=parameters,
-            Capabilities=["CAPABILITY_IAM"],
-        )
         stack = cloudformation.describe_stacks(StackName=self.stack_name)["Stacks"][0]
         if stack["StackStatus"] != "CREATE_COMPLETE":
             raise RuntimeError(f"the local stack is {stack['StackStatus']}: {stack.get('StackStatusReason', '')}")
-        outputs = {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}
+        outputs = stack_outputs(cloudformation, self.stack_name)
+        slots = silo_slots(outputs)
+        if sorted(slots) != sorted(self.silo_ids):
+            raise RuntimeError(f"the local stack has silo slots for {sorted(slots)}, not {sorted(self.silo_ids)}")
         # moto skips AWS::SNS::Subscription-like details it cannot emulate: check the fan-out is there.
         sns = bootstrap.client("sns")
-        subscribed = {s["Endpoint"] for s in sns.list_subscriptions_by_topic(TopicArn=outputs["TopicArn"])["Subscriptions"]}
+        subscribed = set()
+        for page in sns.get_paginator("list_subscriptions_by_topic").paginate(TopicArn=outputs["TopicArn"]):
+            subscribed.update(s["Endpoint"] for s in page["Subscriptions"])
         sqs = bootstrap.client("sqs")
-        queue_urls = [outputs[f"Silo{index}QueueUrl"] for index in range(1, len(self.silo_ids) + 1)] + [outputs["ServerQueueUrl"]]
+        queue_urls = [outputs[f"{slots[silo]}QueueUrl"] for silo in self.silo_ids] + [outputs["ServerQueueUrl"]]
         for queue_url in queue_urls:
             queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
             if queue_arn not in subscribed:
@@ -225,10 +249,10 @@ class LocalStack:
         config = StackConfig.from_outputs(outputs, REGION, state_machine_arn=state_machine, **connection)
         iam = bootstrap.client("iam")
         for silo, (_, key) in users.items():  # each silo assumes its own role with its own user's key
-            slot = 1 + self.silo_ids.index(silo)
+            role_arn = outputs[f"{slots[silo]}RoleArn"]
             # moto keeps a template's inline role policies in a form its own policy checker cannot
             # read; putting the same documents back through the IAM API stores them as it expects.
-            role_name = outputs[f"Silo{slot}RoleArn"].rsplit("/", 1)[-1]
+            role_name = role_arn.rsplit("/", 1)[-1]
             for policy_name in iam.list_role_policies(RoleName=role_name)["PolicyNames"]:
                 document = iam.get_role_policy(RoleName=role_name, PolicyName=policy_name)["PolicyDocument"]
                 if isinstance(document, str):  # moto returns the Python repr of the template's dict
@@ -236,7 +260,7 @@ class LocalStack:
                 iam.put_role_policy(RoleName=role_name, PolicyName=policy_name,
                                     PolicyDocument=json.dumps(_as_moto_checks_it(document)))
             sts = attrs.evolve(config, access_key=key["AccessKeyId"], secret_key=key["SecretAccessKey"]).client("sts")
-            credentials = sts.assume_role(RoleArn=outputs[f"Silo{slot}RoleArn"], RoleSessionName=f"fedsim-silo-{slot}",
+            credentials = sts.assume_role(RoleArn=role_arn, RoleSessionName=f"fedsim-{silo}",
                                           DurationSeconds=43200)["Credentials"]
             self._silo_configs[silo] = attrs.evolve(
                 config, access_key=credentials["AccessKeyId"], secret_key=credentials["SecretAccessKey"],

@@ -37,3 +37,26 @@ def test_fifty_silos_one_round(many):
     assert context.last_report.rounds[0]["aggregated"] == silos
     assert_close(simulate(process, state, arrays, silos), output)
     print(f"{SILO_COUNT} silos: one round in {time.monotonic() - started:.1f}s")
+
+
+def test_silos_in_nested_stacks_run_a_round():
+    """The nested layout a deployment beyond 60 silos needs (here 5 silos in groups of 2), deployed on
+    the local stack from its S3-staged group template: a round equals the simulation."""
+    silos = [f"group-silo-{i}" for i in range(5)]
+    rng = np.random.RandomState(9)
+    arrays = {s: collections.OrderedDict(x=rng.randn(4, 5).astype(np.float32), y=rng.randint(0, 3, 4).astype(np.int32)) for s in silos}
+    with aws.LocalStack(silos, silo_group_size=2) as stack:
+        cloudformation = stack.config.client("cloudformation")
+        outputs = aws.config.stack_outputs(cloudformation, stack.stack_name)
+        assert sorted(aws.config.silo_slots(outputs).values()) == [
+            "SiloGroup1Slot0", "SiloGroup1Slot1", "SiloGroup2Slot0", "SiloGroup2Slot1", "SiloGroup3Slot0"]
+        process = learning.build_weighted_fed_avg(model_fn, lambda: optimizers.build_sgdm(0.1))
+        state = process.initialize()
+        _, threads, errors = start_agents(stack, arrays, silos, poll_seconds=1)
+        with aws.execution_context(stack, silos=silos, preprocess=batch, round_deadline_seconds=120) as context:
+            output = process.next(state, silos)
+        for thread in threads:
+            thread.join(timeout=60)
+        assert not errors, errors[:3]
+        assert context.last_report.rounds[0]["aggregated"] == silos
+        assert_close(simulate(process, state, arrays, silos), output)

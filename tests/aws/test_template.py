@@ -76,3 +76,35 @@ def test_rendered_for_more_silos_passes_cfn_lint(tmp_path):
     import pytest
     with pytest.raises(ValueError, match="CloudFormation's limits"):
         template.render(template.MAX_RENDERED_SILOS + 1)
+
+
+def test_two_hundred_silos_as_nested_stacks_pass_cfn_lint(tmp_path):
+    completed = subprocess.run([sys.executable, "-m", "fedsim.aws.template", "--nested", "200", "--out", str(tmp_path)],
+                               capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr
+    cfn_lint = pathlib.Path(sys.executable).with_name("cfn-lint")
+    completed = subprocess.run([str(cfn_lint), "server.yaml", template.SILO_GROUP_FILE], cwd=tmp_path,
+                               capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    server, group = template.render_nested(200)
+    for document in (server, group):
+        assert len(document["Parameters"]) <= 200 and len(document["Resources"]) <= 500 and len(document["Outputs"]) <= 200
+    stacks = [name for name, r in server["Resources"].items() if r["Type"] == "AWS::CloudFormation::Stack"]
+    assert stacks == [f"SiloGroup{g}Stack" for g in range(1, 5)]  # 4 groups of 50 slots
+    assert sum(1 for name in group["Resources"] if name.endswith("Role")) == template.SILO_GROUP_SIZE
+    # A group's slot is the flat template's slot with the server's pieces passed in as parameters.
+    flat = json.dumps(template.render(1)["Resources"]["Silo1Role"], sort_keys=True)
+    nested = json.dumps(group["Resources"]["Slot0Role"], sort_keys=True)
+    replacements = {  # in this order
+        '{"Ref": "Silo1Principal"}': '{"Fn::Select": [0, {"Ref": "SiloPrincipals"}]}',
+        '{"Ref": "Silo1Id"}': '{"Fn::Select": [0, {"Ref": "SiloIds"}]}',
+        "${ModelBucket.Arn}": "${BucketArn}", '{"Fn::GetAtt": ["ResultsTable", "Arn"]}': '{"Ref": "TableArn"}',
+        '"Silo1': '"Slot0', '"HasSilo1': '"HasSlot0',
+    }
+    for old, new in replacements.items():
+        flat = flat.replace(old, new)
+    assert flat == nested
+    values = template.silo_group_parameters([f"s{i}" for i in range(120)])
+    assert sorted(values) == ["SiloGroup1Ids", "SiloGroup1Principals", "SiloGroup2Ids", "SiloGroup2Principals",
+                              "SiloGroup3Ids", "SiloGroup3Principals"]
+    assert values["SiloGroup3Ids"].split(",") == [f"s{i}" for i in range(100, 120)]
