@@ -29,8 +29,10 @@ from absl import logging
 from fedsim.aws import protocol
 from fedsim.aws.config import StackConfig
 from fedsim.aws.handler import prepare_round
+from fedsim.aws.lineage import RunLineage, read_lineage
 from fedsim.aws.store import Store
 from fedsim.core import canonical_form, compiler, context_stack, structure
+from fedsim.core.wrappers import tf_computation
 from fedsim.core import types as ft
 from fedsim.core.federated_tracing import FederatedComputation
 from fedsim.core.local_context import LocalExecutionContext
@@ -90,6 +92,7 @@ class AwsExecutionContext:
         self._phase_references: dict = {}
         self._preprocess_reference: Optional[dict] = None
         self.last_report: Optional[RoundReport] = None
+        self.last_run: Optional[RunLineage] = None  # the last run's lineage (metrics history, contributors, models)
 
     # the context protocol ---------------------------------------------------------------------
 
@@ -107,35 +110,50 @@ class AwsExecutionContext:
             self._forms[key] = (computation, compiler.compile_to_canonical_form(computation))
         return self._forms[key][1]
 
-    def start_rounds(self, computation: FederatedComputation, state: Any, silo_ids: Sequence[str], rounds: int = 1,
-                     stop_metric: Optional[str] = None, stop_metric_below: float = -1e308) -> tuple:
+    def start_rounds(self, computation: Any, state: Any, silo_ids: Sequence[str], rounds: int = 1, *,
+                     evaluation: Any = None, evaluation_state: Any = None, evaluate_every: int = 1,
+                     stop_rules: Sequence[Any] = (), train_dataset: Optional[str] = None, eval_dataset: str = "test") -> tuple:
         """Uploads what the server needs and starts the state machine; returns `(run_id, execution_arn)`.
 
-        The rounds then run without this process: the handler prepares each next round.
+        The rounds then run without this process: the handler prepares each next step.
+        `computation`: a process's `next` (or the process). `evaluation`: an evaluation process
+        (`build_fed_eval`) run on each silo's `eval_dataset` after every `evaluate_every`-th round
+        (and the last) on the new global model; the training process must then be given as the
+        process (its `get_model_weights` picks the model). `stop_rules`: `stopping.StopWhen` /
+        `StopWhenNoImprovement` on any training or evaluation metric. `train_dataset`: the silos'
+        dataset to train on (default: `train`, or a silo's only one).
         """
         silo_ids = list(silo_ids)
         unknown = [s for s in silo_ids if s not in self.silos]
         if not silo_ids or unknown:
             raise ValueError(f"the clients of a round are silo ids from {self.silos}; got {silo_ids}")
-        if rounds < 1:
-            raise ValueError(f"rounds must be >= 1, got {rounds}")
-        form = self.form(computation)
+        if not isinstance(rounds, int) or rounds < 1:
+            raise ValueError(f"rounds must be a positive int, got {rounds!r}")
+        if not isinstance(evaluate_every, int) or evaluate_every < 1:
+            raise ValueError(f"evaluate_every must be a positive int, got {evaluate_every!r}")
+        for rule in stop_rules:
+            if not hasattr(rule, "to_json") or not hasattr(rule, "reason"):
+                raise TypeError(f"stop_rules holds stopping rules (fedsim.aws.StopWhen, StopWhenNoImprovement), got {rule!r}")
+        training = getattr(computation, "next", computation)
+        form = self.form(training)
         state_type = form.type_signature.parameter[0].member
-        state = structure.check_and_normalize(state, state_type, f"the server state given to {computation.name}")
+        state = structure.check_and_normalize(state, state_type, f"the server state given to {training.name}")
         run_id = uuid.uuid4().hex[:16]
-        phases = self._uploaded_phases(form)
         manifest = {
             "run_id": run_id,
-            "computation": computation.name,
-            "phases": phases,
+            "computation": training.name,
+            "phases": self._uploaded_phases(form),
             "types": form.types_json(),
+            "dataset": train_dataset,
             "max_result_bytes": self.max_result_bytes,
             "total_rounds": rounds,
-            "stop_metric": stop_metric,
-            "stop_metric_below": stop_metric_below,
+            "stop_rules": [rule.to_json() for rule in stop_rules],
         }
         if self.preprocess is not None:
             manifest["preprocess"] = self._preprocess()
+        if evaluation is not None:
+            manifest["evaluation"] = self._evaluation_manifest(computation, form, evaluation, evaluation_state, run_id,
+                                                               eval_dataset, evaluate_every)
         manifest_key = f"runs/{run_id}/manifest.json"
         self.store.put_new(manifest_key, protocol.dumps(manifest))
         template = {"silos": silo_ids, "quorum": min(self.quorum, len(silo_ids)), "manifest_key": manifest_key}
@@ -143,27 +161,60 @@ class AwsExecutionContext:
         execution = self.sfn.start_execution(
             stateMachineArn=self.config.state_machine_arn,
             name=f"run-{run_id}",
-            input=json.dumps({
-                "run_id": run_id, "round": 1, "manifest_key": manifest_key, "silos": silo_ids,
-                "round_deadline_seconds": self.round_deadline_seconds, "total_rounds": rounds,
-                "stop_metric_below": stop_metric_below,
-            }),
+            input=json.dumps({"run_id": run_id, "round": 1, "manifest_key": manifest_key, "silos": silo_ids,
+                              "round_deadline_seconds": self.round_deadline_seconds}),
         )["executionArn"]
         return run_id, execution
 
-    def run_rounds(self, computation: FederatedComputation, state: Any, silo_ids: Sequence[str], rounds: int = 1, **stop: Any) -> Any:
-        """Runs `rounds` rounds on the server and returns the last round's result."""
+    def _evaluation_manifest(self, training_process: Any, form: canonical_form.CanonicalForm, evaluation: Any,
+                             evaluation_state: Any, run_id: str, dataset: str, every: int) -> dict:
+        """The evaluation step's part of the manifest: its phases, the bridge that puts each new
+        global model into the evaluation's state (run by the handler), and its initial state."""
+        if not (hasattr(evaluation, "next") and hasattr(evaluation, "set_model_weights")):
+            raise TypeError(f"evaluation is an evaluation process (fedsim.learning.algorithms.build_fed_eval), got {evaluation!r}")
+        if not hasattr(training_process, "get_model_weights"):
+            raise TypeError("with evaluation, give the training process itself (not its next computation): "
+                            "its get_model_weights picks the model to evaluate")
+        evaluation_form = self.form(evaluation.next)
+        if evaluation_state is None:
+            evaluation_state = evaluation.initialize()
+        evaluation_state = structure.check_and_normalize(evaluation_state, evaluation_form.state_type, "the evaluation state")
+
+        @tf_computation(form.state_type, evaluation_form.state_type)
+        def model_to_evaluation_state(training_state, state):
+            return evaluation.set_model_weights(state, training_process.get_model_weights(training_state))
+
+        initial_state_key = f"runs/{run_id}/evaluation-initial-state.npz"
+        self.store.put_new(initial_state_key, protocol.encode_value(evaluation_state, evaluation_form.state_type))
+        return {
+            "computation": evaluation.next.name,
+            "phases": self._uploaded_phases(evaluation_form),
+            "types": evaluation_form.types_json(),
+            "dataset": dataset,
+            "every": every,
+            "bridge": self.store.put_computation(model_to_evaluation_state),
+            "initial_state_key": initial_state_key,
+        }
+
+    def run_rounds(self, computation: Any, state: Any, silo_ids: Sequence[str], rounds: int = 1, *,
+                   metrics_managers: Sequence[Any] = (), callbacks: Sequence[Any] = (), **options: Any) -> Any:
+        """Runs up to `rounds` rounds on the server (see `start_rounds` for evaluation and stopping
+        rules) and returns the last round's result; `last_run` is the run's lineage, whose metrics
+        go to `metrics_managers` and `callbacks` (e.g. `simulation.History`) as in `run_training_process`."""
         started = time.monotonic()
-        run_id, execution = self.start_rounds(computation, state, silo_ids, rounds, **stop)
-        return self.finish(computation, run_id, execution, rounds, started)
+        run_id, execution = self.start_rounds(computation, state, silo_ids, rounds, **options)
+        return self.finish(getattr(computation, "next", computation), run_id, execution, rounds, started,
+                           metrics_managers=metrics_managers, callbacks=callbacks)
 
     def finish(self, computation: FederatedComputation, run_id: str, execution: str, rounds: int = 1,
-               started: Optional[float] = None) -> Any:
+               started: Optional[float] = None, metrics_managers: Sequence[Any] = (), callbacks: Sequence[Any] = ()) -> Any:
         """Waits for a started run; returns its last result or raises `RoundFailedError` with the reason."""
         started = time.monotonic() if started is None else started
-        status = self.wait(execution, timeout=rounds * (self.round_deadline_seconds + 60), run_id=run_id)
+        status = self.wait(execution, timeout=rounds * 2 * (self.round_deadline_seconds + 60), run_id=run_id)
         reports = self._round_reports(run_id)
         self.last_report = RoundReport(run_id, tuple(reports), time.monotonic() - started)
+        self.last_run = read_lineage(self.store, run_id)
+        self.last_run.release_metrics(metrics_managers, callbacks)
         if status["status"] != "SUCCEEDED":
             raise RoundFailedError(self._failure_message(run_id, status, reports))
         last = reports[-1]
@@ -171,13 +222,15 @@ class AwsExecutionContext:
         data = self.store.get_checked(last["result_key"])
         return protocol.decode_value(data, form.update.type_signature.result, f"round {last['round']}'s result")
 
-    def silo_computation_hashes(self, computation: FederatedComputation) -> dict:
+    def silo_computation_hashes(self, computation: Any, evaluation: Any = None) -> dict:
         """`{phase: sha256}` of what silos run for `computation` (uploaded if needed).
 
         Give these to silo operators: they review them (`python -m fedsim.aws.review --hash`)
         and pin them (`python -m fedsim.aws.silo ... --accept HASH,HASH`).
         """
-        hashes = {"work": self._uploaded_phases(self.form(computation))["work"]["sha256"]}
+        hashes = {"work": self._uploaded_phases(self.form(getattr(computation, "next", computation)))["work"]["sha256"]}
+        if evaluation is not None:
+            hashes["evaluation_work"] = self._uploaded_phases(self.form(evaluation.next))["work"]["sha256"]
         if self.preprocess is not None:
             hashes["preprocess"] = self._preprocess()["sha256"]
         return hashes
@@ -212,36 +265,48 @@ class AwsExecutionContext:
                     raise RoundFailedError(f"serverless run {run_id} stopped: {unpicked}")
             time.sleep(self.poll_seconds)
 
+    def _step_report(self, run_id: str, step: str) -> Optional[dict]:
+        item = self.store.get_item(protocol.round_item_key(run_id, step))
+        if item is None:
+            return None
+        entry = {"round": protocol.parse_step(step)[0], "step": step, "status": item["status"], "silos": item["silos"]}
+        if item.get("outcome"):
+            entry.update(json.loads(item["outcome"]))
+        if item.get("cause"):
+            entry["cause"] = item["cause"]
+        results = self.store.round_results(run_id, step)
+        entry["reported"] = sorted(r["pk"] for r in results)
+        entry["opened_at"] = item.get("opened_at")
+        entry["silo_timings"] = {
+            r["pk"]: {k: r.get(k) for k in ("received_at", "work_seconds", "written_at")} for r in results
+        }
+        verdicts = self.store.round_verdicts(run_id, step)
+        entry["verdicts"] = {silo: v["status"] for silo, v in verdicts.items()}
+        entry.setdefault("rejected", {silo: v.get("reason", "") for silo, v in verdicts.items() if v["status"] == "rejected"})
+        return entry
+
     def _round_reports(self, run_id: str) -> list:
+        """Each round's report (its evaluation step's, if any, under `evaluation`)."""
         reports, round_num = [], 1
         while True:
-            item = self.store.get_item(protocol.round_item_key(run_id, round_num))
-            if item is None:
+            entry = self._step_report(run_id, protocol.step_label(round_num))
+            if entry is None:
                 return reports
-            entry = {"round": round_num, "status": item["status"], "silos": item["silos"]}
-            if item.get("outcome"):
-                entry.update(json.loads(item["outcome"]))
-            if item.get("cause"):
-                entry["cause"] = item["cause"]
-            results = self.store.round_results(run_id, round_num)
-            entry["reported"] = sorted(r["pk"] for r in results)
-            entry["opened_at"] = item.get("opened_at")
-            entry["silo_timings"] = {
-                r["pk"]: {k: r.get(k) for k in ("received_at", "work_seconds", "written_at")} for r in results
-            }
-            verdicts = self.store.round_verdicts(run_id, round_num)
-            entry["verdicts"] = {silo: v["status"] for silo, v in verdicts.items()}
-            entry.setdefault("rejected", {silo: v.get("reason", "") for silo, v in verdicts.items() if v["status"] == "rejected"})
+            evaluation = self._step_report(run_id, protocol.step_label(round_num, evaluation=True))
+            if evaluation is not None:
+                entry["evaluation"] = evaluation
             reports.append(entry)
             round_num += 1
 
     def _failure_message(self, run_id: str, status: dict, reports: list) -> str:
-        last = reports[-1] if reports else {"round": 1, "reported": [], "silos": self.silos, "rejected": {}}
+        last = reports[-1] if reports else {"round": 1, "step": "1", "reported": [], "silos": self.silos, "rejected": {}}
+        if last.get("status") == "done" and "evaluation" in last:  # the run ended in the round's evaluation step
+            last = last["evaluation"]
         error, cause = status.get("error", ""), status.get("cause", "")
         missing = [s for s in last["silos"] if s not in last["reported"]]
         if error == "States.Timeout":
             reason = (
-                f"round {last['round']} (status: {last.get('status', 'not opened')}) missed its deadline of {self.round_deadline_seconds}s: "
+                f"round {last['step']} (status: {last.get('status', 'not opened')}) missed its deadline of {self.round_deadline_seconds}s: "
                 f"{len(last['reported'])} of {len(last['silos'])} silos reported (missing: {', '.join(missing) or 'none'}), "
                 f"quorum {self.quorum}"
             )

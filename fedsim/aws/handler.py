@@ -29,7 +29,7 @@ from typing import Any, Optional
 
 from absl import logging
 
-from fedsim.aws import protocol
+from fedsim.aws import protocol, stopping
 from fedsim.aws.config import StackConfig
 from fedsim.aws.store import Store, unmarshal_image
 from fedsim.core import phase_runner, structure
@@ -37,9 +37,8 @@ from fedsim.core import types as ft
 from fedsim.core.canonical_form import CanonicalForm
 from fedsim.core.structure import flatten_metrics
 
-__all__ = ["AggregationHandler", "handler", "NO_METRIC"]
+__all__ = ["AggregationHandler", "handler"]
 
-NO_METRIC = 1e308  # what the state machine's Choice compares when no stop metric is set
 VALIDATED_CACHE_BYTES = 512 * 2**20
 LEASE_SECONDS = 900.0  # a Lambda runs 15 minutes at most
 TOKEN_WAIT_SECONDS = 20.0  # how long a round message may take to reach the server's queue
@@ -90,8 +89,8 @@ class AggregationHandler:
                 rounds[item["round_key"]] = round_item
         outcomes = []
         for round_key, round_item in rounds.items():
-            run_id, round_text = round_key.rsplit("#", 1)
-            outcomes.append(self._maybe_close(run_id, int(round_text), round_item))
+            run_id, step = round_key.rsplit("#", 1)
+            outcomes.append(self._maybe_close(run_id, step, round_item))
         return outcomes
 
     # One silo result ---------------------------------------------------------------------------
@@ -99,9 +98,9 @@ class AggregationHandler:
     def validate_result(self, item: dict) -> Optional[dict]:
         """Writes the server's verdict on a silo's result (once: the first verdict stands);
         returns the round if it may still need closing or answering."""
-        run_id, round_text = item["round_key"].rsplit("#", 1)
+        run_id, round_num = item["round_key"].rsplit("#", 1)  # round_num: the step label ("3", or "3.eval")
         try:
-            round_num = int(round_text)
+            protocol.parse_step(round_num)
         except ValueError:
             logging.warning("result of %s with a malformed round key %r ignored", item["pk"], item["round_key"][:100])
             return None
@@ -117,17 +116,19 @@ class AggregationHandler:
         if round_item["status"] != "open":
             if not judged:
                 self._verdict(run_id, round_num, silo, "late")
-                logging.info("late result of %s for round %d ignored (round %s)", silo, round_num, round_item["status"])
+                logging.info("late result of %s for round %s ignored (round %s)", silo, round_num, round_item["status"])
             # a retried delivery: an expired claim may need taking over, a done round answering
             return round_item if round_item["status"] in ("aggregating", "done") else None
         if judged:
             return round_item  # a rewritten record does not change the verdict
         reason = self._check(item, round_item)
         if reason is None:
-            self._verdict(run_id, round_num, silo, "valid", key=item["key"], sha256=item["sha256"])
+            # what the silo said of its work is kept with the verdict, as the silo said it when judged
+            self._verdict(run_id, round_num, silo, "valid", key=item["key"], sha256=item["sha256"],
+                          size=int(item.get("size") or 0), silo_work_seconds=_seconds(item.get("work_seconds")))
         else:
             self._verdict(run_id, round_num, silo, "rejected", reason=reason)
-            logging.warning("round %d: rejected the result of %s: %s", round_num, silo, reason)
+            logging.warning("round %s: rejected the result of %s: %s", round_num, silo, reason)
         return round_item
 
     def _verdict(self, run_id: str, round_num: int, silo: str, status: str, **values: Any) -> dict:
@@ -146,16 +147,16 @@ class AggregationHandler:
             return f"{silo} is not a silo of this round"
         if "refused" in item:  # the silo would not (or could not) run the round; its words, bounded
             return f"the silo refused the round: {str(item['refused'])[:protocol.MAX_REASON_CHARS]}"
-        run_id, round_text = item["round_key"].rsplit("#", 1)
-        expected_key = protocol.silo_result_key(silo, run_id, int(round_text))
+        run_id, step = item["round_key"].rsplit("#", 1)
+        expected_key = protocol.silo_result_key(silo, run_id, step)
         if item.get("key") != expected_key:
             return f"result key {str(item.get('key'))[:200]!r} is not {expected_key!r}"
         if not isinstance(item.get("sha256"), str) or len(item["sha256"]) != 64:
             return "the result's record has no valid sha256"
-        manifest = self.manifest(round_item["manifest_key"])
-        work = self.store.get_computation(manifest["phases"]["work"])
+        section = _section(self.manifest(round_item["manifest_key"]), round_item)
+        work = self.store.get_computation(section["phases"]["work"])
         try:
-            data = self.store.get_checked(item["key"], item["sha256"], max_bytes=int(manifest["max_result_bytes"]))
+            data = self.store.get_checked(item["key"], item["sha256"], max_bytes=int(self.manifest(round_item["manifest_key"])["max_result_bytes"]))
             value = protocol.decode_value(data, work.type_signature.result, f"{silo}'s result", require_finite=True)
             self._remember((item["key"], item["sha256"]), value, len(data))
         except protocol.InvalidValueError as error:
@@ -166,7 +167,7 @@ class AggregationHandler:
 
     # Closing a round -----------------------------------------------------------------------------
 
-    def _maybe_close(self, run_id: str, round_num: int, round_item: dict) -> str:
+    def _maybe_close(self, run_id: str, round_num: str, round_item: dict) -> str:
         round_key = protocol.round_item_key(run_id, round_num)
         if round_item["status"] == "done":  # aggregated, maybe not answered: answer from the stored outcome
             if not round_item.get("answered"):
@@ -219,7 +220,7 @@ class AggregationHandler:
             if isinstance(item.get("task_token"), str):
                 return item["task_token"]
             if not self.config.server_queue_url or not self._collect_tokens() and time.monotonic() > deadline:
-                logging.warning("round %d of run %s: no task token from the server's queue", round_num, run_id)
+                logging.warning("round %s of run %s: no task token from the server's queue", round_num, run_id)
                 return None
 
     def _collect_tokens(self) -> int:
@@ -230,7 +231,8 @@ class AggregationHandler:
             try:
                 body = json.loads(message["Body"])
                 request = json.loads(body["Message"]) if "Message" in body else body  # the SNS envelope
-                run_id, round_num, token = str(request["run_id"]), int(request["round"]), request["task_token"]
+                run_id, round_num, token = str(request["run_id"]), str(request["round"]), request["task_token"]
+                protocol.parse_step(round_num)
                 if not isinstance(token, str):
                     raise TypeError("task_token is not a string")
             except (ValueError, KeyError, TypeError) as error:
@@ -263,10 +265,14 @@ class AggregationHandler:
         signature = ft.type_from_json(manifest["types"]["signature"], "the manifest's signature")
         return CanonicalForm.from_phases(signature, phases)
 
-    def _aggregate(self, run_id: str, round_num: int, round_item: dict, results: list, rejected: dict) -> dict:
+    def _aggregate(self, run_id: str, step: str, round_item: dict, results: list, rejected: dict) -> dict:
+        """Aggregates a step's valid results, writes its result once, and decides what comes next:
+        round r's evaluation step, round r+1, or the end of the run (and why)."""
         claimed_at = time.time()
         manifest = self.manifest(round_item["manifest_key"])
-        form = self.form(manifest)
+        round_num, is_evaluation = protocol.parse_step(step)
+        section = _section(manifest, round_item)
+        form = self.form(section)
         aggregation = phase_runner.Aggregation.of(form)
         for result in results:
             cached = self._validated.pop((result["key"], result["sha256"]), None)
@@ -279,38 +285,101 @@ class AggregationHandler:
             aggregation.add(value)
         aggregates = aggregation.result()
         aggregated_at = time.time()
-        prefix = protocol.round_prefix(run_id, round_num)
+        prefix = protocol.round_prefix(run_id, step)
         carry = protocol.decode_value(self.store.get_checked(f"{prefix}/carry.npz"), form.carry_type, "the round's carry")
         result_key = f"{prefix}/result.npz"
         if self.store.exists(result_key):  # taking over from a handler that died after writing it: written once
-            result = protocol.decode_value(self.store.get_checked(result_key), form.result_type, f"round {round_num}'s result")
+            result = protocol.decode_value(self.store.get_checked(result_key), form.result_type, f"round {step}'s result")
         else:
             result = phase_runner.update(form.update, carry, aggregates)
             self.store.put_new(result_key, protocol.encode_value(result, form.result_type))
+        result_version = self.store.version_of(result_key)
         updated_at = time.time()
 
-        metric = NO_METRIC
-        if manifest.get("stop_metric"):
-            flat = flatten_metrics(structure.to_mapping(result, form.result_type))
-            if manifest["stop_metric"] in flat and math.isfinite(flat[manifest["stop_metric"]]):
-                metric = float(flat[manifest["stop_metric"]])
+        metrics = _round_metrics(result, form, "evaluation" if is_evaluation else "training")
+        evaluate = (not is_evaluation and manifest.get("evaluation") is not None
+                    and (round_num % int(manifest["evaluation"]["every"]) == 0 or round_num == int(manifest["total_rounds"])))
+        stop_reason = None
+        if not evaluate:  # the round is complete: judge the stopping rules on every round's metrics so far
+            history = self._history(run_id, round_num, manifest, {**(self._training_metrics(run_id, round_num) if is_evaluation else {}), **metrics})
+            stop_reason = stopping.first_stop_reason([stopping.rule_from_json(r) for r in manifest.get("stop_rules", [])], history)
+            if stop_reason is None and round_num >= int(manifest["total_rounds"]):
+                stop_reason = f"all {manifest['total_rounds']} rounds done"
         outcome = {
             "round": round_num,
+            "step": step,
             "next_round": round_num + 1,
-            "metric": metric,
+            "evaluate": evaluate,
+            "eval_step": protocol.step_label(round_num, evaluation=True),
+            "continue": not evaluate and stop_reason is None,
+            "stop_reason": stop_reason,
+            "metrics": metrics,
             "result_key": result_key,
+            "result_version": result_version["version_id"],
+            "result_sha256": result_version["sha256"],
+            "state_sha256": protocol.sha256(protocol.encode_value(form.next_state(result), form.state_type)),
             "aggregated": [r["sk"] for r in results],
             "rejected": rejected,
             "timings": {"claimed_at": claimed_at, "aggregate_seconds": aggregated_at - claimed_at,
                         "update_seconds": updated_at - aggregated_at},
         }
-        if round_num < int(manifest["total_rounds"]) and metric > float(manifest["stop_metric_below"]):
-            prepare_round(self.store, form, form.next_state(result), run_id, round_num + 1, round_item, resume=True)
+        template = {key: round_item[key] for key in ("silos", "quorum", "manifest_key")}
+        if evaluate:
+            evaluation = manifest["evaluation"]
+            evaluation_form = self.form(evaluation)
+            bridge = self.store.get_computation(evaluation["bridge"])
+            previous = self._evaluation_state(run_id, round_num, evaluation, evaluation_form)
+            evaluation_state = bridge.call_value((form.next_state(result), previous))
+            prepare_round(self.store, evaluation_form, evaluation_state, run_id, outcome["eval_step"], template, resume=True)
+        elif outcome["continue"]:
+            state = form.next_state(result) if not is_evaluation else self._training_state(run_id, round_num, manifest)
+            prepare_round(self.store, self.form(manifest), state, run_id, round_num + 1, template, resume=True)
         outcome["timings"]["prepare_next_seconds"] = time.time() - updated_at
         return outcome
 
+    def _training_state(self, run_id: str, round_num: int, manifest: dict) -> Any:
+        """The server state after round `round_num`'s training (from its stored result)."""
+        form = self.form(manifest)
+        data = self.store.get_checked(f"{protocol.round_prefix(run_id, round_num)}/result.npz")
+        return form.next_state(protocol.decode_value(data, form.result_type, f"round {round_num}'s result"))
 
-def prepare_round(store: Store, form: CanonicalForm, state: Any, run_id: str, round_num: int, template: dict,
+    def _evaluation_state(self, run_id: str, round_num: int, evaluation: dict, form: CanonicalForm) -> Any:
+        """The evaluation process's state before round `round_num`'s evaluation: the last
+        evaluation step's new state, or the state the run started with."""
+        for earlier in range(round_num - 1, 0, -1):
+            key = f"{protocol.round_prefix(run_id, protocol.step_label(earlier, evaluation=True))}/result.npz"
+            if self.store.exists(key):
+                return form.next_state(protocol.decode_value(self.store.get_checked(key), form.result_type, f"round {earlier}'s evaluation"))
+        return protocol.decode_value(self.store.get_checked(evaluation["initial_state_key"]), form.state_type,
+                                     "the evaluation's initial state")
+
+    def _training_metrics(self, run_id: str, round_num: int) -> dict:
+        item = self.store.get_item(protocol.round_item_key(run_id, round_num)) or {}
+        return json.loads(item["outcome"])["metrics"] if item.get("outcome") else {}
+
+    def _history(self, run_id: str, round_num: int, manifest: dict, current: dict) -> list:
+        """`[(round, metrics), ...]` for rounds 1..round_num, training and evaluation metrics together."""
+        history = []
+        for earlier in range(1, round_num):
+            metrics = self._training_metrics(run_id, earlier)
+            item = self.store.get_item(protocol.round_item_key(run_id, protocol.step_label(earlier, evaluation=True))) or {}
+            if item.get("outcome"):
+                metrics.update(json.loads(item["outcome"])["metrics"])
+            history.append((earlier, metrics))
+        history.append((round_num, current))
+        return history
+
+
+def _round_metrics(result: Any, form: CanonicalForm, prefix: str) -> dict:
+    """A step's scalar metrics, flattened as `run_training_process` names them (`training/...`,
+    `evaluation/...`); non-finite values become None (JSON has no NaN)."""
+    mapping = structure.to_mapping(result, form.result_type)
+    metrics = mapping.get("metrics", {}) if isinstance(mapping, dict) else (mapping[1] if len(mapping) > 1 else {})
+    flat = flatten_metrics(metrics, prefix + "/") if isinstance(metrics, dict) else {}
+    return {name: (value if math.isfinite(value) else None) for name, value in flat.items()}
+
+
+def prepare_round(store: Store, form: CanonicalForm, state: Any, run_id: str, round_num: Any, template: dict,
                   resume: bool = False) -> None:
     """Runs prepare on `state`, uploads the broadcast and carry, and opens round `round_num`.
 
@@ -328,7 +397,7 @@ def prepare_round(store: Store, form: CanonicalForm, state: Any, run_id: str, ro
     item.update({
         "status": "open",
         "run_id": run_id,
-        "round": round_num,
+        "round": protocol.parse_step(round_num)[0],
         "silos": list(template["silos"]),
         "quorum": int(template["quorum"]),
         "manifest_key": template["manifest_key"],
@@ -336,6 +405,16 @@ def prepare_round(store: Store, form: CanonicalForm, state: Any, run_id: str, ro
     })
     if not store.put_item_if_absent(item):
         raise RuntimeError(f"round {round_num} of run {run_id} is already open; it is never reopened")
+
+
+def _section(manifest: dict, round_item: dict) -> dict:
+    """The part of the manifest a step runs: the training phases, or the evaluation's."""
+    _, is_evaluation = protocol.parse_step(round_item["sk"])
+    return manifest["evaluation"] if is_evaluation else manifest
+
+
+def _seconds(value: Any) -> Optional[float]:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) else None
 
 
 def _config_from_environment() -> StackConfig:

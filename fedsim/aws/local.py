@@ -241,6 +241,9 @@ class LocalStack:
             queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
             if queue_arn not in subscribed:
                 sns.subscribe(TopicArn=outputs["TopicArn"], Protocol="sqs", Endpoint=queue_arn)
+        # moto ignores the bucket's VersioningConfiguration in a template: set what the template declares.
+        versioning = template.load_template()["Resources"]["ModelBucket"]["Properties"]["VersioningConfiguration"]
+        bootstrap.client("s3").put_bucket_versioning(Bucket=outputs["BucketName"], VersioningConfiguration=versioning)
         state_machine = bootstrap.client("stepfunctions").create_state_machine(
             name=f"{self.stack_name}-rounds",
             definition=template.definition_from_template(template.load_template(), outputs["TopicArn"]),

@@ -6,6 +6,8 @@ S3 (one bucket):
     runs/<run>/round-<r>/broadcast.npz        prepare's broadcast for round r
     runs/<run>/round-<r>/carry.npz            prepare's carry (server only)
     runs/<run>/round-<r>/result.npz           update's result of round r (its first element is the new state)
+    runs/<run>/round-<r>.eval/...             the same for round r's evaluation step (the new model on held-out data)
+    runs/<run>/model/...                      the final global model to serve (Keras file, SavedModel, model card)
     silos/<silo>/<run>/round-<r>/work.npz     a silo's work output (only that silo may write here)
 
 DynamoDB (one table, stream of new images):
@@ -41,6 +43,8 @@ __all__ = [
     "computation_key",
     "decode_value",
     "encode_value",
+    "parse_step",
+    "step_label",
     "round_item_key",
     "round_prefix",
     "sha256",
@@ -64,6 +68,23 @@ def sha256(data: bytes) -> str:
 
 def computation_key(digest: str) -> str:
     return f"computations/{digest}"
+
+
+EVALUATION_SUFFIX = ".eval"
+
+
+def step_label(round_num: int, evaluation: bool = False) -> str:
+    """A run's steps: round r's training is step "r"; its evaluation of the new model, "r.eval"."""
+    return f"{int(round_num)}{EVALUATION_SUFFIX if evaluation else ''}"
+
+
+def parse_step(text: Any) -> tuple:
+    """`(round_num, is_evaluation)` of a step label; ValueError if it is not one."""
+    text = str(text)
+    body = text[: -len(EVALUATION_SUFFIX)] if text.endswith(EVALUATION_SUFFIX) else text
+    if not body.isdigit() or len(body) > 9 or int(body) < 1:
+        raise ValueError(f"{text[:40]!r} is not a step label (a round number, or one followed by {EVALUATION_SUFFIX!r})")
+    return int(body), body != text
 
 
 def round_prefix(run_id: str, round_num: int) -> str:

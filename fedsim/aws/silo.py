@@ -43,7 +43,10 @@ from fedsim.core import op_allowlist, phase_runner, structure
 from fedsim.core import types as ft
 from fedsim.core.errors import SerializationError
 
-__all__ = ["SiloAgent", "ComputationRefusedError", "LocalDataError", "load_silo_data", "read_pins", "main"]
+__all__ = ["DEFAULT_DATASET", "SiloAgent", "ComputationRefusedError", "LocalDataError", "load_silo_data", "load_silo_datasets",
+           "read_pins", "main"]
+
+DEFAULT_DATASET = "train"  # the name of a silo's only dataset, and what a run trains on unless its manifest says
 
 _HASH_LENGTH = 64
 
@@ -94,6 +97,36 @@ def load_silo_data(path: str, split: Optional[str] = None, client_id: Optional[s
     raise ValueError(f"silo data {path!r}: expected an .npz or a TFF-format .sqlite file")
 
 
+def sqlite_split_names(path: str) -> list:
+    """The split names of a TFF-format SQLite file (e.g. `train`, `test`)."""
+    connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return sorted(row[0] for row in connection.execute("SELECT DISTINCT split_name FROM client_metadata") if row[0])
+    finally:
+        connection.close()
+
+
+def load_silo_datasets(specs: list, split: Optional[str] = None, client_id: Optional[str] = None) -> dict:
+    """Named datasets from `--data` values: `NAME=PATH`, or `PATH` (named `train`; a TFF-format
+    `.sqlite` without `--split` gives one dataset per split name in the file)."""
+    datasets: dict = {}
+    for spec in specs:
+        name, separator, path = spec.partition("=")
+        if not separator:
+            name, path = None, spec
+        elif not name.replace("_", "").replace("-", "").isalnum():
+            raise ValueError(f"{spec!r}: a dataset name is letters, digits, '-' and '_'")
+        if name is None and path.endswith(".sqlite") and split is None and os.path.isfile(path):
+            loaded = {s: load_silo_data(path, s, client_id) for s in sqlite_split_names(path)}
+        else:
+            loaded = {name or DEFAULT_DATASET: load_silo_data(path, split, client_id)}
+        for loaded_name, dataset in loaded.items():
+            if loaded_name in datasets:
+                raise ValueError(f"dataset {loaded_name!r} is given twice")
+            datasets[loaded_name] = dataset
+    return datasets
+
+
 def _infer_features(path: str) -> dict:
     connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
@@ -115,17 +148,21 @@ def _infer_features(path: str) -> dict:
 class SiloAgent:
     """One silo: its id, its queue (from the stack config) and its local dataset."""
 
-    def __init__(self, config: StackConfig, silo_id: str, dataset: tf.data.Dataset, poll_seconds: int = 1,
+    def __init__(self, config: StackConfig, silo_id: str, dataset: Any, poll_seconds: int = 1,
                  accept: Optional[Any] = None,
                  allowed_ops: op_allowlist.OpAllowlist = op_allowlist.DEFAULT_OP_ALLOWLIST):
-        """`accept`: the hashes of the only computations this silo runs (None: any that passes
-        `allowed_ops`). `allowed_ops`: the ops a computation's graphs may use here."""
+        """`dataset`: a `tf.data.Dataset` (named `train`), or `{name: dataset}` (e.g. `train` and
+        `test`); a run's manifest says which step runs on which. `accept`: the hashes of the only
+        computations this silo runs (None: any that passes `allowed_ops`). `allowed_ops`: the ops a
+        computation's graphs may use here."""
         if silo_id not in config.silo_queues:
             raise ValueError(f"silo {silo_id!r} has no queue in this stack (silos: {sorted(config.silo_queues)})")
         config.check_reachable(config.silo_queues[silo_id])
         self.config = config
         self.silo_id = silo_id
-        self.dataset = dataset
+        self.datasets = dict(dataset) if isinstance(dataset, dict) else {DEFAULT_DATASET: dataset}
+        if not self.datasets:
+            raise ValueError(f"silo {silo_id!r} has no dataset")
         self.poll_seconds = poll_seconds
         self.queue_url = config.silo_queues[silo_id]
         self.accept = None if accept is None else read_pins(accept)
@@ -163,10 +200,16 @@ class SiloAgent:
             self.sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=message["ReceiptHandle"])
             self.rounds_done += 1
             return "not for this silo"
-        run_id, round_num = request["run_id"], int(request["round"])
+        run_id, round_num = str(request["run_id"]), str(request["round"])
+        try:
+            protocol.parse_step(round_num)
+        except ValueError as error:
+            self.sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=message["ReceiptHandle"])
+            logging.warning("silo %s: a message for run %s was dropped: %s", self.silo_id, run_id[:40], error)
+            return "malformed"
         if self.store.exists(f"{protocol.round_prefix(run_id, round_num)}/result.npz"):
             self.sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=message["ReceiptHandle"])
-            logging.info("silo %s, run %s round %d: already closed, skipped", self.silo_id, run_id, round_num)
+            logging.info("silo %s, run %s round %s: already closed, skipped", self.silo_id, run_id, round_num)
             self.rounds_done += 1
             return "round already closed"
         key = protocol.silo_result_key(self.silo_id, run_id, round_num)
@@ -181,7 +224,7 @@ class SiloAgent:
                 output_bytes = self.work(request)
                 digest = self.store.put_new(key, output_bytes)
         except (ComputationRefusedError, LocalDataError) as refusal:
-            logging.warning("silo %s, run %s round %d: %s", self.silo_id, run_id, round_num, refusal)
+            logging.warning("silo %s, run %s round %s: %s", self.silo_id, run_id, round_num, refusal)
             item.update({"refused": str(refusal)[:protocol.MAX_REASON_CHARS], "written_at": time.time()})
             outcome = "refused" if self.store.put_item_if_absent(item) else "duplicate"
         else:
@@ -190,7 +233,7 @@ class SiloAgent:
             outcome = "reported" if self.store.put_item_if_absent(item) else "duplicate"
         self.sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=message["ReceiptHandle"])
         self.rounds_done += 1
-        logging.info("silo %s, run %s round %d: %s", self.silo_id, run_id, round_num, outcome)
+        logging.info("silo %s, run %s round %s: %s", self.silo_id, run_id, round_num, outcome)
         return outcome
 
     def work(self, request: dict) -> bytes:
@@ -201,20 +244,24 @@ class SiloAgent:
             raise ComputationRefusedError(f"the run's manifest cannot be used: {error}") from None
         if not isinstance(manifest, dict) or not isinstance(manifest.get("phases"), dict):
             raise ComputationRefusedError(f"the run's manifest {request['manifest_key']!r} is malformed (no phases)")
-        work = self.accepted_computation(manifest["phases"].get("work"), "work")
-        broadcast_type = self._manifest_type(manifest, "broadcast")
-        input_type = self._manifest_type(manifest, "client_input")
+        _, is_evaluation = protocol.parse_step(request["round"])
+        section = manifest.get("evaluation") if is_evaluation else manifest
+        if not isinstance(section, dict) or not isinstance(section.get("phases"), dict):
+            raise ComputationRefusedError(f"the run's manifest {request['manifest_key']!r} has no evaluation phases")
+        work = self.accepted_computation(section["phases"].get("work"), "work")
+        broadcast_type = self._manifest_type(section, "broadcast")
+        input_type = self._manifest_type(section, "client_input")
+        dataset = self._dataset(section.get("dataset"))
         if work.type_signature.parameter != ft.StructType([(None, input_type), (None, broadcast_type)]):
             raise ComputationRefusedError(
                 f"the work computation takes {work.type_signature.parameter}, but the run's manifest says "
                 f"<{input_type},{broadcast_type}>"
             )
         preprocess = None if manifest.get("preprocess") is None else self.accepted_computation(manifest["preprocess"], "preprocess")
-        prefix = protocol.round_prefix(request["run_id"], int(request["round"]))
+        prefix = protocol.round_prefix(request["run_id"], str(request["round"]))
         broadcast = protocol.decode_value(self.store.get_checked(f"{prefix}/broadcast.npz"), broadcast_type, "the round's broadcast")
         started = time.monotonic()
         try:  # the silo's own data meets the round's computations: a failure here is reported, not retried
-            dataset = self.dataset
             if preprocess is not None:
                 dataset = structure.check_and_normalize(dataset, preprocess.type_signature.parameter, f"silo {self.silo_id}'s data")
                 dataset = preprocess.call_value(dataset)
@@ -226,6 +273,15 @@ class SiloAgent:
                                  f"{error.message.splitlines()[0] if error.message else error}") from None
         self.last_work_seconds = time.monotonic() - started
         return protocol.encode_value(output, work.type_signature.result)
+
+    def _dataset(self, name: Any) -> tf.data.Dataset:
+        """The named dataset a step runs on (None: the silo's only one, or `train`)."""
+        if name is None:
+            name = next(iter(self.datasets)) if len(self.datasets) == 1 else DEFAULT_DATASET
+        if not isinstance(name, str) or name not in self.datasets:
+            raise LocalDataError(f"silo {self.silo_id} has no dataset named {str(name)[:64]!r} "
+                                 f"(it has: {', '.join(sorted(self.datasets))})")
+        return self.datasets[name]
 
     @staticmethod
     def _manifest_type(manifest: dict, name: str) -> ft.Type:
@@ -261,7 +317,9 @@ def main(argv: Optional[list] = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m fedsim.aws.silo", description=__doc__.splitlines()[0])
     parser.add_argument("--stack-config", required=True, help="JSON written by LocalStack or StackConfig.to_json")
     parser.add_argument("--silo-id", required=True)
-    parser.add_argument("--data", required=True, help=".npz of arrays or a TFF-format .sqlite file")
+    parser.add_argument("--data", required=True, action="append", metavar="[NAME=]PATH",
+                        help=".npz of arrays or a TFF-format .sqlite file; repeat with names for several datasets "
+                             "(train=a.npz --data test=b.npz); a .sqlite without --split gives one per split")
     parser.add_argument("--split", default=None)
     parser.add_argument("--client-id", default=None)
     parser.add_argument("--rounds", type=int, default=None, help="stop after this many rounds")
@@ -293,11 +351,11 @@ def main(argv: Optional[list] = None) -> None:
     except (OSError, ValueError, TypeError) as error:
         parser.error(f"--stack-config {args.stack_config}: {error}")
     try:
-        dataset = load_silo_data(args.data, args.split, args.client_id)
-    except (OSError, ValueError) as error:
-        parser.error(f"--data {args.data}: {error}")
+        datasets = load_silo_datasets(args.data, args.split, args.client_id)
+    except (OSError, ValueError, sqlite3.Error) as error:
+        parser.error(f"--data {' '.join(args.data)}: {error}")
     try:
-        agent = SiloAgent(config, args.silo_id, dataset, accept=pins)
+        agent = SiloAgent(config, args.silo_id, datasets, accept=pins)
     except ValueError as error:
         parser.error(str(error))
     except StackUnreachableError as error:

@@ -35,11 +35,12 @@ class Store:
 
     # objects -------------------------------------------------------------------------------
 
-    def put_new(self, key: str, data: bytes, sha256: Optional[str] = None) -> str:
-        """Writes `key` only if it does not exist; returns the data's sha256."""
+    def put_new(self, key: str, data: bytes, sha256: Optional[str] = None, metadata: Optional[dict] = None) -> str:
+        """Writes `key` only if it does not exist (with `metadata` beside its sha256); returns the data's sha256."""
         digest = sha256 or protocol.sha256(data)
         try:
-            self.s3.put_object(Bucket=self.config.bucket, Key=key, Body=data, IfNoneMatch="*", Metadata={"sha256": digest})
+            self.s3.put_object(Bucket=self.config.bucket, Key=key, Body=data, IfNoneMatch="*",
+                               Metadata={**(metadata or {}), "sha256": digest})
         except ClientError as error:
             if error.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict"):
                 raise ObjectExistsError(f"s3://{self.config.bucket}/{key} already exists; it is never overwritten") from None
@@ -62,6 +63,11 @@ class Store:
         if expected is None or actual != expected:
             raise protocol.InvalidValueError(f"s3://{self.config.bucket}/{key}: checksum mismatch (expected {expected}, got {actual})")
         return data
+
+    def version_of(self, key: str) -> dict:
+        """`{"version_id", "sha256"}` of an object as stored (the bucket is versioned)."""
+        head = self.s3.head_object(Bucket=self.config.bucket, Key=key)
+        return {"version_id": head.get("VersionId"), "sha256": head.get("Metadata", {}).get("sha256")}
 
     def exists(self, key: str) -> bool:
         try:

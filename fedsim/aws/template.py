@@ -51,43 +51,45 @@ def load_template() -> dict:
     return yaml.safe_load(template_path().read_text())
 
 
-def _definition(topic: str) -> dict:
-    """The round loop, JSONPath only: publish with a task token, wait (deadline), continue or stop."""
-    carried = ["run_id", "manifest_key", "silos", "round_deadline_seconds", "total_rounds", "stop_metric_below"]
+def _publish(topic: str, step: str, next_state: str) -> dict:
+    """A state that publishes a step's message with a task token and waits for the handler's answer."""
     return {
-        "Comment": "fedsim: one federated round per loop; the aggregation handler answers each round's task token",
+        "Type": "Task",
+        "Resource": "arn:aws:states:::sns:publish.waitForTaskToken",
+        "Parameters": {
+            "TopicArn": topic,
+            "Message": {
+                "run_id.$": "$.run_id",
+                "round.$": step,
+                "manifest_key.$": "$.manifest_key",
+                "silos.$": "$.silos",
+                "task_token.$": "$$.Task.Token",
+            },
+        },
+        "TimeoutSecondsPath": "$.round_deadline_seconds",
+        "ResultPath": "$.outcome",
+        "Next": next_state,
+    }
+
+
+def _definition(topic: str) -> dict:
+    """The round loop, JSONPath only: publish a round with a task token and wait (deadline); then,
+    if the handler says so, publish its evaluation step; continue or stop as the handler judged
+    from the run's stopping rules (its answer carries the metrics and the reason to stop)."""
+    carried = ["run_id", "manifest_key", "silos", "round_deadline_seconds"]
+    go_on = {"Variable": "$.outcome.continue", "BooleanEquals": True, "Next": "NextRound"}
+    return {
+        "Comment": "fedsim: one federated round (+ its evaluation) per loop; the aggregation handler answers each step's task token",
         "StartAt": "PublishRound",
         "States": {
-            "PublishRound": {
-                "Type": "Task",
-                "Resource": "arn:aws:states:::sns:publish.waitForTaskToken",
-                "Parameters": {
-                    "TopicArn": topic,
-                    "Message": {
-                        "run_id.$": "$.run_id",
-                        "round.$": "$.round",
-                        "manifest_key.$": "$.manifest_key",
-                        "silos.$": "$.silos",
-                        "task_token.$": "$$.Task.Token",
-                    },
-                },
-                "TimeoutSecondsPath": "$.round_deadline_seconds",
-                "ResultPath": "$.outcome",
-                "Next": "ContinueOrStop",
-            },
-            "ContinueOrStop": {
+            "PublishRound": _publish(topic, "$.round", "AfterRound"),
+            "AfterRound": {
                 "Type": "Choice",
-                "Choices": [
-                    {
-                        "And": [
-                            {"Variable": "$.outcome.round", "NumericLessThanPath": "$.total_rounds"},
-                            {"Variable": "$.outcome.metric", "NumericGreaterThanPath": "$.stop_metric_below"},
-                        ],
-                        "Next": "NextRound",
-                    }
-                ],
+                "Choices": [{"Variable": "$.outcome.evaluate", "BooleanEquals": True, "Next": "PublishEvaluation"}, go_on],
                 "Default": "Done",
             },
+            "PublishEvaluation": _publish(topic, "$.outcome.eval_step", "AfterEvaluation"),
+            "AfterEvaluation": {"Type": "Choice", "Choices": [go_on], "Default": "Done"},
             "NextRound": {
                 "Type": "Pass",
                 "Parameters": {**{f"{name}.$": f"$.{name}" for name in carried}, "round.$": "$.outcome.next_round"},

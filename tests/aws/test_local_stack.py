@@ -218,11 +218,13 @@ def test_the_state_machine_stops_on_a_metric_threshold(fresh, arrays, process):
     stack = fresh
     with aws.execution_context(stack, silos=SILOS, preprocess=batch, round_deadline_seconds=60) as context:
         agents, _, _ = start_agents(stack, arrays, SILOS, rounds=5)
-        # Continue while the training loss is above 1e6: never, so the run stops after round 1 of 5.
+        # Stop when the training loss is below 1e6: at once, so the run stops after round 1 of 5.
         output = context.run_rounds(process.next, process.initialize(), SILOS, rounds=5,
-                                    stop_metric="metrics/client_work/train/loss", stop_metric_below=1e6)
+                                    stop_rules=[aws.StopWhen("training/client_work/train/loss", below=1e6)])
         assert [r["round"] for r in context.last_report.rounds] == [1]
-        assert context.last_report.rounds[0]["metric"] == pytest.approx(float(output.metrics["client_work"]["train"]["loss"]))
+        loss = float(output.metrics["client_work"]["train"]["loss"])
+        assert context.last_report.rounds[0]["metrics"]["training/client_work/train/loss"] == pytest.approx(loss)
+        assert context.last_run.stop_reason == f"training/client_work/train/loss = {loss:.6g} < 1e+06 at round 1"
         for agent in agents:
             agent.stop()
 
@@ -244,8 +246,8 @@ def test_local_stack_command_line_serves_and_stops(tmp_path):
     finally:
         server.send_signal(__import__("signal").SIGINT)
         server.communicate(timeout=60)
-    with __import__("socket").socket() as probe:  # the moto server it started is gone: the port is free
-        probe.bind(("127.0.0.1", port))
+    with __import__("socket").socket() as probe:  # the moto server it started is gone: nothing listens there
+        assert probe.connect_ex(("127.0.0.1", port)) != 0
 
 
 def test_a_silo_whose_data_does_not_fit_reports_why_and_the_round_fails_at_once(fresh, arrays, process):

@@ -56,8 +56,9 @@ def test_state_machine_is_jsonpath_and_carries_no_model_bytes():
     assert publish["Resource"] == "arn:aws:states:::sns:publish.waitForTaskToken"
     assert publish["TimeoutSecondsPath"] == "$.round_deadline_seconds"
     assert sorted(publish["Parameters"]["Message"]) == ["manifest_key.$", "round.$", "run_id.$", "silos.$", "task_token.$"]
-    choice = definition["States"]["ContinueOrStop"]["Choices"][0]["And"]
-    assert {c["Variable"] for c in choice} == {"$.outcome.round", "$.outcome.metric"}
+    choice = definition["States"]["AfterRound"]["Choices"]
+    assert choice == [{"Variable": "$.outcome.evaluate", "BooleanEquals": True, "Next": "PublishEvaluation"},
+                      {"Variable": "$.outcome.continue", "BooleanEquals": True, "Next": "NextRound"}]
     # The template embeds the same definition.
     embedded = template.definition_from_template(template.load_template(), "arn:aws:sns:us-east-1:1:t")
     assert json.loads(embedded) == definition
