@@ -22,12 +22,9 @@ def many():
         yield stack, silos, arrays
 
 
-def test_fifty_silos_one_round(many):
-    stack, silos, arrays = many
-    assert len(stack.config.silo_queues) == SILO_COUNT and len({stack.silo_config(s).access_key for s in silos}) == SILO_COUNT
+def assert_one_round_equals_the_simulation(stack, silos, arrays):
     process = learning.build_weighted_fed_avg(model_fn, lambda: optimizers.build_sgdm(0.1))
     state = process.initialize()
-    started = time.monotonic()
     _, threads, errors = start_agents(stack, arrays, silos, poll_seconds=1)
     with aws.execution_context(stack, silos=silos, preprocess=batch, round_deadline_seconds=240) as context:
         output = process.next(state, silos)
@@ -36,6 +33,13 @@ def test_fifty_silos_one_round(many):
     assert not errors, errors[:3]
     assert context.last_report.rounds[0]["aggregated"] == silos
     assert_close(simulate(process, state, arrays, silos), output)
+
+
+def test_fifty_silos_one_round(many):
+    stack, silos, arrays = many
+    assert len(stack.config.silo_queues) == SILO_COUNT and len({stack.silo_config(s).access_key for s in silos}) == SILO_COUNT
+    started = time.monotonic()
+    assert_one_round_equals_the_simulation(stack, silos, arrays)
     print(f"{SILO_COUNT} silos: one round in {time.monotonic() - started:.1f}s")
 
 
@@ -50,13 +54,4 @@ def test_silos_in_nested_stacks_run_a_round():
         outputs = aws.config.stack_outputs(cloudformation, stack.stack_name)
         assert sorted(aws.config.silo_slots(outputs).values()) == [
             "SiloGroup1Slot0", "SiloGroup1Slot1", "SiloGroup2Slot0", "SiloGroup2Slot1", "SiloGroup3Slot0"]
-        process = learning.build_weighted_fed_avg(model_fn, lambda: optimizers.build_sgdm(0.1))
-        state = process.initialize()
-        _, threads, errors = start_agents(stack, arrays, silos, poll_seconds=1)
-        with aws.execution_context(stack, silos=silos, preprocess=batch, round_deadline_seconds=120) as context:
-            output = process.next(state, silos)
-        for thread in threads:
-            thread.join(timeout=60)
-        assert not errors, errors[:3]
-        assert context.last_report.rounds[0]["aggregated"] == silos
-        assert_close(simulate(process, state, arrays, silos), output)
+        assert_one_round_equals_the_simulation(stack, silos, arrays)
