@@ -32,11 +32,11 @@ from fedsim.aws.handler import prepare_round
 from fedsim.aws.lineage import RunLineage, read_lineage
 from fedsim.aws.store import Store
 from fedsim.core import canonical_form, compiler, context_stack, structure
-from fedsim.core.wrappers import tf_computation
+from fedsim.core.wrappers import federated_computation, tf_computation
 from fedsim.core import types as ft
 from fedsim.core.federated_tracing import FederatedComputation
 from fedsim.core.local_context import LocalExecutionContext
-from fedsim.core.placements import CLIENTS
+from fedsim.core.placements import CLIENTS, SERVER
 
 __all__ = ["AwsExecutionContext", "RoundFailedError", "RoundReport", "execution_context"]
 
@@ -117,9 +117,10 @@ class AwsExecutionContext:
 
         The rounds then run without this process: the handler prepares each next step.
         `computation`: a process's `next` (or the process). `evaluation`: an evaluation process
-        (`build_fed_eval`) run on each silo's `eval_dataset` after every `evaluate_every`-th round
-        (and the last) on the new global model; the training process must then be given as the
-        process (its `get_model_weights` picks the model). `stop_rules`: `stopping.StopWhen` /
+        (`build_fed_eval`) or a federated evaluation computation (`build_federated_evaluation`),
+        run on each silo's `eval_dataset` after every `evaluate_every`-th round (and the last) on
+        the new global model; the training process must then be given as the process (its
+        `get_model_weights` picks the model). `stop_rules`: `stopping.StopWhen` /
         `StopWhenNoImprovement` on any training or evaluation metric. `train_dataset`: the silos'
         dataset to train on (default: `train`, or a silo's only one).
         """
@@ -152,7 +153,7 @@ class AwsExecutionContext:
         if self.preprocess is not None:
             manifest["preprocess"] = self._preprocess()
         if evaluation is not None:
-            manifest["evaluation"] = self._evaluation_manifest(computation, form, evaluation, evaluation_state, run_id,
+            manifest["evaluation"] = self._evaluation_manifest(computation, form, state, evaluation, evaluation_state, run_id,
                                                                eval_dataset, evaluate_every)
         manifest_key = f"runs/{run_id}/manifest.json"
         self.store.put_new(manifest_key, protocol.dumps(manifest))
@@ -166,28 +167,27 @@ class AwsExecutionContext:
         )["executionArn"]
         return run_id, execution
 
-    def _evaluation_manifest(self, training_process: Any, form: canonical_form.CanonicalForm, evaluation: Any,
-                             evaluation_state: Any, run_id: str, dataset: str, every: int) -> dict:
+    def _evaluation_manifest(self, training_process: Any, form: canonical_form.CanonicalForm, training_state: Any,
+                             evaluation: Any, evaluation_state: Any, run_id: str, dataset: str, every: int) -> dict:
         """The evaluation step's part of the manifest: its phases, the bridge that puts each new
         global model into the evaluation's state (run by the handler), and its initial state."""
-        if not (hasattr(evaluation, "next") and hasattr(evaluation, "set_model_weights")):
-            raise TypeError(f"evaluation is an evaluation process (fedsim.learning.algorithms.build_fed_eval), got {evaluation!r}")
         if not hasattr(training_process, "get_model_weights"):
             raise TypeError("with evaluation, give the training process itself (not its next computation): "
                             "its get_model_weights picks the model to evaluate")
-        evaluation_form = self.form(evaluation.next)
+        step, put_model, initial_state = _evaluation_step(evaluation, training_process, training_state)
+        evaluation_form = self.form(step)
         if evaluation_state is None:
-            evaluation_state = evaluation.initialize()
+            evaluation_state = initial_state()
         evaluation_state = structure.check_and_normalize(evaluation_state, evaluation_form.state_type, "the evaluation state")
 
         @tf_computation(form.state_type, evaluation_form.state_type)
         def model_to_evaluation_state(training_state, state):
-            return evaluation.set_model_weights(state, training_process.get_model_weights(training_state))
+            return put_model(state, training_process.get_model_weights(training_state))
 
         initial_state_key = f"runs/{run_id}/evaluation-initial-state.npz"
         self.store.put_new(initial_state_key, protocol.encode_value(evaluation_state, evaluation_form.state_type))
         return {
-            "computation": evaluation.next.name,
+            "computation": step.name,
             "phases": self._uploaded_phases(evaluation_form),
             "types": evaluation_form.types_json(),
             "dataset": dataset,
@@ -230,7 +230,8 @@ class AwsExecutionContext:
         """
         hashes = {"work": self._uploaded_phases(self.form(getattr(computation, "next", computation)))["work"]["sha256"]}
         if evaluation is not None:
-            hashes["evaluation_work"] = self._uploaded_phases(self.form(evaluation.next))["work"]["sha256"]
+            step = _evaluation_step(evaluation, computation, None)[0]
+            hashes["evaluation_work"] = self._uploaded_phases(self.form(step))["work"]["sha256"]
         if self.preprocess is not None:
             hashes["preprocess"] = self._preprocess()["sha256"]
         return hashes
@@ -323,34 +324,41 @@ class _RoundWatch:
 
     def __init__(self, context: AwsExecutionContext, run_id: str):
         self.context, self.run_id = context, run_id
-        self.round_num, self.round_seen_at = 0, time.monotonic()
+        self.round_num, self.step, self.step_seen_at = 0, None, time.monotonic()
         self.reported: frozenset = frozenset()
         self.next_check = 0.0
 
     def check(self) -> Optional[str]:
-        """None, or why the run should stop now (no silo took the open round's message)."""
+        """None, or why the run should stop now (no silo took the open step's message)."""
         now = time.monotonic()
         if now < self.next_check:
             return None
         self.next_check = now + self.CHECK_EVERY_SECONDS
         store = self.context.store
-        while store.get_item(protocol.round_item_key(self.run_id, self.round_num + 1)) is not None:
-            self.round_num, self.round_seen_at, self.reported = self.round_num + 1, now, frozenset()
+        while store.get_item(protocol.round_item_key(self.run_id, protocol.step_label(self.round_num + 1))) is not None:
+            self.round_num += 1
         if self.round_num == 0:
             return None
-        item = store.get_item(protocol.round_item_key(self.run_id, self.round_num))
-        reported = frozenset(r["pk"] for r in store.round_results(self.run_id, self.round_num))
+        step = protocol.step_label(self.round_num, evaluation=True)  # the round's evaluation, once it is open
+        item = store.get_item(protocol.round_item_key(self.run_id, step))
+        if item is None:
+            step = protocol.step_label(self.round_num)
+            item = store.get_item(protocol.round_item_key(self.run_id, step))
+        if step != self.step:
+            self.step, self.step_seen_at, self.reported = step, now, frozenset()
+        reported = frozenset(r["pk"] for r in store.round_results(self.run_id, step))
+        what = f"round {self.round_num}" + ("'s evaluation" if step.endswith(protocol.EVALUATION_SUFFIX) else "")
         if reported != self.reported:
             self.reported = reported
-            logging.info("run %s round %d: %d of %d silos reported (%s); waiting for %s", self.run_id, self.round_num,
+            logging.info("run %s %s: %d of %d silos reported (%s); waiting for %s", self.run_id, what,
                          len(reported), len(item["silos"]), ", ".join(sorted(reported)) or "none",
                          ", ".join(s for s in item["silos"] if s not in reported) or "nobody")
         timeout = self.context.pickup_timeout_seconds
-        if reported or item.get("status") != "open" or timeout is None or now - self.round_seen_at < timeout:
+        if reported or item.get("status") != "open" or timeout is None or now - self.step_seen_at < timeout:
             return None
         if any(self._taken(silo) for silo in item["silos"]):
             return None
-        return (f"round {self.round_num}: no silo took the round's message within {timeout:.0f}s "
+        return (f"{what}: no silo took the round's message within {timeout:.0f}s "
                 f"(silos {', '.join(item['silos'])}); are the silo agents running? "
                 f"(python -m fedsim.aws.silo --stack-config ... --silo-id ...)")
 
@@ -361,6 +369,30 @@ class _RoundWatch:
             AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
         )["Attributes"]
         return int(attributes.get("ApproximateNumberOfMessagesNotVisible", 0)) > 0 or int(attributes.get("ApproximateNumberOfMessages", 0)) == 0
+
+
+def _evaluation_step(evaluation: Any, training_process: Any, training_state: Any) -> tuple:
+    """`(step computation, put_model(state, weights) -> state, initial_state())` of an evaluation.
+
+    An evaluation process (`build_fed_eval`) is used as it is. A federated evaluation computation
+    `(model_weights@SERVER, data@CLIENTS) -> metrics@SERVER` (`build_federated_evaluation`) becomes
+    a step whose state is the model it evaluates (at first, the run's initial model).
+    """
+    if hasattr(evaluation, "next") and hasattr(evaluation, "set_model_weights"):
+        return evaluation.next, evaluation.set_model_weights, evaluation.initialize
+    signature = getattr(evaluation, "type_signature", None)
+    parameter = getattr(signature, "parameter", None)
+    if (not isinstance(parameter, ft.StructType) or len(parameter) != 2
+            or not all(isinstance(t, ft.FederatedType) for t in parameter)
+            or parameter[0].placement is not SERVER or parameter[1].placement is not CLIENTS):
+        raise TypeError("evaluation is an evaluation process (build_fed_eval) or a federated computation "
+                        f"(model_weights@SERVER, data@CLIENTS) -> metrics (build_federated_evaluation); got {evaluation!r}")
+
+    @federated_computation(parameter[0], parameter[1])
+    def evaluation_step(model_weights, client_data):
+        return model_weights, evaluation(model_weights, client_data)
+
+    return evaluation_step, lambda state, model_weights: model_weights, lambda: training_process.get_model_weights(training_state)
 
 
 def _has_clients_parameter(computation: Any) -> bool:

@@ -21,7 +21,9 @@ Example (what the local stack does with each batch of stream records)::
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import json
+import threading
 import math
 import os
 import time
@@ -42,6 +44,7 @@ __all__ = ["AggregationHandler", "handler"]
 VALIDATED_CACHE_BYTES = 512 * 2**20
 LEASE_SECONDS = 900.0  # a Lambda runs 15 minutes at most
 TOKEN_WAIT_SECONDS = 20.0  # how long a round message may take to reach the server's queue
+VALIDATION_THREADS = 8  # results of one stream batch judged at once
 
 
 class AggregationHandler:
@@ -58,6 +61,7 @@ class AggregationHandler:
         # does not download and decode them a second time.
         self._validated: collections.OrderedDict = collections.OrderedDict()
         self._validated_bytes = 0
+        self._validated_lock = threading.Lock()
 
     def manifest(self, key: str) -> dict:
         if key not in self._manifests:
@@ -65,26 +69,42 @@ class AggregationHandler:
         return self._manifests[key]
 
     def _remember(self, key: tuple, value: Any, size: int) -> None:
-        self._validated[key] = (value, size)
-        self._validated_bytes += size
-        while self._validated_bytes > VALIDATED_CACHE_BYTES and self._validated:
-            _, (_, evicted) = self._validated.popitem(last=False)
-            self._validated_bytes -= evicted
+        with self._validated_lock:
+            self._validated[key] = (value, size)
+            self._validated_bytes += size
+            while self._validated_bytes > VALIDATED_CACHE_BYTES and self._validated:
+                _, (_, evicted) = self._validated.popitem(last=False)
+                self._validated_bytes -= evicted
+
+    def _recall(self, key: tuple) -> Optional[Any]:
+        """A result this process validated (and forgets it: it is aggregated once)."""
+        with self._validated_lock:
+            cached = self._validated.pop(key, None)
+            if cached is None:
+                return None
+            self._validated_bytes -= cached[1]
+            return cached
 
     def handle(self, event: dict) -> list:
         """Processes the silo results in `event["Records"]` (new or rewritten records alike; a
         silo's record is input, never trusted); returns what happened to each round.
 
-        Results are validated one by one; each round they belong to is then checked once per batch.
+        Results are judged side by side; each round they belong to is then checked once per batch.
         """
-        rounds: dict = {}
+        items = []
         for record in event.get("Records", []):
             if record.get("eventName") not in ("INSERT", "MODIFY") or "NewImage" not in record.get("dynamodb", {}):
                 continue
             item = unmarshal_image(record["dynamodb"]["NewImage"])
             if not isinstance(item.get("round_key"), str) or "#" not in item["round_key"] or str(item.get("pk", "")).startswith(("round#", "verdict#")):
                 continue
-            round_item = self.validate_result(item)
+            items.append(item)
+        # Judging a result is mostly waiting on S3 and DynamoDB: the batch's results are judged
+        # side by side (each verdict is a conditional write, so the order does not matter).
+        with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, min(VALIDATION_THREADS, len(items)))) as pool:
+            judged = list(pool.map(self.validate_result, items))
+        rounds: dict = {}
+        for item, round_item in zip(items, judged):
             if round_item is not None:
                 rounds[item["round_key"]] = round_item
         outcomes = []
@@ -275,10 +295,9 @@ class AggregationHandler:
         form = self.form(section)
         aggregation = phase_runner.Aggregation.of(form)
         for result in results:
-            cached = self._validated.pop((result["key"], result["sha256"]), None)
+            cached = self._recall((result["key"], result["sha256"]))
             if cached is not None:
-                value, size = cached
-                self._validated_bytes -= size
+                value, _ = cached
             else:  # validated by another invocation: fetch and check it again
                 data = self.store.get_checked(result["key"], result["sha256"])
                 value = protocol.decode_value(data, form.client_output_type, f"{result['sk']}'s result", require_finite=True)

@@ -209,3 +209,33 @@ def test_a_silo_without_the_named_dataset_fails_the_step_with_its_reason(run):
         assert time.monotonic() - started < 60  # at once, not at the deadline
     for thread in threads:
         thread.join(timeout=30)
+
+
+def test_a_federated_evaluation_computation_as_the_evaluation(run):
+    """`build_federated_evaluation`'s computation (no process state) evaluates each round's model too."""
+    stack, process, data = run["stack"], run["process"], run["data"]
+    evaluate = learning.build_federated_evaluation(model_fn)
+    initial = process.initialize()
+    expected = []
+    with context_stack.execution_context(fedsim.LocalExecutionContext()):
+        state = initial
+        for round_num in (1, 2):
+            state = process.next(state, [batched(data[s]["train"]) for s in SILOS]).state
+            metrics = evaluate(process.get_model_weights(state), [batched(data[s]["test"]) for s in SILOS])
+            expected.append(simulation.metrics_managers.flatten_metrics({"evaluation": metrics}))
+    agents = [aws.SiloAgent(stack.silo_config(s), s, {n: tf.data.Dataset.from_tensor_slices(a) for n, a in data[s].items()})
+              for s in SILOS]
+    threads = [threading.Thread(target=a.run, kwargs=dict(stop_after_rounds=4, idle_timeout=60), daemon=True) for a in agents]
+    for thread in threads:
+        thread.start()
+    with aws.execution_context(stack, silos=SILOS, preprocess=batch, round_deadline_seconds=120) as context:
+        context.run_rounds(process, initial, SILOS, rounds=2, evaluation=evaluate)
+        hashes = context.silo_computation_hashes(process, evaluate)
+    for thread in threads:
+        thread.join(timeout=30)
+    lineage = context.last_run
+    assert lineage.computations["evaluation_work"] == hashes["evaluation_work"]
+    assert lineage.stop_reason == "all 2 rounds done"
+    for record, wanted in zip(lineage.rounds, expected):
+        assert_metrics_close(wanted, {k: v for k, v in record["metrics"].items() if k.startswith("evaluation/")})
+        assert record["evaluation"]["contributors"] == SILOS
