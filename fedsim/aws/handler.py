@@ -132,7 +132,7 @@ class AggregationHandler:
             logging.warning("result of %s for unknown round %s ignored", item["pk"], item["round_key"])
             return None
         silo = item["pk"]
-        judged = silo in self.store.round_verdicts(run_id, round_num)
+        judged = self.store.get_item(protocol.verdict_item_key(run_id, round_num, silo)) is not None
         if round_item["status"] != "open":
             if not judged:
                 self._verdict(run_id, round_num, silo, "late")
