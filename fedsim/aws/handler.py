@@ -145,7 +145,7 @@ class AggregationHandler:
         if reason is None:
             # what the silo said of its work is kept with the verdict, as the silo said it when judged
             self._verdict(run_id, round_num, silo, "valid", key=item["key"], sha256=item["sha256"],
-                          size=int(item.get("size") or 0), silo_work_seconds=_seconds(item.get("work_seconds")))
+                          size=_silo_number(item.get("size")), silo_work_seconds=_silo_number(item.get("work_seconds")))
         else:
             self._verdict(run_id, round_num, silo, "rejected", reason=reason)
             logging.warning("round %s: rejected the result of %s: %s", round_num, silo, reason)
@@ -432,7 +432,8 @@ def _section(manifest: dict, round_item: dict) -> dict:
     return manifest["evaluation"] if is_evaluation else manifest
 
 
-def _seconds(value: Any) -> Optional[float]:
+def _silo_number(value: Any) -> Optional[float]:
+    """A number a silo wrote in its record (a size, its work seconds), or None if it is not one."""
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) else None
 
 

@@ -92,6 +92,27 @@ def test_a_silo_rewriting_its_record_does_not_undo_its_verdict(fresh, arrays, pr
         assert_close(simulate(process, state, arrays, SILOS), output)
 
 
+class _WordsForNumbersSilo(aws.SiloAgent):
+    """Writes words where its record's numbers go (size, work seconds): a record's numbers are input too."""
+
+    def process(self, message):
+        real_put = self.store.put_item_if_absent
+        self.store.put_item_if_absent = lambda item: real_put(dict(item, size="lots", work_seconds="forever"))
+        return super().process(message)
+
+
+def test_a_record_with_words_for_numbers_is_still_judged_by_its_upload(fresh, arrays, process):
+    stack = fresh
+    with aws.execution_context(stack, silos=SILOS, preprocess=batch, round_deadline_seconds=120) as context:
+        state = process.initialize()
+        start_agents(stack, arrays, ["a", "b"])
+        start_agents(stack, arrays, ["c"], agent_class=_WordsForNumbersSilo)
+        output = process.next(state, SILOS)
+        verdict = context.store.round_verdicts(context.last_report.run_id, 1)["c"]
+    assert verdict["status"] == "valid" and verdict["size"] is None and verdict["silo_work_seconds"] is None
+    assert_close(simulate(process, state, arrays, SILOS), output)
+
+
 class _Killed(BaseException):
     """Stands for the handler's process being killed: nothing after it runs, no except clause catches it."""
 
