@@ -166,21 +166,29 @@ def _training_form(store: Store, manifest: dict) -> CanonicalForm:
     return CanonicalForm.from_phases(ft.type_from_json(manifest["types"]["signature"], "the manifest's signature"), phases)
 
 
+def _finished_round(lineage: RunLineage, round_num: Optional[int]) -> dict:
+    """The record of round `round_num` (default: the last round that produced a model)."""
+    done = [r for r in lineage.rounds if r["model"]["key"]]
+    if not done:
+        raise ValueError(f"run {lineage.run_id} has no finished round")
+    chosen = done[-1] if round_num is None else next((r for r in done if r["round"] == round_num), None)
+    if chosen is None:
+        raise ValueError(f"run {lineage.run_id} has no finished round {round_num} (finished: {[r['round'] for r in done]})")
+    return chosen
+
+
+def _model_weights(store: Store, run_id: str, record: dict) -> Any:
+    form = _training_form(store, store.get_json(f"runs/{run_id}/manifest.json"))
+    data = store.get_checked(record["model"]["key"], record["model"]["sha256"])
+    state = form.next_state(protocol.decode_value(data, form.result_type, f"round {record['round']}'s result"))
+    return getattr(state, "global_model_weights", state)
+
+
 def fetch_global_model(config_or_store: Any, run_id: str, round_num: Optional[int] = None) -> Any:
     """The global model weights after round `round_num` (default: the run's last round), read
     from that round's stored result, checked against the sha256 the server recorded."""
     store = _store(config_or_store)
-    lineage = read_lineage(store, run_id)
-    done = [r for r in lineage.rounds if r["model"]["key"]]
-    if not done:
-        raise ValueError(f"run {run_id} has no finished round")
-    chosen = done[-1] if round_num is None else next((r for r in done if r["round"] == round_num), None)
-    if chosen is None:
-        raise ValueError(f"run {run_id} has no finished round {round_num} (finished: {[r['round'] for r in done]})")
-    form = _training_form(store, store.get_json(f"runs/{run_id}/manifest.json"))
-    data = store.get_checked(chosen["model"]["key"], chosen["model"]["sha256"])
-    state = form.next_state(protocol.decode_value(data, form.result_type, f"round {chosen['round']}'s result"))
-    return getattr(state, "global_model_weights", state)
+    return _model_weights(store, run_id, _finished_round(read_lineage(store, run_id), round_num))
 
 
 def export_model(config_or_store: Any, run_id: str, keras_model: Any, round_num: Optional[int] = None) -> dict:
@@ -195,9 +203,8 @@ def export_model(config_or_store: Any, run_id: str, keras_model: Any, round_num:
     import numpy as np
 
     store = _store(config_or_store)
-    lineage = read_lineage(store, run_id)
-    weights = fetch_global_model(store, run_id, round_num)
-    chosen = lineage.rounds[-1] if round_num is None else next(r for r in lineage.rounds if r["round"] == round_num)
+    chosen = _finished_round(read_lineage(store, run_id), round_num)
+    weights = _model_weights(store, run_id, chosen)
     values = [np.asarray(v) for v in list(weights.trainable) + list(weights.non_trainable)]
     variables = list(keras_model.trainable_weights) + list(keras_model.non_trainable_weights)
     if len(values) != len(variables) or any(tuple(v.shape) != tuple(x.shape) for v, x in zip(variables, values)):
