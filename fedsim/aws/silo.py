@@ -97,7 +97,7 @@ def load_silo_data(path: str, split: Optional[str] = None, client_id: Optional[s
     raise ValueError(f"silo data {path!r}: expected an .npz or a TFF-format .sqlite file")
 
 
-def sqlite_split_names(path: str) -> list:
+def _sqlite_split_names(path: str) -> list:
     """The split names of a TFF-format SQLite file (e.g. `train`, `test`)."""
     connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
@@ -117,7 +117,7 @@ def load_silo_datasets(specs: list, split: Optional[str] = None, client_id: Opti
         elif not name.replace("_", "").replace("-", "").isalnum():
             raise ValueError(f"{spec!r}: a dataset name is letters, digits, '-' and '_'")
         if name is None and path.endswith(".sqlite") and split is None and os.path.isfile(path):
-            loaded = {s: load_silo_data(path, s, client_id) for s in sqlite_split_names(path)}
+            loaded = {s: load_silo_data(path, s, client_id) for s in _sqlite_split_names(path)}
         else:
             loaded = {name or DEFAULT_DATASET: load_silo_data(path, split, client_id)}
         for loaded_name, dataset in loaded.items():
