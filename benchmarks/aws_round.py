@@ -2,9 +2,12 @@
 
 For MLPs of about 1 MB and 20 MB of weights, with 3, 10 and 50 silos (each holding ~100
 EMNIST-shaped examples), it runs a warm-up round and measured rounds of FedAvg on the local stack
-and the same rounds in the local context on the same data, and prints per configuration:
-seconds per round both ways and their ratio; the handler's seconds per round (all its
-invocations for the round: judging each silo's upload, then aggregating and updating); and the
+and, on the same data in the same run, the plain-TensorFlow lower bound of the same arithmetic
+(`fedavg.Raw`: one traced `tf.function` per client epoch, batches sliced from tensors, numpy
+averaging; client SGD 0.02, server SGD 1.0) and fedsim's local context. It prints per
+configuration: seconds per round of each, the local stack's ratio to the lower bound; the
+handler's seconds per round (all its invocations for the round: judging each silo's upload,
+then aggregating and updating); and the
 split of a serverless round: prepare + publish -> delivery -> work -> upload/record -> stream +
 claim -> aggregate -> update -> answer seen by the caller.
 
@@ -33,6 +36,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+import fedavg  # noqa: E402  (benchmarks/fedavg.py: the plain-TensorFlow lower bound)
 import fedsim  # noqa: E402
 from fedsim import aws, learning, simulation  # noqa: E402
 from fedsim.core import context_stack  # noqa: E402
@@ -48,16 +52,20 @@ def hidden_units(megabytes: float) -> int:
     return max(1, round((megabytes * 1e6 / 4 - CLASSES) / (784 + 1 + CLASSES)))
 
 
-def build_process(megabytes: float):
+def keras_mlp(megabytes: float) -> keras.Model:
     units = hidden_units(megabytes)
+    return keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Flatten(),
+                             keras.layers.Dense(units, activation="relu"), keras.layers.Dense(CLASSES)])
 
+
+def build_process(megabytes: float):
     def model_fn():
-        model = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Flatten(),
-                                  keras.layers.Dense(units, activation="relu"), keras.layers.Dense(CLASSES)])
-        return learning.from_keras_model(model, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                                         input_spec=INPUT_SPEC)
+        return learning.from_keras_model(keras_mlp(megabytes), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                                         input_spec=INPUT_SPEC, metrics=[keras.metrics.SparseCategoricalAccuracy()])
 
-    return learning.build_weighted_fed_avg(model_fn, lambda: optimizers.build_sgdm(0.05))
+    # the lower bound's arithmetic: client SGD 0.02, server SGD 1.0, example-weighted
+    return learning.build_weighted_fed_avg(model_fn, lambda: optimizers.build_sgdm(fedavg.CLIENT_LR),
+                                           server_optimizer_fn=lambda: optimizers.build_sgdm(fedavg.SERVER_LR))
 
 
 @fedsim.tf_computation(fedsim.SequenceType(ELEMENT))
@@ -110,7 +118,17 @@ def local_seconds(process, local_data: list, rounds: int) -> float:
     return statistics.median(times)
 
 
-def run_size(megabytes: float, process, local: float, stack: aws.LocalStack, clock: HandlerClock,
+def raw_seconds(megabytes: float, process, arrays: list, rounds: int) -> float:
+    """The plain-TensorFlow lower bound of the same rounds (warm-up, then the median)."""
+    with context_stack.execution_context(fedsim.LocalExecutionContext()):
+        initial = [np.asarray(w) for w in process.initialize().global_model_weights.trainable]
+    raw = fedavg.Raw("mlp", initial, model=keras_mlp(megabytes))
+    ids = list(range(len(arrays)))
+    raw.round(arrays, ids)  # warm-up: traces the client function
+    return statistics.median(raw.round(arrays, ids)[0] for _ in range(rounds))
+
+
+def run_size(megabytes: float, process, raw: float, local: float, stack: aws.LocalStack, clock: HandlerClock,
              silo_ids: list, rounds: int) -> None:
     with context_stack.execution_context(fedsim.LocalExecutionContext()):
         state = process.initialize()
@@ -129,8 +147,9 @@ def run_size(megabytes: float, process, local: float, stack: aws.LocalStack, clo
             splits.append(split(context.last_report.rounds[0], started, finished))
             current = output.state
     serverless = statistics.median(round_times)
-    print(f"{size:5.1f} MB model, {len(silo_ids):2d} silos: local context {local:7.3f} s/round, local stack {serverless:7.3f} s/round "
-          f"(ratio {serverless / local:5.1f}); handler {statistics.median(handler_times):6.3f} s/round", flush=True)
+    print(f"{size:5.1f} MB model, {len(silo_ids):2d} silos: plain-TF lower bound {raw:7.3f} s/round, fedsim local context "
+          f"{local:7.3f} ({local / raw:4.2f}x), local stack {serverless:7.3f} s/round ({serverless / raw:5.1f}x the lower bound); "
+          f"handler {statistics.median(handler_times):6.3f} s/round", flush=True)
     stages = {name: statistics.median(s[name] for s in splits) for name in splits[0]}
     print("      split: " + ", ".join(f"{name} {seconds:.3f}s" for name, seconds in stages.items()), flush=True)
 
@@ -178,6 +197,7 @@ def main() -> None:
         local_data = [tf.data.Dataset.from_tensor_slices(collections.OrderedDict(x=p, y=l)).batch(20) for p, l in arrays]
         # The baseline first, on a quiet machine (no stack, no silo processes yet).
         baselines = {size: local_seconds(processes[size], local_data, args.rounds) for size in args.sizes}
+        lower_bounds = {size: raw_seconds(size, processes[size], arrays, args.rounds) for size in args.sizes}
         with aws.LocalStack(silo_ids, silo_visibility_timeout=600) as stack:
             clock = HandlerClock(stack)
             rounds_per_silo = len(args.sizes) * (args.rounds + 1)
@@ -197,7 +217,7 @@ def main() -> None:
                                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
             try:
                 for size in args.sizes:
-                    run_size(size, processes[size], baselines[size], stack, clock, silo_ids, args.rounds)
+                    run_size(size, processes[size], lower_bounds[size], baselines[size], stack, clock, silo_ids, args.rounds)
             finally:
                 for worker in workers:
                     worker.wait(timeout=600) if worker.poll() is None else None

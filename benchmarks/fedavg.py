@@ -120,8 +120,8 @@ def sqlite_client_data(arrays: list, directory: str):
 class Raw:
     """The lower bound: per-client tf.function over the client's tensors, numpy averaging."""
 
-    def __init__(self, kind: str, initial: list, over_datasets: bool = False):
-        self.model = keras_model(kind)
+    def __init__(self, kind: str, initial: list, over_datasets: bool = False, model: keras.Model = None):
+        self.model = keras_model(kind) if model is None else model  # `model`: another architecture
         self.weights = [np.array(w) for w in initial]
         loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
         variables = self.model.trainable_variables

@@ -320,8 +320,10 @@ class AggregationHandler:
                     and (round_num % int(manifest["evaluation"]["every"]) == 0 or round_num == int(manifest["total_rounds"])))
         stop_reason = None
         if not evaluate:  # the round is complete: judge the stopping rules on every round's metrics so far
-            history = self._history(run_id, round_num, manifest, {**(self._training_metrics(run_id, round_num) if is_evaluation else {}), **metrics})
-            stop_reason = stopping.first_stop_reason([stopping.rule_from_json(r) for r in manifest.get("stop_rules", [])], history)
+            rules = [stopping.rule_from_json(r) for r in manifest.get("stop_rules", [])]
+            if rules:  # the history is read back from earlier rounds' items only when a rule needs it
+                current = {**(self._training_metrics(run_id, round_num) if is_evaluation else {}), **metrics}
+                stop_reason = stopping.first_stop_reason(rules, self._history(run_id, round_num, current))
             if stop_reason is None and round_num >= int(manifest["total_rounds"]):
                 stop_reason = f"all {manifest['total_rounds']} rounds done"
         outcome = {
@@ -376,7 +378,7 @@ class AggregationHandler:
         item = self.store.get_item(protocol.round_item_key(run_id, round_num)) or {}
         return json.loads(item["outcome"])["metrics"] if item.get("outcome") else {}
 
-    def _history(self, run_id: str, round_num: int, manifest: dict, current: dict) -> list:
+    def _history(self, run_id: str, round_num: int, current: dict) -> list:
         """`[(round, metrics), ...]` for rounds 1..round_num, training and evaluation metrics together."""
         history = []
         for earlier in range(1, round_num):
