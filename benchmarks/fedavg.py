@@ -1,37 +1,43 @@
-"""A FedAvg round in fedsim vs the plain-TensorFlow lower bound of the same arithmetic.
+"""A FedAvg round in fedsim vs the plain-TensorFlow lower bound of the same arithmetic, per pipeline.
 
 Workload (TFF's simulation benchmark): synthetic EMNIST-shaped data, 100 clients of about 107
 examples each (21 to 304, lognormal, non-IID by label skew); K clients sampled per round (the
-same sample for every runner); batch 20; one local epoch; client SGD 0.02, server SGD 1.0;
-example-weighted. Models: a 784-200-200-62 MLP and TFF's EMNIST CNN (conv 32 3x3, conv 64 3x3,
-max-pool 2, dropout 0.25, dense 128, dropout 0.5, dense 62).
+same sample for every runner); batch 20; client SGD 0.02, server SGD 1.0; example-weighted.
+Models: a 784-200-200-62 MLP and TFF's EMNIST CNN (conv 32 3x3, conv 64 3x3, max-pool 2,
+dropout 0.25, dense 128, dropout 0.5, dense 62).
+
+Pipelines (how each client's dataset is built, the caller's code, timed apart):
+
+- bare: `from_tensor_slices(arrays).batch(20)`;
+- tutorial: as TFF's tutorials preprocess, `shuffle(100, seed=1).batch(20).map(format).prefetch(2)`;
+- repeat5: `repeat(5).shuffle(100, seed=1).batch(20)` (five local epochs);
+- sqlite: `ClientData.preprocess(tutorial)` over TFF's SQLite format, created for the sampled ids.
 
 Runners, in one process, their rounds interleaved so they see the same machine conditions;
 the median seconds per round over rounds 2..R:
 
-- raw: the lower bound. One `tf.function` per client epoch traced once with a dynamic example
-  dimension, batches sliced from the client's tensors with `tf.range`, numpy weighted average.
-- fedsim (a): `process.next(state, datasets)`, the clients' datasets built that round as TFF's
-  tutorials build them, `from_tensor_slices(arrays).batch(20)` (building them is timed apart:
-  it is the caller's code, and the raw runner has no datasets to build).
-- fedsim (b): the datasets from `ClientData` (in memory, and TFF's SQLite format), preprocessed
-  with `.batch(20)`, created for the sampled ids that round (creation timed apart as well).
-- raw over tf.data (labelled extra): the raw loop iterating each client's `tf.data.Dataset`
-  inside its `tf.function`, as the benchmark of the first wave did. It pays tf.data's fixed
-  cost per client, so it is *not* the lower bound.
+- raw xN: the lower bound at N clients side by side. One `tf.function` per client epoch traced
+  once with a dynamic example dimension, batches sliced from the client's tensors with
+  `tf.range` (the same number of examples per epoch and epochs as the pipeline), numpy
+  weighted average; N model copies on N threads.
+- fedsim xN: `process.next(state, datasets)` with `max_parallel_clients=N`. Its ratio is to
+  raw xN: the same parallelism.
 
-Also: 1 vs 2 clients trained side by side (`max_parallel_clients`), the MLP's per-round training
-accuracy (fedsim vs raw: same data, order and initial weights), peak RSS at 10 vs 500 clients
-per round (child processes, clients read lazily from ClientData), and seconds from process
-start to the end of round 1 (child processes) for fedsim and the raw loop.
+Also (not with --no-children): peak RSS at 10 vs 500 clients per round (child processes,
+clients read lazily from ClientData) and seconds from process start to the end of round 1.
+With --tff PYTHON (TFF 0.87's venv: ../shared/tools/setup_tff_venv.sh), TFF runs the same
+pipelines on the same arrays in a child process (`tff_fedavg.py`), between the pipelines' runs.
 
-    .venv/bin/python benchmarks/fedavg.py [--rounds 10] [--models mlp cnn] [--cohorts 10 50] [--quick]
+    .venv/bin/python benchmarks/fedavg.py [--rounds 10] [--models mlp cnn] [--cohorts 10 50]
+        [--pipelines bare tutorial repeat5 sqlite] [--parallel 1 2] [--tff /tmp/tffenv/bin/python]
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import concurrent.futures
+import json
 import os
 import resource
 import statistics
@@ -94,8 +100,30 @@ def build_process(kind: str):
     )
 
 
+SHUFFLE_BUFFER, PREFETCH, REPEAT_EPOCHS = 100, 2, 5
+
+
+def _format(batch):
+    """The tutorials' `map` step (reshape features, labels to one column), kept to the model's shapes."""
+    return collections.OrderedDict(x=tf.reshape(batch["x"], [-1, 28, 28, 1]), y=tf.reshape(batch["y"], [-1]))
+
+
+PIPELINES = {
+    "bare": lambda dataset: dataset.batch(BATCH),
+    "tutorial": lambda dataset: dataset.shuffle(SHUFFLE_BUFFER, seed=1).batch(BATCH).map(_format).prefetch(PREFETCH),
+    "repeat5": lambda dataset: dataset.repeat(REPEAT_EPOCHS).shuffle(SHUFFLE_BUFFER, seed=1).batch(BATCH),
+    "sqlite": None,  # ClientData.preprocess(tutorial) over SQLite
+}
+EPOCHS = {"repeat5": REPEAT_EPOCHS}
+
+
+def pipeline_datasets(arrays: list, ids: list, pipeline: str = "bare") -> list:
+    return [PIPELINES[pipeline](tf.data.Dataset.from_tensor_slices(collections.OrderedDict(x=arrays[i][0], y=arrays[i][1])))
+            for i in ids]
+
+
 def tff_datasets(arrays: list, ids: list) -> list:
-    return [tf.data.Dataset.from_tensor_slices(collections.OrderedDict(x=arrays[i][0], y=arrays[i][1])).batch(BATCH) for i in ids]
+    return pipeline_datasets(arrays, ids, "bare")
 
 
 def in_memory_client_data(arrays: list):
@@ -105,24 +133,23 @@ def in_memory_client_data(arrays: list):
     return data.preprocess(lambda dataset: dataset.batch(BATCH))
 
 
-def sqlite_client_data(arrays: list, directory: str):
+def sqlite_client_data(arrays: list, directory: str, preprocess=PIPELINES["tutorial"]):
     from fedsim.simulation.datasets import SqlClientData, write_sqlite
 
     path = os.path.join(directory, "emnist_like.sqlite")
     if not os.path.exists(path):
         write_sqlite(path, {"train": {f"{i:03d}": {"x": x, "y": y} for i, (x, y) in enumerate(arrays)}})
     features = {"x": tf.io.FixedLenFeature([28, 28, 1], tf.float32), "y": tf.io.FixedLenFeature([], tf.int32)}
-    return SqlClientData(path, "train", features).preprocess(lambda dataset: dataset.batch(BATCH))
+    return SqlClientData(path, "train", features).preprocess(preprocess)
 
 
 # Runners ---------------------------------------------------------------------------------------
 
-class Raw:
-    """The lower bound: per-client tf.function over the client's tensors, numpy averaging."""
+class _RawWorker:
+    """One model copy and its traced epoch (a thread of the lower bound runs one)."""
 
-    def __init__(self, kind: str, initial: list, over_datasets: bool = False, model: keras.Model = None):
+    def __init__(self, kind: str, over_datasets: bool, model: keras.Model = None):
         self.model = keras_model(kind) if model is None else model  # `model`: another architecture
-        self.weights = [np.array(w) for w in initial]
         loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
         variables = self.model.trainable_variables
         accuracy = keras.metrics.SparseCategoricalAccuracy()
@@ -156,15 +183,45 @@ class Raw:
             return [tf.convert_to_tensor(v) for v in variables], accuracy.variables[0], accuracy.variables[1]
 
         self.epoch = dataset_epoch if over_datasets else sliced_epoch
+
+
+class Raw:
+    """The lower bound: per-client tf.function over the client's tensors, numpy averaging;
+    `parallel` model copies train that many clients side by side."""
+
+    def __init__(self, kind: str, initial: list, over_datasets: bool = False, model: keras.Model = None,
+                 parallel: int = 1, epochs: int = 1):
+        self.workers = [_RawWorker(kind, over_datasets, model) for _ in range(parallel)]
+        self.model = self.workers[0].model
+        self.weights = [np.array(w) for w in initial]
         self.over_datasets = over_datasets
+        self.epochs = epochs
+        self.pool = concurrent.futures.ThreadPoolExecutor(parallel) if parallel > 1 else None
+
+    def _client(self, worker: _RawWorker, data) -> tuple:
+        if self.over_datasets:
+            return worker.epoch(self.weights, data)
+        x, y = data
+        if self.epochs > 1:  # the same examples per epoch as repeat(E) gives
+            x, y = np.concatenate([x] * self.epochs), np.concatenate([y] * self.epochs)
+        return worker.epoch(self.weights, x, y)
 
     def round(self, arrays: list, ids: list) -> tuple:
         """(seconds, training accuracy)."""
         inputs = tff_datasets(arrays, ids) if self.over_datasets else [arrays[i] for i in ids]
         started = time.perf_counter()
+        if self.pool is None:
+            outputs = [self._client(self.workers[0], data) for data in inputs]
+        else:
+            n = len(self.workers)
+
+            def run(k):
+                return [(i, self._client(self.workers[k], inputs[i])) for i in range(k, len(inputs), n)]
+
+            pairs = [pair for chunk in self.pool.map(run, range(n)) for pair in chunk]
+            outputs = [output for _, output in sorted(pairs, key=lambda pair: pair[0])]  # averaged in client order
         total, weight_sum, correct, seen = None, 0.0, np.float32(0), np.float32(0)
-        for data in inputs:
-            weights, hits, count = self.epoch(self.weights, data) if self.over_datasets else self.epoch(self.weights, *data)
+        for weights, hits, count in outputs:
             n = float(count.numpy())
             deltas = [(w.numpy() - w0) * n for w, w0 in zip(weights, self.weights)]
             total = deltas if total is None else [t + d for t, d in zip(total, deltas)]
@@ -192,7 +249,9 @@ class Fedsim:
     def round(self, arrays: list, ids: list) -> tuple:
         """(seconds in next, seconds building the datasets, training accuracy)."""
         started = time.perf_counter()
-        if self.feed == "datasets":
+        if self.feed in PIPELINES and PIPELINES[self.feed] is not None:
+            datasets = pipeline_datasets(arrays, ids, self.feed)
+        elif self.feed == "datasets":
             datasets = tff_datasets(arrays, ids)
         else:
             if callable(self.client_data):
@@ -206,15 +265,12 @@ class Fedsim:
         return time.perf_counter() - built, built - started, accuracy
 
 
-def compare(kind: str, cohort: int, rounds: int, arrays: list, directory: str, feeds: list, parallel: list) -> dict:
-    runners = {}
-    for feed in feeds:
-        for threads in (parallel if feed == "datasets" else parallel[-1:]):
-            runners[f"fedsim {feed} x{threads}"] = Fedsim(kind, feed, directory, threads)
-    first = next(iter(runners.values()))
-    initial = first.initial_weights()
-    runners["raw"] = Raw(kind, initial)
-    runners["raw over tf.data"] = Raw(kind, initial, over_datasets=True)
+def compare(kind: str, cohort: int, rounds: int, arrays: list, directory: str, pipeline: str, parallel: list) -> dict:
+    """One pipeline: fedsim xN and raw xN for each N, rounds interleaved."""
+    runners = {f"fedsim x{n}": Fedsim(kind, pipeline, directory, n) for n in parallel}
+    initial = next(iter(runners.values())).initial_weights()
+    for n in parallel:
+        runners[f"raw x{n}"] = Raw(kind, initial, parallel=n, epochs=EPOCHS.get(pipeline, 1))
     seconds = collections.defaultdict(list)
     building = collections.defaultdict(list)
     accuracies = collections.defaultdict(list)
@@ -228,10 +284,19 @@ def compare(kind: str, cohort: int, rounds: int, arrays: list, directory: str, f
                 building[name].append(result[1])
     medians = {name: statistics.median(values[1:]) for name, values in seconds.items()}
     build = {name: statistics.median(values[1:]) for name, values in building.items()}
-    weights = {name: r.weights if isinstance(r, Raw) else [np.array(w) for w in r.process.get_model_weights(r.state).trainable]
-               for name, r in runners.items()}
-    difference = max(float(np.abs(a - b).max()) for a, b in zip(weights[next(iter(runners))], weights["raw"]))
-    return {"seconds": medians, "build": build, "accuracies": dict(accuracies), "max_dw": difference}
+    return {"seconds": medians, "build": build, "accuracies": dict(accuracies)}
+
+
+def tff_child(python: str, kind: str, cohort: int, rounds: int, pipeline: str, arrays_path: str) -> dict:
+    """TFF's median s/round on the same arrays and pipeline, from TFF's venv (None if it fails)."""
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tff_fedavg.py")
+    out = subprocess.run([python, script, arrays_path, kind, str(cohort), str(rounds), pipeline],
+                         capture_output=True, text=True, timeout=3600)
+    lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
+    if out.returncode != 0 or not lines:
+        print(f"  (TFF run failed: {out.stderr.strip().splitlines()[-1:] if out.stderr else out.returncode})")
+        return {}
+    return json.loads(lines[-1])
 
 
 # Child processes: memory and start-up ----------------------------------------------------------
@@ -310,8 +375,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--models", nargs="*", default=["mlp", "cnn"])
     parser.add_argument("--cohorts", nargs="*", type=int, default=[10, 50])
-    parser.add_argument("--feeds", nargs="*", default=["datasets", "memory", "sqlite"])
+    parser.add_argument("--pipelines", nargs="*", default=list(PIPELINES), choices=list(PIPELINES))
     parser.add_argument("--parallel", nargs="*", type=int, default=[1, 2])
+    parser.add_argument("--tff", metavar="PYTHON", help="TFF 0.87 venv's python: adds TFF's column")
     parser.add_argument("--no-children", action="store_true", help="skip the memory and start-up measurements")
     parser.add_argument("--memory-child", nargs=2, metavar=("MODEL", "CLIENTS"))
     parser.add_argument("--startup-child", nargs=3, metavar=("MODEL", "RUNNER", "ARRAYS"))
@@ -323,25 +389,39 @@ def main() -> None:
     arrays = client_arrays()
     sizes = [len(y) for _, y in arrays]
     print(f"FedAvg: {NUM_CLIENTS} clients, {np.mean(sizes):.0f} examples on average ({min(sizes)} to {max(sizes)}), batch {BATCH}, "
-          f"1 epoch, client SGD {CLIENT_LR}, server SGD {SERVER_LR}; median s/round over rounds 2..{args.rounds}; "
-          f"machine: {os.cpu_count()} cores, TensorFlow {tf.__version__}")
+          f"client SGD {CLIENT_LR}, server SGD {SERVER_LR}; median s/round over rounds 2..{args.rounds}; "
+          f"machine: {os.cpu_count()} cores, TensorFlow {tf.__version__}. fedsim xN is divided by raw xN (same parallelism).")
     with tempfile.TemporaryDirectory() as directory:
+        arrays_path = os.path.join(directory, "arrays.npz")
+        np.savez(arrays_path, **{f"{k}{i}": v for i, pair in enumerate(arrays) for k, v in zip("xy", pair)})
         for kind in args.models:
             for cohort in args.cohorts:
-                result = compare(kind, cohort, args.rounds, arrays, directory, args.feeds, args.parallel)
-                raw = result["seconds"]["raw"]
-                print(f"\n{kind.upper()}, {cohort} clients/round (raw = {raw:.4f} s/round)")
-                print(f"  {'runner':<24} {'s/round':>9} {'/ raw':>7} {'build datasets s':>17}")
-                for name, value in result["seconds"].items():
-                    build = result["build"].get(name)
-                    print(f"  {name:<24} {value:>9.4f} {value / raw:>7.3f} {'' if build is None else f'{build:>17.4f}'}")
-                if kind == "mlp":
-                    first = next(iter(result["accuracies"]))
-                    print(f"  per-round training accuracy, {first}: {[round(a, 6) for a in result['accuracies'][first]]}")
-                    print(f"  per-round training accuracy, raw:          {[round(a, 6) for a in result['accuracies']['raw']]}")
-                    print(f"  max |weights(fedsim) - weights(raw)| after {args.rounds} rounds: {result['max_dw']:.2e}")
-                    differing = [name for name, values in result["accuracies"].items() if values != result["accuracies"]["raw"]]
-                    print(f"  runners whose per-round accuracies differ from raw's: {', '.join(differing) or 'none'}")
+                print(f"\n{kind.upper()}, {cohort} clients/round")
+                columns = [f"{who} x{n}" for n in args.parallel for who in ("raw", "fedsim")]
+                header = "".join(f"{c:>18}" for c in columns) + (f"{'TFF 0.87':>18}{'fedsim/TFF':>12}" if args.tff else "")
+                print(f"  {'pipeline':<10}{header}{'build s':>9}")
+                for pipeline in args.pipelines:
+                    result = compare(kind, cohort, args.rounds, arrays, directory, pipeline, args.parallel)
+                    sec = result["seconds"]
+                    cells = []
+                    for n in args.parallel:
+                        raw, ours = sec[f"raw x{n}"], sec[f"fedsim x{n}"]
+                        cells += [f"{raw:>18.4f}", f"{ours:>9.4f} ({ours / raw:4.2f}x)"]
+                    if args.tff:
+                        tff = tff_child(args.tff, kind, cohort, args.rounds, pipeline, arrays_path).get("median_seconds")
+                        best = min(sec[f"fedsim x{n}"] for n in args.parallel)
+                        cells += [f"{tff:>9.4f} ({tff / sec['raw x1']:4.2f}x)" if tff else f"{'-':>18}",
+                                  f"{tff / best:>11.2f}x" if tff else f"{'-':>12}"]
+                    build = max(result["build"].values()) if result["build"] else 0.0
+                    print(f"  {pipeline:<10}{''.join(cells)}{build:>9.4f}", flush=True)
+                    accuracies = result["accuracies"]
+                    first = f"fedsim x{args.parallel[0]}"
+                    differing = [name for name in accuracies if name.startswith("fedsim") and accuracies[name] != accuracies[first]]
+                    if differing:
+                        print(f"    per-round accuracies differ between fedsim runners: {differing}")
+                    if pipeline == "bare" and kind == "mlp" and f"raw x{args.parallel[0]}" in accuracies:
+                        same = accuracies[first] == accuracies[f"raw x{args.parallel[0]}"]
+                        print(f"    bare pipeline: fedsim's per-round accuracies {'equal' if same else 'DIFFER FROM'} the raw loop's")
     if args.no_children:
         return
     for kind in args.models:

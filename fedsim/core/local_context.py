@@ -27,6 +27,7 @@ import tensorflow as tf
 from fedsim.core import aggregations
 from fedsim.core import evaluator as evaluator_lib
 from fedsim.core import intrinsic_defs as defs
+from fedsim.core import sequences
 from fedsim.core import structure
 from fedsim.core import tensorflow_computation as tfc
 from fedsim.core import types as ft
@@ -205,19 +206,55 @@ class LocalDomain:
         accumulators = [d.accumulator_fn() for d in pending]
         arity = [len(d.sources) for d in pending]
 
-        def client_task(index: int) -> list:
+        given = _with_datasets([g for source in sources for g in source.given()])
+        prepared: list = []
+
+        def read_ahead(index: int) -> dict:
+            """Client `index`'s given values, each dataset in them iterated once (`sequences`)."""
             memo: dict = {}
+            for source in given:
+                member = source.compute(index, memo)
+                for dataset, element_type in _datasets_in(member, source.member_type):
+                    prepared.append(dataset)
+                    sequences.prepare(dataset, element_type, self.context.client_data_budget_bytes,
+                                      f"client {index}'s dataset in {source.what}")
+            return memo
+
+        def client_task(index: int, memo: Optional[dict] = None) -> list:
+            memo = {} if memo is None else memo
             return [source.compute(index, memo) for source in sources]
 
-        for values in self.context.ordered_map(client_task, count):
-            position = 0
-            for accumulator, n in zip(accumulators, arity):
-                accumulator.add(values[position] if n == 1 else tuple(values[position:position + n]))
-                position += n
+        try:
+            for values in self.context.ordered_map(client_task, count, read_ahead if given else None):
+                position = 0
+                for accumulator, n in zip(accumulators, arity):
+                    accumulator.add(values[position] if n == 1 else tuple(values[position:position + n]))
+                    position += n
+        finally:
+            sequences.discard_prepared(prepared)
         for deferred, accumulator in zip(pending, accumulators):
             deferred.value = accumulator.result()
             deferred.done = True
             deferred.thunk = None
+
+
+def _dataset_paths(value_type: ft.Type) -> bool:
+    return any(isinstance(leaf, ft.SequenceType) and sequences.has_fast_form(leaf) for leaf in ft.flatten_type(value_type))
+
+
+def _with_datasets(given: list) -> list:
+    """The distinct given values whose members hold datasets the fast form can take."""
+    unique = {id(g): g for g in given}
+    return [g for g in unique.values() if _dataset_paths(g.member_type)]
+
+
+def _datasets_in(member: Any, member_type: ft.Type) -> list:
+    """`(dataset, element type)` for each sequence leaf of a client's member."""
+    found = []
+    for leaf_type, leaf in zip(ft.flatten_type(member_type), structure.flatten_value(member, member_type)):
+        if isinstance(leaf_type, ft.SequenceType) and isinstance(leaf, tf.data.Dataset) and sequences.has_fast_form(leaf_type):
+            found.append((leaf, leaf_type.element))
+    return found
 
 
 def _element_argument(elements: tuple) -> Any:
@@ -260,6 +297,12 @@ class LocalExecutionContext:
         with the others in `federated_aggregate`.
       default_num_clients: the number of clients when a computation has no CLIENTS-placed
         argument to count them from.
+      client_data_budget_bytes: the most memory one client's dataset may take when it is
+        read ahead as tensors (`fedsim.core.sequences`); a larger one streams through
+        tf.data instead (same result, slower).
+
+    Clients' datasets are iterated once each, on a producer thread a few clients ahead of
+    training, and handed to the computations as tensors.
     """
 
     def __init__(
@@ -267,36 +310,69 @@ class LocalExecutionContext:
         max_parallel_clients: Optional[int] = None,
         aggregation_group_size: int = 16,
         default_num_clients: Optional[int] = None,
+        client_data_budget_bytes: int = sequences.DEFAULT_BUDGET_BYTES,
     ):
         if aggregation_group_size < 1:
             raise ValueError(f"aggregation_group_size must be at least 1, got {aggregation_group_size}")
         self.max_parallel_clients = max_parallel_clients or os.cpu_count() or 1
         self.aggregation_group_size = aggregation_group_size
         self.default_num_clients = default_num_clients
+        self.client_data_budget_bytes = client_data_budget_bytes
         self._pool: Optional[concurrent.futures.ThreadPoolExecutor] = None
+        self._reader: Optional[concurrent.futures.ThreadPoolExecutor] = None
         self._pool_lock = threading.Lock()
 
-    def ordered_map(self, fn: Callable, count: int) -> Iterator:
-        """`fn(i)` for i in range(count), in order, with a bounded window of parallel tasks."""
-        if self.max_parallel_clients <= 1 or count <= 1:
-            for index in range(count):
-                yield fn(index)
-            return
+    def _executors(self) -> tuple:
         with self._pool_lock:
-            if self._pool is None:
+            if self._pool is None and self.max_parallel_clients > 1:
                 self._pool = concurrent.futures.ThreadPoolExecutor(self.max_parallel_clients, thread_name_prefix="fedsim-client")
+            if self._reader is None:
+                self._reader = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="fedsim-data")
+        return self._pool, self._reader
+
+    def ordered_map(self, fn: Callable, count: int, read_ahead: Optional[Callable] = None) -> Iterator:
+        """`fn(i)` for i in range(count), in order, with a bounded window of parallel tasks.
+
+        With `read_ahead`, `read_ahead(i)` runs first on one producer thread, in order and a
+        bounded window ahead, and its result is passed on: `fn(i, read_ahead(i))`.
+        """
+        pool, reader = self._executors()
         window = 2 * self.max_parallel_clients
+        reads: collections.deque = collections.deque()
+        next_read = 0
+
+        def read_until(index: int) -> None:
+            nonlocal next_read
+            while read_ahead is not None and next_read < min(count, index + window + 1):
+                reads.append(reader.submit(read_ahead, next_read))
+                next_read += 1
+
+        def task_args(index: int) -> tuple:
+            if read_ahead is None:
+                return (index,)
+            read_until(index)
+            return (index, reads.popleft())
+
+        def run(index: int, read: Optional[concurrent.futures.Future] = None) -> Any:
+            return fn(index) if read is None else fn(index, read.result())
+
         futures: collections.deque = collections.deque()
-        next_index = 0
         try:
+            if pool is None or count <= 1:
+                for index in range(count):
+                    yield run(*task_args(index))
+                return
+            next_index = 0
             while next_index < count or futures:
                 while next_index < count and len(futures) < window:
-                    futures.append(self._pool.submit(fn, next_index))
+                    futures.append(pool.submit(run, *task_args(next_index)))
                     next_index += 1
                 yield futures.popleft().result()
         finally:
             for future in futures:
                 future.cancel()
+            # a read already running finishes before the caller drops what was read ahead
+            concurrent.futures.wait([read for read in reads if not read.cancel()])
 
     def invoke(self, computation: Any, argument: Any) -> Any:
         if isinstance(computation, tfc.TensorFlowComputation):

@@ -1,121 +1,247 @@
-"""Batched sequences fed as tensors: the same batches as a dataset, without tf.data per call.
+"""Client datasets fed to graphs as tensors: each dataset iterated once, outside the graph.
 
-A client's data is usually `tf.data.Dataset.from_tensor_slices(arrays).batch(n)`. Iterating
-such a dataset inside a graph costs 13-30 ms per call on this machine however few its batches
-(iterator creation, tf.data graph rewrites), against under 1 ms to slice the same batches from
-the arrays. So a `tf_computation` whose parameter holds batched sequences is also traced (on
-first use) with `SlicedSequence` stand-ins: the examples as tensors plus the batch size, batch
-`i` being rows `[i*n, min((i+1)*n, count))`. `for batch in sequence:` (autograph) and
-`sequence.reduce(...)` run the same loop body over the same batches in the same order, so the
-arithmetic is the same as with the dataset. The runtime feeds a dataset this way only when it
-recognizes it (`as_slices`); anything else goes through the dataset graph, unchanged.
+Why: a `tf.data.Dataset` iterated inside a graph costs a fixed 13-60 ms per call on a 2-core
+machine (an iterator per call, tf.data's graph rewrites, every `map` function instantiated and
+optimized anew), more than a small model's whole epoch. The same elements iterated once eagerly
+with tf.data's rewrites off cost a few ms, and can be produced on another thread while the
+previous client trains.
 
-This module is the one that wraps tf.data's own structures, so it is where `tf.nest` (the
-order tf.data flattens in) meets fedsim's type order.
+How: a `tf_computation` whose parameter holds sequences has, besides its dataset form, a *fast
+form* (traced on first use from the same Python function, and serialized with it). There each
+sequence is an `Elements` stand-in made of two tensors per element leaf: `values`, the elements
+stacked (padded to the largest element, when shapes differ), and `shapes`, each element's
+shape, so element `i` is `values[i]` sliced to `shapes[i]`. `for element in sequence:`
+(autograph) and `sequence.reduce(...)` run the same body over the same elements in the same
+order as the dataset would. `materialize` turns any dataset into those tensors by iterating it
+once, whatever its pipeline (shuffle, map, filter, padded_batch, interleave, ...), so the
+elements are exactly what one iteration of the dataset gives. A dataset larger than the memory
+budget, or an infinite one the computation would iterate forever, is not materialized (the
+dataset form streams it, or a clear error says why).
 """
 
 from __future__ import annotations
 
+import threading
 from typing import Any, Callable, Optional
 
+import numpy as np
 import tensorflow as tf
-from tensorflow.python.autograph.operators import control_flow
 
 from fedsim.core import structure
+from fedsim.core import tf_private
 from fedsim.core import types as ft
 
-__all__ = ["SlicedSequence", "is_sliceable_type", "as_slices", "UnsupportedSequenceUse"]
+__all__ = [
+    "Elements", "has_fast_form", "fast_input_specs", "materialize", "enable_loops", "prepare", "take_prepared",
+    "UnsupportedSequenceUse", "InfiniteSequenceError", "DEFAULT_BUDGET_BYTES",
+]
+
+DEFAULT_BUDGET_BYTES = 256 * 2**20  # one client's elements kept in memory at most; larger ones stream
 
 
 class UnsupportedSequenceUse(TypeError):
-    """A computation uses its sequence in a way the sliced form does not imitate."""
+    """A computation uses its sequence in a way the fast form does not imitate."""
 
 
-def is_sliceable_type(sequence_type: ft.SequenceType) -> bool:
-    """Whether every element leaf is a tensor whose first dimension (the batch) is unknown."""
+class InfiniteSequenceError(ValueError):
+    """A dataset without end given to a computation that iterates all of its sequence."""
+
+
+def has_fast_form(sequence_type: ft.SequenceType) -> bool:
+    """Whether every element leaf is a tensor of known rank (what `Elements` can hold)."""
     leaves = ft.flatten_type(sequence_type.element)
-    return bool(leaves) and all(
-        isinstance(leaf, ft.TensorType) and leaf.shape is not None and len(leaf.shape) >= 1 and leaf.shape[0] is None
-        for leaf in leaves
-    )
+    return bool(leaves) and all(isinstance(leaf, ft.TensorType) and leaf.shape is not None for leaf in leaves)
 
 
-class SlicedSequence:
-    """A batched sequence inside a graph: `examples` (a structure of the element type, one row
-    per example) and `batch_size` (int64). Supports iteration (`for batch in ...`), `reduce`
-    and `element_spec`; any other dataset method is refused (the dataset graph is used)."""
+def _leaf_specs(leaf: ft.TensorType) -> list:
+    return [tf.TensorSpec([None, *leaf.shape], leaf.dtype), tf.TensorSpec([None, len(leaf.shape)], tf.int64)]
 
-    def __init__(self, element_type: ft.Type, examples: Any, batch_size: tf.Tensor):
+
+def fast_input_specs(parameter_type: ft.Type) -> list:
+    """The fast form's flat inputs: per sequence leaf, `values` and `shapes` of each element
+    leaf (`_leaf_specs`); any other leaf as itself."""
+    specs = []
+    for leaf in ft.flatten_type(parameter_type):
+        if isinstance(leaf, ft.SequenceType):
+            for element_leaf in ft.flatten_type(leaf.element):
+                specs.extend(_leaf_specs(element_leaf))
+        else:
+            specs.append(leaf.to_spec())
+    return specs
+
+
+class Elements:
+    """A sequence inside a fast-form graph: per element leaf, the stacked `values` and the
+    elements' `shapes`. Supports `for element in ...` (autograph), `reduce` and
+    `element_spec`; any other dataset method is refused (the dataset form is used)."""
+
+    def __init__(self, element_type: ft.Type, tensors: list):
         self._element_type = element_type
-        self._examples = examples
-        self._leaves = structure.flatten_value(examples, element_type)
-        self._batch_size = tf.cast(batch_size, tf.int64)
-        self._count = tf.shape(self._leaves[0], out_type=tf.int64)[0]
+        self._leaf_types = ft.flatten_type(element_type)
+        self._values = tensors[0::2]
+        self._shapes = tensors[1::2]
+        self._count = tf.shape(self._values[0], out_type=tf.int64)[0]
 
     @property
-    def example_leaves(self) -> list:
-        """The examples' tensors, in the element type's leaf order."""
-        return list(self._leaves)
-
-    @property
-    def batch_size(self) -> tf.Tensor:
-        return self._batch_size
+    def tensors(self) -> list:
+        """The graph tensors this sequence is made of, in `fast_input_specs` order."""
+        return [t for pair in zip(self._values, self._shapes) for t in pair]
 
     @property
     def element_spec(self) -> Any:
-        return structure.map_structure(lambda leaf, _: leaf.to_spec(), self._element_type, self._examples)
+        return structure.unflatten_value(self._element_type, [leaf.to_spec() for leaf in self._leaf_types])
 
     @property
-    def num_batches(self) -> tf.Tensor:
-        return (self._count + self._batch_size - 1) // self._batch_size
+    def num_elements(self) -> tf.Tensor:
+        return self._count
 
-    def batch(self, index: tf.Tensor) -> Any:
-        start = tf.cast(index, tf.int64) * self._batch_size
-        end = tf.minimum(start + self._batch_size, self._count)
-        return structure.unflatten_value(self._element_type, [leaf[start:end] for leaf in self._leaves])
+    def element(self, index: tf.Tensor) -> Any:
+        """Element `index`, with the static shape of the element type."""
+        leaves = []
+        for leaf_type, values, shapes in zip(self._leaf_types, self._values, self._shapes):
+            value = values[index]
+            if not leaf_type.tensor_shape.is_fully_defined():  # else no element is padded
+                value = tf.slice(value, tf.zeros([len(leaf_type.shape)], tf.int64), shapes[index])
+                value.set_shape(leaf_type.tensor_shape)
+            leaves.append(value)
+        return structure.unflatten_value(self._element_type, leaves)
 
     def reduce(self, initial_state: Any, reduce_func: Callable) -> Any:
-        """As `tf.data.Dataset.reduce`: folds the batches in order."""
+        """As `tf.data.Dataset.reduce`: folds the elements in order."""
 
         def body(index, state):
-            return index + 1, reduce_func(state, self.batch(index))
+            return index + 1, reduce_func(state, self.element(index))
 
-        _, result = tf.while_loop(lambda index, _: index < self.num_batches, body,
-                                  (tf.constant(0, tf.int64), initial_state))
+        _, result = tf.while_loop(lambda index, _: index < self._count, body, (tf.constant(0, tf.int64), initial_state))
         return result
 
     def __iter__(self):
-        raise UnsupportedSequenceUse("a sliced sequence is iterated by a TensorFlow loop, not in Python")
+        raise UnsupportedSequenceUse("a fast-form sequence is iterated by a TensorFlow loop, not in Python")
 
     def __getattr__(self, name: str) -> Any:
-        raise AttributeError(f"the sliced form of a sequence has no {name!r}; the dataset form is used")
+        raise AttributeError(f"the fast form of a sequence has no {name!r}; the dataset form is used")
 
 
-def _sliced_for_stmt(iter_, extra_test, body, get_state, set_state, symbol_names, opts):
-    """autograph's `for batch in sequence:` over a SlicedSequence: a range loop over batches."""
-    indices = tf.range(iter_.num_batches)
-    control_flow._tf_range_for_stmt(  # the loop autograph itself uses for `for i in tf.range(n)`
-        indices, extra_test, lambda index: body(iter_.batch(index)), get_state, set_state, symbol_names, opts
-    )
+def _for_loop(elements, extra_test, body, get_state, set_state, symbol_names, opts, range_loop):
+    """autograph's `for element in sequence:` over `Elements`: a range loop over the elements."""
+    range_loop(tf.range(elements.num_elements), extra_test, lambda index: body(elements.element(index)),
+               get_state, set_state, symbol_names, opts)
 
 
-control_flow.for_loop_registry.register(SlicedSequence, _sliced_for_stmt)
+def enable_loops() -> bool:
+    """Lets autograph run `for element in sequence:` over `Elements` (once; False if it cannot)."""
+    return tf_private.register_for_loop(Elements, _for_loop)
 
 
-def as_slices(dataset: tf.data.Dataset, element_type: ft.Type) -> Optional[tuple]:
-    """`(example leaves in the type's order, batch size)` when `dataset` is exactly
-    `from_tensor_slices(tensors).batch(n)` (not dropping a remainder); else None."""
-    if type(dataset).__name__ != "_BatchDataset":
-        return None
-    source = getattr(dataset, "_input_dataset", None)
-    if type(source).__name__ != "_TensorSliceDataset":
-        return None
+# Materializing a dataset --------------------------------------------------------------------------
+
+def _iterate_once_options() -> tf.data.Options:
+    # tf.data's default graph rewrites pay off over many elements; over one client's few they
+    # cost more than the iteration (they serialize the pipeline, its data included).
+    options = tf.data.Options()
+    options.experimental_optimization.apply_default_optimizations = False
+    options.autotune.enabled = False
+    return options
+
+
+_ONCE = _iterate_once_options()
+
+
+def _nbytes(tensor: tf.Tensor) -> int:
+    count = tensor.shape.num_elements() or 0
+    return count * (tensor.dtype.size if tensor.dtype != tf.string else 64)
+
+
+def _stack(column: list, leaf_type: ft.TensorType) -> list:
+    """`values` (elements stacked, padded to the largest) and `shapes` of one element leaf."""
+    rank = len(leaf_type.shape)
+    shapes = np.array([tuple(t.shape) for t in column], np.int64).reshape(len(column), rank)
+    if not column:
+        values = tf.zeros([0, *(d or 0 for d in leaf_type.shape)], leaf_type.dtype)
+    elif all(tuple(t.shape) == tuple(column[0].shape) for t in column):
+        values = tf.stack(column)
+    else:
+        largest = shapes.max(axis=0)
+        values = tf.stack([tf.pad(t, [[0, int(m - s)] for m, s in zip(largest, t.shape)]) for t in column])
+    return [values, tf.constant(shapes)]
+
+
+def materialize(dataset: tf.data.Dataset, element_type: ft.Type, budget_bytes: int = DEFAULT_BUDGET_BYTES,
+                what: str = "a client's dataset") -> Optional[list]:
+    """The fast form's inputs for `dataset`: one iteration of it, as `values`/`shapes` per
+    element leaf (see `Elements`).
+
+    Args:
+      dataset: the dataset, of `element_type` elements.
+      element_type: the sequence's element type.
+      budget_bytes: when the elements exceed it, None (the caller streams the dataset form).
+      what: names the dataset in errors.
+
+    Returns:
+      The flat list of tensors, or None when over the budget.
+
+    Raises:
+      InfiniteSequenceError: the dataset never ends (`repeat()` without a count).
+    """
+    if dataset.cardinality() == tf.data.INFINITE_CARDINALITY:
+        raise InfiniteSequenceError(
+            f"{what} is infinite (repeat() without a count?) and the computation iterates all of it, which "
+            f"would never end; give the dataset an end, e.g. repeat(epochs) or take(n)"
+        )
+    leaf_types = ft.flatten_type(element_type)
+    columns: list = [[] for _ in leaf_types]
+    total = 0
     try:
-        if bool(dataset._drop_remainder) or getattr(dataset, "_parallel_copy", False):
+        once = dataset.with_options(_ONCE)
+    except ValueError:  # options the user set that conflict: iterate as it is
+        once = dataset
+    for element in once:
+        for column, leaf in zip(columns, structure.flatten_value(element, element_type)):
+            column.append(leaf)
+            total += _nbytes(leaf)
+        if total > budget_bytes:
             return None
-        examples = tf.nest.pack_sequence_as(source.element_spec, list(source._tensors))
-        leaves = structure.flatten_value(examples, element_type)
-        batch_size = dataset._batch_size
-    except (AttributeError, TypeError, ValueError):
-        return None
-    return leaves, batch_size
+    return [t for leaf_type, column in zip(leaf_types, columns) for t in _stack(column, leaf_type)]
+
+
+# Datasets prepared ahead (by the runtime, on a producer thread) --------------------------------------
+
+_prepared: dict = {}
+_prepared_lock = threading.Lock()
+
+
+def prepare(dataset: tf.data.Dataset, element_type: ft.Type, budget_bytes: int, what: str) -> None:
+    """Materializes `dataset` now, for the next call that takes it (`take_prepared`).
+
+    Errors are kept and raised to that call, so they surface where the dataset is used.
+    """
+    try:
+        result: Any = materialize(dataset, element_type, budget_bytes, what)
+    except Exception as error:  # noqa: BLE001 - re-raised by the call that uses the dataset
+        result = error
+    with _prepared_lock:
+        _prepared[id(dataset)] = (dataset, element_type, result)
+
+
+def take_prepared(dataset: tf.data.Dataset, element_type: ft.Type) -> Any:
+    """The prepared inputs for `dataset` (removed: each preparation is one iteration, used
+    once); `...` when none were prepared for it with this type. Raises what preparing raised."""
+    with _prepared_lock:
+        entry = _prepared.get(id(dataset))
+        if entry is None or entry[0] is not dataset:
+            return ...
+        del _prepared[id(dataset)]
+    if entry[1] != element_type:
+        return ...
+    if isinstance(entry[2], Exception):
+        raise entry[2]
+    return entry[2]
+
+
+def discard_prepared(datasets: list) -> None:
+    """Drops preparations nobody took (a pass that failed or did not use them)."""
+    with _prepared_lock:
+        for dataset in datasets:
+            entry = _prepared.get(id(dataset))
+            if entry is not None and entry[0] is dataset:
+                del _prepared[id(dataset)]

@@ -9,7 +9,8 @@ The bytes carry data only (format 2): types name fields, dtypes, shapes and plac
 Python container only by a registered name (`fedsim.core.containers`). Reading them never
 imports a module, unpickles or calls a class that was not registered in the reading process,
 and every graph is checked against an op allowlist (`fedsim.core.op_allowlist`) before it
-can run. Format 1, which named containers as import paths, is refused.
+can run. Format 1, which named containers as import paths, is refused. A computation over
+sequences carries its fast form too (`sequences`: datasets fed as tensors), checked the same way.
 """
 
 from __future__ import annotations
@@ -17,12 +18,13 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
-from typing import Any
+from typing import Any, Callable
 
 from fedsim.core import building_blocks as bb
 from fedsim.core import computation as computation_lib
 from fedsim.core import federated_tracing as fc
 from fedsim.core import op_allowlist
+from fedsim.core import sequences
 from fedsim.core import tensorflow_computation as tfc
 from fedsim.core import types as ft
 from fedsim.core.errors import SerializationError
@@ -41,16 +43,21 @@ def computation_hash(data: bytes) -> str:
     return hashlib.sha256(bytes(data)).hexdigest()
 
 
-def _tf_header(computation: tfc.TensorFlowComputation, blob: int) -> dict:
-    return {
+def _tf_header(computation: tfc.TensorFlowComputation, add_blob: Callable[[bytes], int]) -> dict:
+    header = {
         "kind": "tensorflow",
         "name": computation.name,
         "type": computation.type_signature.to_json(),
         "unpack": computation.unpack,
-        "graph": blob,
+        "graph": add_blob(computation.graph_def),
         "parameter_names": computation.parameter_names,
         "result_names": computation.result_names,
     }
+    fast = computation.fast_graph()  # datasets fed as tensors: silos run it too
+    if fast is not None:
+        header["fast"] = {"graph": add_blob(fast.graph_def), "parameter_names": fast.input_names,
+                          "result_names": fast.output_names}
+    return header
 
 
 def serialize_computation(computation: computation_lib.Computation) -> bytes:
@@ -66,7 +73,7 @@ def serialize_computation(computation: computation_lib.Computation) -> bytes:
         return blob_index[digest]
 
     def embed(tf_computation: tfc.TensorFlowComputation) -> dict:
-        return _tf_header(tf_computation, add_blob(tf_computation.graph_def))
+        return _tf_header(tf_computation, add_blob)
 
     if isinstance(computation, tfc.TensorFlowComputation):
         root = embed(computation)
@@ -191,32 +198,50 @@ class _TensorFlowReader:
         self._cache: dict = {}
 
     def read(self, entry: Any, what: str) -> tfc.TensorFlowComputation:
-        _expect_keys(entry, {"kind", "name", "type", "unpack", "graph", "parameter_names", "result_names"}, what)
+        keys = {"kind", "name", "type", "unpack", "graph", "parameter_names", "result_names"}
+        _expect_keys(entry, keys | ({"fast"} if isinstance(entry, dict) and "fast" in entry else set()), what)
         if entry["kind"] != "tensorflow":
             raise SerializationError(f"{what} is not of kind 'tensorflow'")
         key = json.dumps(entry, sort_keys=True)
         if key in self._cache:
             return self._cache[key]
         name = _text(entry["name"], f"{what}'s name")
-        index = entry["graph"]
-        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(self._blobs):
-            raise SerializationError(f"{what} {name!r} refers to graph {str(index)[:20]!r}, which is not in the bytes")
-        if index not in self._checked:
-            op_allowlist.check_graph(self._blobs[index], self._allowed_ops, name)
-            self._checked.add(index)
         type_signature = ft.type_from_json(entry["type"], f"the type of {name!r}")
         if not isinstance(type_signature, ft.FunctionType):
             raise SerializationError(f"{what} {name!r} has the type {type_signature}, not a function type")
+        source = None
+        if "fast" in entry:
+            fast = entry["fast"]
+            _expect_keys(fast, {"graph", "parameter_names", "result_names"}, f"{what} {name!r}'s fast form")
+            if type_signature.parameter is None or not any(
+                    isinstance(leaf, ft.SequenceType) for leaf in ft.flatten_type(type_signature.parameter)):
+                raise SerializationError(f"{what} {name!r} has a fast form but no sequence in its parameter")
+            fast_names = _names(fast["parameter_names"], f"{name!r}'s fast parameter names")
+            if len(fast_names) != len(sequences.fast_input_specs(type_signature.parameter)):
+                raise SerializationError(f"{what} {name!r}'s fast form has {len(fast_names)} inputs, not what its type gives")
+            source = tfc.imported_fast_form(self._checked_graph(fast["graph"], what, name), fast_names,
+                                            _names(fast["result_names"], f"{name!r}'s fast result names"),
+                                            type_signature.parameter)
         computation = tfc.TensorFlowComputation(
-            self._blobs[index],
+            self._checked_graph(entry["graph"], what, name),
             _names(entry["parameter_names"], f"{name!r}'s parameter names"),
             _names(entry["result_names"], f"{name!r}'s result names"),
             type_signature,
             name,
             _flag(entry["unpack"], f"{name!r}'s unpack flag"),
+            source=source,
         )
         self._cache[key] = computation
         return computation
+
+    def _checked_graph(self, index: Any, what: str, name: str) -> bytes:
+        """Graph blob `index`, its ops checked against the allowlist (once per blob)."""
+        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(self._blobs):
+            raise SerializationError(f"{what} {name!r} refers to graph {str(index)[:20]!r}, which is not in the bytes")
+        if index not in self._checked:
+            op_allowlist.check_graph(self._blobs[index], self._allowed_ops, name)
+            self._checked.add(index)
+        return self._blobs[index]
 
 
 def _expect_keys(body: Any, keys: set, what: str) -> None:

@@ -23,16 +23,15 @@ from typing import Any, Callable, Optional
 import numpy as np
 import tensorflow as tf
 from absl import logging
-from tensorflow.python.autograph.core import config as autograph_config
-from tensorflow.python.framework import auto_control_deps
 
 from fedsim.core import computation as computation_lib
 from fedsim.core import op_allowlist
 from fedsim.core import sequences
 from fedsim.core import structure
+from fedsim.core import tf_private
 from fedsim.core import types as ft
 
-__all__ = ["TensorFlowComputation", "trace_tf_function", "type_to_tf_spec"]
+__all__ = ["TensorFlowComputation", "trace_tf_function", "type_to_tf_spec", "imported_fast_form"]
 
 _ANONYMOUS_SHARED_NAME = op_allowlist.ANONYMOUS_SHARED_NAME
 
@@ -98,9 +97,9 @@ class TensorFlowComputation(computation_lib.Computation):
 
     `graph_def` is a serialized `tf.compat.v1.GraphDef`; `parameter_names` and `result_names`
     are the graph tensors of the flattened parameter and result leaves (a sequence leaf is a
-    variant tensor holding a dataset). A computation traced in this process from a Python
-    function whose parameter holds batched sequences also has a *sliced form* (see
-    `sequences`), traced on first use and used when the runtime can feed a dataset as tensors.
+    variant tensor holding a dataset). A computation whose parameter holds sequences may also
+    have a *fast form* (see `sequences`): traced on first use from the Python function (or
+    read with the serialized bytes), it takes each dataset as the tensors of one iteration.
     """
 
     def __init__(
@@ -125,33 +124,39 @@ class TensorFlowComputation(computation_lib.Computation):
                  for leaf in self._parameter_leaves]
         self._graph = _ImportedGraph(graph_def, parameter_names, result_names, specs)
         self._sequence_leaves = [i for i, leaf in enumerate(self._parameter_leaves) if isinstance(leaf, ft.SequenceType)]
-        self._trace_sliced = source if self._sequence_leaves else None
-        self._sliced = _NOT_TRACED
-        self._sliced_lock = threading.Lock()
+        self._trace_fast = source if self._sequence_leaves else None
+        self._fast = _NOT_TRACED
+        self._fast_lock = threading.Lock()
 
-    def _sliced_graph(self) -> Optional[_ImportedGraph]:
-        """The sliced form, traced once on first use; None when there is none."""
-        if self._trace_sliced is None:
+    def fast_graph(self) -> Optional["_ImportedGraph"]:
+        """The fast form (sequences as tensors), traced once on first use; None when there is none."""
+        if self._trace_fast is None:
             return None
-        if self._sliced is _NOT_TRACED:
-            with self._sliced_lock:
-                if self._sliced is _NOT_TRACED:
-                    self._sliced = self._trace_sliced()
-        return self._sliced
+        if self._fast is _NOT_TRACED:
+            with self._fast_lock:
+                if self._fast is _NOT_TRACED:
+                    self._fast = self._trace_fast()
+        return self._fast
 
-    def _sliced_inputs(self, leaves: list) -> Optional[list]:
-        """The sliced form's inputs for these leaves, if every sequence is `from_tensor_slices(...).batch(n)`."""
+    @property
+    def sequence_types(self) -> list:
+        """The parameter's sequence leaves' types, in leaf order."""
+        return [self._parameter_leaves[i] for i in self._sequence_leaves]
+
+    def _fast_inputs(self, leaves: list) -> Optional[list]:
+        """The fast form's inputs: each dataset iterated once (or as prepared ahead); None
+        when one is not a dataset or is over the memory budget (the dataset form streams it)."""
         inputs = []
-        for leaf_type, leaf in zip(self._parameter_leaves, leaves):
+        for index, (leaf_type, leaf) in enumerate(zip(self._parameter_leaves, leaves)):
             if isinstance(leaf_type, ft.SequenceType):
                 if not isinstance(leaf, tf.data.Dataset):
                     return None
-                slices = sequences.as_slices(leaf, leaf_type.element)
-                if slices is None:
+                tensors = sequences.take_prepared(leaf, leaf_type.element)
+                if tensors is ...:
+                    tensors = sequences.materialize(leaf, leaf_type.element, what=f"the dataset given to {self.name}")
+                if tensors is None:
                     return None
-                examples, batch_size = slices
-                inputs.extend(examples)
-                inputs.append(batch_size)
+                inputs.extend(tensors)
             else:
                 inputs.append(leaf)
         return inputs
@@ -164,10 +169,10 @@ class TensorFlowComputation(computation_lib.Computation):
         sequence leaves as `tf.data.Dataset`s.
         """
         outputs = None
-        if self._trace_sliced is not None:
-            inputs = self._sliced_inputs(leaves)
-            graph = self._sliced_graph() if inputs is not None else None
-            if graph is not None:
+        graph = self.fast_graph() if self._trace_fast is not None else None
+        if graph is not None:
+            inputs = self._fast_inputs(leaves)
+            if inputs is not None:
                 outputs = graph(*inputs)
         if outputs is None:
             inputs = [tf.data.experimental.to_variant(leaf) if isinstance(t, ft.SequenceType) else leaf
@@ -197,19 +202,19 @@ class TensorFlowComputation(computation_lib.Computation):
     def call_in_graph(self, argument: Any) -> Any:
         """Calls the computation from inside another TensorFlow function being traced.
 
-        A `SlicedSequence` argument (the caller is being traced in sliced form) calls this
-        computation's sliced form; a dataset argument, its dataset form.
+        An `Elements` argument (the caller is being traced in fast form) calls this
+        computation's fast form; a dataset argument, its dataset form.
         """
         parameter = self.type_signature.parameter
         leaves = [] if parameter is None else structure.flatten_value(argument, parameter)
-        if any(isinstance(leaf, sequences.SlicedSequence) for leaf in leaves):
-            graph = self._sliced_graph()
+        if any(isinstance(leaf, sequences.Elements) for leaf in leaves):
+            graph = self.fast_graph()
             if graph is None:
-                raise sequences.UnsupportedSequenceUse(f"{self.name} has no sliced form")
+                raise sequences.UnsupportedSequenceUse(f"{self.name} has no fast form")
             inputs = []
             for leaf in leaves:
-                if isinstance(leaf, sequences.SlicedSequence):
-                    inputs.extend(leaf.example_leaves + [leaf.batch_size])
+                if isinstance(leaf, sequences.Elements):
+                    inputs.extend(leaf.tensors)
                 else:
                     inputs.append(leaf)
             outputs = graph(*inputs)
@@ -274,38 +279,34 @@ def _refuse_python_ops(graph_def: tf.compat.v1.GraphDef, name: str) -> None:
         )
 
 
-# fedsim's own modules use no Python control flow on tensors: autograph converts the function
-# being traced (a user's, or fedsim's `for batch in dataset` loops) but never recurses into
-# fedsim, which would only cost time (a FedAvg client's first trace: 1.8 s -> 0.7 s).
-autograph_config.CONVERSION_RULES = (autograph_config.DoNotConvert("fedsim"),) + tuple(autograph_config.CONVERSION_RULES)
-
-
 def _autograph(fn: Callable) -> Callable:
+    # fedsim's own modules use no Python control flow on tensors: autograph converts the
+    # function being traced (a user's, or fedsim's `for batch in dataset` loops) but never
+    # recurses into fedsim, which would only cost time (a FedAvg client's first trace: 1.8 s -> 0.7 s).
+    tf_private.keep_autograph_out_of("fedsim")
     try:
         return tf.autograph.to_graph(fn, recursive=True)
     except Exception:  # noqa: BLE001 - autograph cannot convert some callables; run them as written
         return fn
 
 
-def _trace_graph(fn: Callable, parameter_type: Optional[ft.Type], unpack: bool, name: str, sliced: bool,
+def _trace_graph(fn: Callable, parameter_type: Optional[ft.Type], unpack: bool, name: str, fast: bool,
                  autograph: bool = True) -> tuple:
     """Traces `fn` into a graph: `(graph_def, input names, output names, input specs, result type)`.
 
-    A sequence leaf is one variant placeholder (a dataset); with `sliced`, it is instead one
-    placeholder per element leaf (the examples) plus an int64 batch size (a `SlicedSequence`).
+    A sequence leaf is one variant placeholder (a dataset); with `fast`, it is instead two
+    placeholders per element leaf, its values and shapes (`sequences.Elements`).
     """
     graph = tf.Graph()
     with graph.as_default():
         parameter_leaves = [] if parameter_type is None else ft.flatten_type(parameter_type)
         placeholders, leaf_values = [], []
         for index, leaf in enumerate(parameter_leaves):
-            if isinstance(leaf, ft.SequenceType) and sliced:
-                element_leaves = ft.flatten_type(leaf.element)
-                examples = [tf.compat.v1.placeholder(e.dtype, e.tensor_shape, name=f"arg{index}_{k}") for k, e in enumerate(element_leaves)]
-                batch_size = tf.compat.v1.placeholder(tf.int64, [], name=f"arg{index}_batch_size")
-                placeholders.extend(examples + [batch_size])
-                element = structure.unflatten_value(leaf.element, examples)
-                leaf_values.append(sequences.SlicedSequence(leaf.element, element, batch_size))
+            if isinstance(leaf, ft.SequenceType) and fast:
+                specs = sequences.fast_input_specs(leaf)
+                tensors = [tf.compat.v1.placeholder(s.dtype, s.shape, name=f"arg{index}_{k}") for k, s in enumerate(specs)]
+                placeholders.extend(tensors)
+                leaf_values.append(sequences.Elements(leaf.element, tensors))
             elif isinstance(leaf, ft.SequenceType):
                 placeholder = tf.compat.v1.placeholder(tf.variant, [], name=f"arg{index}")
                 leaf_values.append(tf.data.experimental.from_variant(placeholder, type_to_tf_spec(leaf.element)))
@@ -314,7 +315,7 @@ def _trace_graph(fn: Callable, parameter_type: Optional[ft.Type], unpack: bool, 
                 placeholder = tf.compat.v1.placeholder(leaf.dtype, leaf.tensor_shape, name=f"arg{index}")
                 leaf_values.append(placeholder)
                 placeholders.append(placeholder)
-        with auto_control_deps.AutomaticControlDependencies() as control_deps:
+        with tf_private.control_dependencies() as control_deps:
             converted = _autograph(fn) if autograph else fn
             if parameter_type is None:
                 result = converted()
@@ -339,24 +340,32 @@ def _trace_graph(fn: Callable, parameter_type: Optional[ft.Type], unpack: bool, 
     return graph_def.SerializeToString(deterministic=True), [p.name for p in placeholders], [o.name for o in outputs], specs, result_type
 
 
-def _sliced_tracer(fn: Callable, parameter_type: ft.Type, unpack: bool, name: str, result_type: ft.Type) -> Optional[Callable]:
-    """A thunk tracing the sliced form on first use; None when the parameter's sequences are not all batched."""
+def _fast_tracer(fn: Callable, parameter_type: ft.Type, unpack: bool, name: str, result_type: ft.Type) -> Optional[Callable]:
+    """A thunk tracing the fast form on first use; None when a sequence's elements cannot be held as tensors."""
     sequence_leaves = [leaf for leaf in ft.flatten_type(parameter_type) if isinstance(leaf, ft.SequenceType)]
-    if not sequence_leaves or not all(sequences.is_sliceable_type(leaf) for leaf in sequence_leaves):
+    if not sequence_leaves or not all(sequences.has_fast_form(leaf) for leaf in sequence_leaves):
         return None
 
     def trace() -> Optional[_ImportedGraph]:
-        try:
-            graph_def, inputs, outputs, specs, sliced_type = _trace_graph(fn, parameter_type, unpack, name, sliced=True)
-        except Exception as error:  # noqa: BLE001 - any use the stand-in does not imitate: keep the dataset form
-            logging.vlog(1, "%s has no sliced form (%s: %s); its dataset form is used", name, type(error).__name__, error)
+        if not sequences.enable_loops():
             return None
-        if ft.find_type_difference(result_type, sliced_type):
-            logging.vlog(1, "%s: the sliced form returns %s, not %s; its dataset form is used", name, sliced_type, result_type)
+        try:
+            graph_def, inputs, outputs, specs, fast_type = _trace_graph(fn, parameter_type, unpack, name, fast=True)
+        except Exception as error:  # noqa: BLE001 - any use the stand-in does not imitate: keep the dataset form
+            logging.vlog(1, "%s has no fast form (%s: %s); its dataset form is used", name, type(error).__name__, error)
+            return None
+        if ft.find_type_difference(result_type, fast_type):
+            logging.vlog(1, "%s: the fast form returns %s, not %s; its dataset form is used", name, fast_type, result_type)
             return None
         return _ImportedGraph(graph_def, inputs, outputs, specs)
 
     return trace
+
+
+def imported_fast_form(graph_def: bytes, parameter_names: list, result_names: list, parameter_type: ft.Type) -> Callable:
+    """A `source` for a computation read from bytes whose fast form was serialized with it."""
+    graph = _ImportedGraph(graph_def, parameter_names, result_names, sequences.fast_input_specs(parameter_type))
+    return lambda: graph
 
 
 def trace_tf_function(fn: Callable, parameter_type: Optional[ft.Type], unpack: bool, name: str,
@@ -367,7 +376,7 @@ def trace_tf_function(fn: Callable, parameter_type: Optional[ft.Type], unpack: b
     which use no Python control flow on tensors: converting them would only cost time.
     """
     _check_tf_type(parameter_type, "parameter", name)
-    graph_def, inputs, outputs, _, result_type = _trace_graph(fn, parameter_type, unpack, name, sliced=False, autograph=autograph)
+    graph_def, inputs, outputs, _, result_type = _trace_graph(fn, parameter_type, unpack, name, fast=False, autograph=autograph)
     return TensorFlowComputation(
         graph_def,
         inputs,
@@ -375,5 +384,5 @@ def trace_tf_function(fn: Callable, parameter_type: Optional[ft.Type], unpack: b
         ft.FunctionType(parameter_type, result_type),
         name,
         unpack,
-        source=None if parameter_type is None else _sliced_tracer(fn, parameter_type, unpack, name, result_type),
+        source=None if parameter_type is None else _fast_tracer(fn, parameter_type, unpack, name, result_type),
     )

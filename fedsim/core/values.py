@@ -45,6 +45,10 @@ class ClientValues:
         """Server values not yet computed that this recipe needs (forced before a pass)."""
         return []
 
+    def given(self) -> list:
+        """The `ListClients` (values the caller gave) this recipe reads."""
+        return []
+
 
 class ListClients(ClientValues):
     def __init__(self, members: Sequence, member_type: ft.Type, what: str, checked: bool):
@@ -55,10 +59,17 @@ class ListClients(ClientValues):
         self.count = len(members)
 
     def compute(self, index, memo):
+        key = ("given", id(self))
+        if key in memo:  # read ahead for this client (the runtime's producer)
+            return memo[key]
         member = self.members[index]
-        if self.checked:
-            return member
-        return structure.check_and_normalize(member, self.member_type, f"client {index} of {self.what}")
+        if not self.checked:
+            member = structure.check_and_normalize(member, self.member_type, f"client {index} of {self.what}")
+        memo[key] = member
+        return member
+
+    def given(self):
+        return [self]
 
 
 class AllEqualClients(ClientValues):
@@ -87,6 +98,9 @@ class MappedClients(ClientValues):
     def dependencies(self):
         return self.source.dependencies()
 
+    def given(self):
+        return self.source.given()
+
 
 class EvalClients(ClientValues):
     def __init__(self, fn: Callable):
@@ -113,6 +127,9 @@ class ZippedClients(ClientValues):
 
     def dependencies(self):
         return [d for e in self.elements for d in e.dependencies()]
+
+    def given(self):
+        return [g for e in self.elements for g in e.given()]
 
 
 class Lazy:
