@@ -194,7 +194,7 @@ def main() -> None:
         for silo, (pixels, labels) in zip(silo_ids, arrays):
             paths[silo] = os.path.join(workdir, f"{silo}.npz")
             np.savez(paths[silo], x=pixels, y=labels)
-        local_data = [tf.data.Dataset.from_tensor_slices(collections.OrderedDict(x=p, y=l)).batch(20) for p, l in arrays]
+        local_data = [tf.data.Dataset.from_tensor_slices(collections.OrderedDict(x=p, y=labels)).batch(20) for p, labels in arrays]
         # The baseline first, on a quiet machine (no stack, no silo processes yet).
         baselines = {size: local_seconds(processes[size], local_data, args.rounds) for size in args.sizes}
         lower_bounds = {size: raw_seconds(size, processes[size], arrays, args.rounds) for size in args.sizes}

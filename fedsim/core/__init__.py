@@ -56,7 +56,7 @@ from fedsim.core.canonical_form import CanonicalForm, CanonicalFormError
 from fedsim.core.compiler import compile_to_canonical_form
 from fedsim.core.phase_runner import run_round as run_canonical_form
 
-from fedsim.core import backends  # noqa: E402 - TFF's context setters, over the local context
+from fedsim.core import backends  # noqa: E402, F401 - TFF's context setters, over the local context
 
 context_stack.install_default_context(LocalExecutionContext())
 
