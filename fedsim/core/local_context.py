@@ -301,7 +301,7 @@ class LocalExecutionContext:
         read ahead as tensors (`fedsim.core.sequences`); a larger one streams through
         tf.data instead (same result, slower).
 
-    Clients' datasets are iterated once each, on a producer thread a few clients ahead of
+    Clients' datasets are iterated once each, on producer threads a few clients ahead of
     training, and handed to the computations as tensors.
     """
 
@@ -327,13 +327,13 @@ class LocalExecutionContext:
             if self._pool is None and self.max_parallel_clients > 1:
                 self._pool = concurrent.futures.ThreadPoolExecutor(self.max_parallel_clients, thread_name_prefix="fedsim-client")
             if self._reader is None:
-                self._reader = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="fedsim-data")
+                self._reader = concurrent.futures.ThreadPoolExecutor(self.max_parallel_clients, thread_name_prefix="fedsim-data")
         return self._pool, self._reader
 
     def ordered_map(self, fn: Callable, count: int, read_ahead: Optional[Callable] = None) -> Iterator:
         """`fn(i)` for i in range(count), in order, with a bounded window of parallel tasks.
 
-        With `read_ahead`, `read_ahead(i)` runs first on one producer thread, in order and a
+        With `read_ahead`, `read_ahead(i)` runs first on producer threads, started in order a
         bounded window ahead, and its result is passed on: `fn(i, read_ahead(i))`.
         """
         pool, reader = self._executors()

@@ -153,17 +153,23 @@ def _nbytes(tensor: tf.Tensor) -> int:
 
 
 def _stack(column: list, leaf_type: ft.TensorType) -> list:
-    """`values` (elements stacked, padded to the largest) and `shapes` of one element leaf."""
+    """`values` (elements stacked, padded to the largest) and `shapes` of one element leaf.
+
+    Stacked in numpy (each element copied once; only the elements smaller than the largest
+    leave padding), then handed to TensorFlow as one tensor.
+    """
     rank = len(leaf_type.shape)
     shapes = np.array([tuple(t.shape) for t in column], np.int64).reshape(len(column), rank)
+    dtype = leaf_type.dtype.as_numpy_dtype if leaf_type.dtype != tf.string else object
     if not column:
-        values = tf.zeros([0, *(d or 0 for d in leaf_type.shape)], leaf_type.dtype)
-    elif all(tuple(t.shape) == tuple(column[0].shape) for t in column):
-        values = tf.stack(column)
+        values = np.zeros([0, *(d or 0 for d in leaf_type.shape)], dtype)
+    elif (shapes == shapes[0]).all():
+        values = np.stack([t.numpy() for t in column])
     else:
-        largest = shapes.max(axis=0)
-        values = tf.stack([tf.pad(t, [[0, int(m - s)] for m, s in zip(largest, t.shape)]) for t in column])
-    return [values, tf.constant(shapes)]
+        values = np.zeros([len(column), *shapes.max(axis=0)], dtype)
+        for index, (tensor, shape) in enumerate(zip(column, shapes)):
+            values[(index, *(slice(0, int(d)) for d in shape))] = tensor.numpy()
+    return [tf.convert_to_tensor(values, leaf_type.dtype), tf.convert_to_tensor(shapes)]
 
 
 def materialize(dataset: tf.data.Dataset, element_type: ft.Type, budget_bytes: int = DEFAULT_BUDGET_BYTES,
