@@ -86,8 +86,12 @@ def main():
         try:  # TFF 0.87 leaves its C++ worker_binary running at exit
             import psutil
 
-            for child in psutil.Process().children(recursive=True):
+            children = psutil.Process().children(recursive=True)
+            for child in children:
                 child.send_signal(signal.SIGINT)
+            _, alive = psutil.wait_procs(children, timeout=10)
+            for child in alive:
+                child.kill()
         except ImportError:
             pass
     print(json.dumps({"median_seconds": statistics.median(seconds[1:]), "rounds": seconds}))
