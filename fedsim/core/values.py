@@ -11,6 +11,8 @@ import threading
 from typing import Any, Callable, Optional, Sequence
 
 import attrs
+import numpy as np
+import tensorflow as tf
 
 from fedsim.core import structure
 from fedsim.core import types as ft
@@ -73,11 +75,17 @@ class ListClients(ClientValues):
 
 
 class AllEqualClients(ClientValues):
+    """One value for every client (a broadcast). Its numpy leaves become tensors once, not once
+    per client (a model's weights are copied into TensorFlow once a round)."""
+
     def __init__(self, value: Any):
         self.value = value
+        self._tensors: Any = _UNSET
 
     def compute(self, index, memo):
-        return force_all(self.value)
+        if self._tensors is _UNSET:
+            self._tensors = _as_tensors(force_all(self.value))
+        return self._tensors
 
     def dependencies(self):
         return unforced(self.value)
@@ -173,6 +181,23 @@ class Deferred(Lazy):
 
     def ready(self) -> bool:
         return not any(s.dependencies() for s in self.sources)
+
+
+_UNSET = object()
+
+
+def _as_tensors(value: Any) -> Any:
+    """A structure with its numpy arrays as (eager) tensors."""
+    if isinstance(value, (np.ndarray, np.generic)) and value.dtype != object:
+        return tf.convert_to_tensor(value)
+    if isinstance(value, dict):
+        return type(value)((k, _as_tensors(v)) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        converted = [_as_tensors(v) for v in value]
+        return type(value)(*converted) if hasattr(type(value), "_fields") else type(value)(converted)
+    if hasattr(type(value), "__attrs_attrs__"):
+        return attrs.evolve(value, **{f.name: _as_tensors(getattr(value, f.name)) for f in attrs.fields(type(value)) if f.init})
+    return value
 
 
 def unforced(value: Any) -> list:
