@@ -63,6 +63,7 @@ class EarlyStopping(Callback):
         self.monitor, self.patience, self.min_delta, self.mode = monitor, patience, abs(min_delta), mode
         self.best = math.inf if mode == "min" else -math.inf
         self.wait = 0
+        self.seen = 0  # rounds that reported the metric
         self.stopped_round = None
         self.reason = None
 
@@ -73,11 +74,12 @@ class EarlyStopping(Callback):
         if self.monitor not in metrics:
             return
         value = float(metrics[self.monitor])
+        self.seen += 1
         if self._improved(value):
             self.best, self.wait = value, 0
             return
         self.wait += 1
-        if self.wait > self.patience:
+        if self.wait >= self.patience and self.seen > 1:  # as keras.callbacks.EarlyStopping (never on its first value)
             self.stop_training, self.stopped_round = True, round_num
             self.reason = f"{self.monitor} did not improve on {self.best:.6g} for {self.wait} round(s)"
             logging.info("early stopping at round %d: %s", round_num, self.reason)

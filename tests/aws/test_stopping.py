@@ -21,13 +21,48 @@ def test_thresholds_look_at_the_round_just_finished():
         stopping.StopWhen(LOSS)
 
 
-def test_no_improvement_is_keras_early_stopping():
+def _keras_stop_epoch(values, patience, mode, min_delta):
+    """The epoch (0-based) at which keras.callbacks.EarlyStopping stops on these values, or None."""
+    import keras
+
+    class Holder:
+        stop_training = False
+
+    callback = keras.callbacks.EarlyStopping(monitor="m", patience=patience, mode=mode, min_delta=min_delta)
+    holder = Holder()
+    callback.set_model(holder)
+    callback.on_train_begin()
+    for epoch, value in enumerate(values):
+        callback.on_epoch_end(epoch, {"m": value})
+        if holder.stop_training:
+            return epoch
+    return None
+
+
+HISTORIES = [
+    [0.9, 0.5, 0.6, 0.55, 0.4, 0.45, 0.46, 0.47, 0.3],
+    [0.9, 0.8, 0.7, 0.6],
+    [0.5, 0.5, 0.5, 0.5, 0.5],
+    [0.5, 0.4, 0.41, 0.395, 0.399, 0.398, 0.2],
+    [1.0, 2.0, 3.0, 2.5, 4.0, 3.9, 3.8, 3.7],
+]
+
+
+@pytest.mark.parametrize("patience", [0, 1, 2, 3])
+@pytest.mark.parametrize("mode", ["min", "max"])
+@pytest.mark.parametrize("min_delta", [0.0, 0.02])
+def test_no_improvement_stops_where_keras_early_stopping_stops(patience, mode, min_delta):
+    for values in HISTORIES:
+        expected = _keras_stop_epoch(values, patience, mode, min_delta)
+        rule = stopping.StopWhenNoImprovement("m", patience=patience, mode=mode, min_delta=min_delta)
+        ours = next((n for n in range(1, len(values) + 1) if rule.reason(history(values[:n], "m"))), None)
+        assert ours == (None if expected is None else expected + 1), (values, expected, ours)  # rounds count from 1
+
+
+def test_rounds_without_the_metric_are_not_counted():
     rule = stopping.StopWhenNoImprovement(LOSS, patience=1)
-    # best 0.5 at round 2; rounds 3 and 4 do not improve on it: the second miss stops (patience 1)
-    assert rule.reason(history([0.9, 0.5, 0.6])) is None
-    assert rule.reason(history([0.9, 0.5, 0.6, 0.55])).endswith("(round 4)")
-    assert stopping.StopWhenNoImprovement("acc", patience=0, mode="max").reason(history([0.5, 0.4], "acc")) is not None
-    assert rule.reason(history([0.9, None, 0.8, None, 0.7])) is None  # rounds without the metric are not counted
+    assert rule.reason(history([0.9, None, 0.8, None, 0.7])) is None
+    assert rule.reason(history([0.9, 0.5, None, 0.6])).endswith("(round 4)")
 
 
 def test_rules_travel_as_json_and_bad_rules_are_named():

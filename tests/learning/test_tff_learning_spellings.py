@@ -177,3 +177,35 @@ def test_fed_eval_reports_current_and_total_rounds_metrics(client_arrays):
     expected = np.average(batch_losses, weights=batch_sizes)
     assert metrics["total_rounds_metrics"]["loss"] == pytest.approx(expected, rel=1e-5)
     assert metrics["current_round_metrics"]["loss"] != pytest.approx(expected, rel=1e-5)  # one round's clients differ
+
+
+def test_user_metrics_may_be_named_like_fedsims_counters(client_arrays):
+    """TFF's tutorials name a Keras metric `loss`: the user's metric is what `loss` reports."""
+
+    class CountTwice(keras.metrics.Sum):  # a user's `num_examples` that is not fedsim's counter
+        def update_state(self, y_true, y_pred, sample_weight=None):
+            return super().update_state(2.0 * tf.cast(tf.shape(y_true)[0], tf.float32))
+
+    functional = tff.learning.models.functional_model_from_keras(
+        _keras_model(), keras.losses.SparseCategoricalCrossentropy(from_logits=True), PAIR_SPEC,
+        metrics_constructor=collections.OrderedDict(
+            loss=lambda: keras.metrics.SparseCategoricalCrossentropy(from_logits=True),
+            accuracy=keras.metrics.SparseCategoricalAccuracy,
+            num_examples=lambda: CountTwice(name="num_examples")))
+    evaluation = tff.learning.algorithms.build_fed_eval(functional)
+    state = evaluation.initialize()
+    metrics = evaluation.next(state, _datasets(client_arrays)).metrics["client_work"]["eval"]["current_round_metrics"]
+    keras_model = _keras_model()
+    keras_model.set_weights([np.asarray(w) for w in state.global_model_weights.trainable])
+    x = np.concatenate([x for x, _ in client_arrays])
+    y = np.concatenate([y for _, y in client_arrays])
+    reference_loss = keras.metrics.SparseCategoricalCrossentropy(from_logits=True)
+    reference_loss.update_state(y, keras_model(x))
+    reference_accuracy = keras.metrics.SparseCategoricalAccuracy()
+    reference_accuracy.update_state(y, keras_model(x))
+    assert metrics["loss"] == pytest.approx(float(reference_loss.result()), rel=1e-5)
+    assert metrics["accuracy"] == pytest.approx(float(reference_accuracy.result()), rel=1e-6)
+    assert metrics["num_examples"] == 2 * len(y)  # the user's metric, not the counter
+    training = tff.learning.algorithms.build_weighted_fed_avg(functional, tff.learning.optimizers.build_sgdm(0.1))
+    train_metrics = training.next(training.initialize(), _datasets(client_arrays)).metrics["client_work"]["train"]
+    assert set(train_metrics) >= {"loss", "accuracy", "num_examples"} and train_metrics["num_examples"] == 2 * len(y)

@@ -195,9 +195,9 @@ def test_early_stopping_ends_the_run_and_saves_the_state(small_run, tmp_path):
     manager = simulation.FileProgramStateManager(str(tmp_path), keep_total=0)
     simulation.run_training_process(process, lambda r: [client_data.create_tf_dataset_for_client("c0")], 6,
                                     program_state_manager=manager, callbacks=[FakeLoss(), stop], verbose=0)  # callbacks share the round's metrics dict
-    assert seen == [1, 2, 3, 4] and stop.stopped_round == 4  # 2.0 at round 2, then two rounds without improvement
-    assert "did not improve on 2 for 2 round(s)" in stop.reason
-    assert max(manager.versions()) == 4  # the stopped round's state is saved
+    assert seen == [1, 2, 3] and stop.stopped_round == 3  # 2.0 at round 2, then a round without improvement (Keras' rule)
+    assert "did not improve on 2 for 1 round(s)" in stop.reason
+    assert max(manager.versions()) == 3  # the stopped round's state is saved
     with pytest.raises(ValueError, match="mode"):
         simulation.EarlyStopping("x", mode="lowest")
 

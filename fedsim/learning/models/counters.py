@@ -2,7 +2,9 @@
 
 Plain variables rather than Keras metric objects: Keras metrics cost about 2 ms per batch in a
 graph, these a few ops. Unfinalized they are sums, like Keras' own `Mean` and `Sum` variables,
-so the server sums them across clients and finalizes once. Every model wrapper uses them.
+so the server sums them across clients and finalizes once. Every model wrapper uses them; a
+user's metric of the same name (TFF's tutorials name a Keras cross-entropy metric `loss`)
+replaces the counter in the report, as in TFF, where the user's metrics are the only ones.
 """
 
 from __future__ import annotations
@@ -11,9 +13,7 @@ import collections
 
 import tensorflow as tf
 
-__all__ = ["ExampleCounters", "RESERVED_METRIC_NAMES"]
-
-RESERVED_METRIC_NAMES = ("loss", "num_examples", "num_batches")
+__all__ = ["ExampleCounters"]
 
 
 class ExampleCounters:

@@ -28,7 +28,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from fedsim.learning.models.counters import RESERVED_METRIC_NAMES, ExampleCounters
+from fedsim.learning.models.counters import ExampleCounters
 from fedsim.learning.models.keras_model import input_spec_of, split_batch
 from fedsim.learning.models.model_weights import model_variables
 from fedsim.learning.models.variable_model import BatchOutput, VariableModel
@@ -130,8 +130,6 @@ def _metric_constructors(metrics_constructor: Optional[MetricsConstructor]) -> c
             raise TypeError(f"a metrics constructor must be a no-argument callable returning a Keras metric, got {constructor!r}")
         if name is None:
             name = constructor().name
-        if name in RESERVED_METRIC_NAMES:
-            raise ValueError(f"the metric name {name!r} is reserved for fedsim's own counters")
         constructors[name] = constructor
     return constructors
 
@@ -223,10 +221,7 @@ class _FunctionalVariableModel(VariableModel):
             metrics_fns = (functional_model.initialize_metrics_state, functional_model.update_metrics_state,
                            functional_model.finalize_metrics)
         self._initialize, self._update, self._finalize = metrics_fns
-        initial_state = self._initialize()
-        for name in initial_state:
-            if name in RESERVED_METRIC_NAMES:
-                raise ValueError(f"the metric name {name!r} is reserved for fedsim's own counters")
+        initial_state = self._initialize()  # a metric named like a counter (e.g. `loss`) replaces it in the report
         self._metric_state = collections.OrderedDict(
             (name, [tf.Variable(v, trainable=False) for v in tf.nest.flatten(values)]) for name, values in initial_state.items()
         )

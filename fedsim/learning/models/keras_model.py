@@ -23,7 +23,7 @@ from typing import Any, Callable, Optional, Sequence
 import keras
 import tensorflow as tf
 
-from fedsim.learning.models.counters import RESERVED_METRIC_NAMES, ExampleCounters
+from fedsim.learning.models.counters import ExampleCounters
 from fedsim.learning.models.model_weights import model_variables
 from fedsim.learning.models.variable_model import BatchOutput, VariableModel
 
@@ -114,8 +114,6 @@ class KerasVariableModel(VariableModel):
         for metric in self._metrics:
             if not _sum_variables(metric):
                 raise TypeError(f"metric {metric.name} has variables that cannot be summed across clients")
-            if metric.name in RESERVED_METRIC_NAMES:
-                raise ValueError(f"the metric name {metric.name!r} is reserved for fedsim's own counters")
 
     @property
     def trainable_variables(self) -> list:
