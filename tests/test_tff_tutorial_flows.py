@@ -94,8 +94,11 @@ def test_flow_building_your_own_federated_learning_algorithm():
     """A functional model, a tf.function client update with a functional optimizer, an IterativeProcess."""
     emnist_train = _emnist_like(seed=2)
 
-    def preprocess(dataset):
-        return dataset.batch(8).map(lambda e: (tf.reshape(e["pixels"], [-1, 784]), e["label"]))
+    def batch_format_fn(element):  # as the tutorial: labels become a column ([-1, 1], rank 2)
+        return (tf.reshape(element["pixels"], [-1, 784]), tf.reshape(element["label"], [-1, 1]))
+
+    def preprocess(dataset):  # the tutorial's pipeline: repeat, seeded shuffle, batch, map, prefetch
+        return dataset.repeat(2).shuffle(20, seed=1).batch(8).map(batch_format_fn).prefetch(2)
 
     federated_train_data = [preprocess(emnist_train.create_tf_dataset_for_client(x)) for x in emnist_train.client_ids[:3]]
     keras_model = tf.keras.models.Sequential([tf.keras.layers.InputLayer(input_shape=(784,)), tf.keras.layers.Dense(10)])
@@ -155,7 +158,8 @@ def test_flow_building_your_own_federated_learning_algorithm():
     loss_fn = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     reference = keras.models.clone_model(keras_model)
     finals = []
-    for dataset in federated_train_data:
+    # fresh datasets: a seeded shuffle's first iteration is the one the round saw
+    for dataset in [preprocess(emnist_train.create_tf_dataset_for_client(x)) for x in emnist_train.client_ids[:3]]:
         reference.set_weights([np.asarray(w) for w in state])
         for x, y in dataset:
             with tf.GradientTape() as tape:
@@ -240,7 +244,7 @@ def test_flow_federated_select():
         max_key = tff.federated_map(length, list_of_strings_at_server)
         return tff.federated_select(keys_at_clients, max_key, list_of_strings_at_server, select_fn)
 
-    strings = tf.constant(["a", "b", "c", "d"])
     client_keys = [tf.constant([0, 2]), tf.constant([3, 1]), tf.constant([2, 2])]
-    received = broadcast_based_on_keys(strings, client_keys)
-    assert [[s.decode() for s in d.as_numpy_iterator()] for d in received] == [["a", "c"], ["d", "b"], ["c", "c"]]
+    for strings in (tf.constant(["a", "b", "c", "d"]), ["a", "b", "c", "d"]):  # a Python list where the type says tensor
+        received = broadcast_based_on_keys(strings, client_keys)
+        assert [[s.decode() for s in d.as_numpy_iterator()] for d in received] == [["a", "c"], ["d", "b"], ["c", "c"]]

@@ -87,6 +87,13 @@ def _is_python_number(value: Any) -> bool:
     return False
 
 
+def _is_python_strings(value: Any) -> bool:
+    """A (nested) Python list of str/bytes: a string tensor where the type says tensor, as in TFF."""
+    if isinstance(value, (list, tuple)) and value:
+        return all(isinstance(v, (str, bytes)) or _is_python_strings(v) for v in value)
+    return False
+
+
 def _normalize_tensor(value: Any, type_spec: ft.TensorType, path: str) -> np.ndarray:
     if isinstance(value, (tf.Tensor, tf.Variable)):
         value = value.numpy()
@@ -99,7 +106,7 @@ def _normalize_tensor(value: Any, type_spec: ft.TensorType, path: str) -> np.nda
                 f"at {_where(path)}: expected dtype {type_spec.dtype.name}, given a numpy array of "
                 f"dtype {array.dtype} (cast it, e.g. value.astype(np.{type_spec.dtype.name}))"
             )
-    elif _is_python_number(value) or isinstance(value, (str, bytes)):
+    elif _is_python_number(value) or isinstance(value, (str, bytes)) or (type_spec.dtype == tf.string and _is_python_strings(value)):
         array = np.asarray(value)
         target = type_spec.dtype
         if array.dtype.kind == "f" and not (target.is_floating):
