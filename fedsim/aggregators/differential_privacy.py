@@ -92,14 +92,18 @@ class DifferentiallyPrivateFactory(UnweightedAggregationFactory):
         """
         clients_per_round = _check_number(clients_per_round, "clients_per_round", positive=True)
         noise_multiplier = _check_number(noise_multiplier, "noise_multiplier", positive=False)
-        if clipped_count_stddev is None:
+        default_stddev = clipped_count_stddev is None
+        if default_stddev:
             clipped_count_stddev = 0.05 * clients_per_round
         clipped_count_stddev = _check_number(clipped_count_stddev, "clipped_count_stddev", positive=False)
         if noise_multiplier > 0:
-            if not noise_multiplier < 2 * clipped_count_stddev:
+            if not noise_multiplier < 2 * clipped_count_stddev:  # TFF refuses the same arguments
+                remedy = ("the default clipped_count_stddev is 0.05 * clients_per_round: raise clients_per_round, give a "
+                          "larger clipped_count_stddev, or lower noise_multiplier" if default_stddev else
+                          "raise clipped_count_stddev or lower noise_multiplier")
                 raise ValueError(
                     f"DifferentiallyPrivateFactory.gaussian_adaptive: noise_multiplier ({noise_multiplier}) must be below "
-                    f"2 * clipped_count_stddev ({2 * clipped_count_stddev}); raise clipped_count_stddev"
+                    f"2 * clipped_count_stddev ({2 * clipped_count_stddev:g}) for the count's noise to be paid for; {remedy}"
                 )
             value_noise_multiplier = (noise_multiplier**-2 - (2 * clipped_count_stddev) ** -2) ** -0.5
         else:
@@ -113,6 +117,20 @@ class DifferentiallyPrivateFactory(UnweightedAggregationFactory):
             noise_seed=None if noise_seed is None else noise_seed + 1,
         )
         return cls(value_noise_multiplier, clip, clients_per_round, noise_seed)
+
+    @classmethod
+    def adaptive_clip_average(cls, noise_multiplier: float, clients_per_round: float,
+                              noise_seed: Optional[int] = None) -> "DifferentiallyPrivateFactory":
+        """TFF's `dp_aggregator` mechanism (its `QuantileAdaptiveClipAverageQuery`): values noised
+        with `noise_multiplier` times the adaptive clip, the unclipped count separately with
+        stddev `0.05 * clients_per_round`; no raised value noise, so no cohort is too small.
+        """
+        clients_per_round = _check_number(clients_per_round, "clients_per_round", positive=True)
+        noise_multiplier = _check_number(noise_multiplier, "noise_multiplier", positive=False)
+        clip = AdaptiveNorm(initial_estimate=0.1, target_quantile=0.5, learning_rate=0.2,
+                            count_noise_stddev=0.05 * clients_per_round if noise_multiplier > 0 else 0.0,
+                            expected_clients=clients_per_round, noise_seed=None if noise_seed is None else noise_seed + 1)
+        return cls(noise_multiplier, clip, clients_per_round, noise_seed)
 
     def create(self, value_type: ft.Type) -> AggregationProcess:
         value_type = check_value_type(value_type, "DifferentiallyPrivateFactory", floating=True)

@@ -51,8 +51,12 @@ def robust_aggregator(*, zeroing: bool = True, clipping: bool = True, weighted: 
 
 
 def dp_aggregator(noise_multiplier: float, clients_per_round: float, zeroing: bool = True):
-    """DP-FedAvg's Gaussian mechanism with adaptive clipping, inside adaptive zeroing (unweighted)."""
-    factory = aggregators.DifferentiallyPrivateFactory.gaussian_adaptive(noise_multiplier, clients_per_round)
+    """DP-FedAvg's Gaussian mechanism with adaptive clipping, inside adaptive zeroing (unweighted).
+
+    As TFF's: the value noise is `noise_multiplier` times the clip and the unclipped count has
+    its own noise (`DifferentiallyPrivateFactory.adaptive_clip_average`), so small cohorts work.
+    """
+    factory = aggregators.DifferentiallyPrivateFactory.adaptive_clip_average(noise_multiplier, clients_per_round)
     return _zeroing(factory) if zeroing else factory
 
 

@@ -136,6 +136,23 @@ def test_dp_adaptive_clip_moves_and_stays_private():
     assert output.measurements["noise_stddev"] > 0.5 * clips[-1] / 20
 
 
+def test_dp_aggregator_at_a_small_cohort_follows_tffs_query():
+    """TFF's dp_aggregator noises values with noise_multiplier * clip (no split) at any cohort size;
+    gaussian_adaptive refuses the same arguments at a small cohort, as TFF's does."""
+    from fedsim import learning
+
+    norms = np.linspace(0.5, 2.0, 5)
+    factory = learning.model_update_aggregator.dp_aggregator(noise_multiplier=1.0, clients_per_round=5, zeroing=False)
+    process = factory.create(VECTOR)
+    output = process.next(process.initialize(), _values_with_norms(norms, seed=4))
+    clip = 0.1  # TFF's initial clip
+    assert output.measurements["clip"] == pytest.approx(clip)
+    np.testing.assert_allclose(output.measurements["noise_stddev"], 1.0 * clip / 5, rtol=1e-6)
+    assert learning.model_update_aggregator.dp_aggregator(1.0, 5).create(VECTOR) is not None  # with zeroing too
+    with pytest.raises(ValueError, match="default clipped_count_stddev is 0.05 \\* clients_per_round"):
+        aggregators.DifferentiallyPrivateFactory.gaussian_adaptive(noise_multiplier=1.0, clients_per_round=10)
+
+
 def test_dp_bad_parameters():
     with pytest.raises(ValueError, match="noise_multiplier must be a non-negative"):
         aggregators.DifferentiallyPrivateFactory.gaussian_fixed(-1.0, 10, 1.0)
