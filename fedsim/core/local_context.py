@@ -401,7 +401,7 @@ def _finalize(domain: LocalDomain, value: Any, value_type: ft.Type) -> Any:
             if isinstance(value, AllEqualClients):
                 return _finalize(domain, force_all(value.value), value_type.member)
             count = domain.count([value])
-            return [value.compute(index, {}) for index in range(count)]
+            return [_finalize(domain, value.compute(index, {}), value_type.member) for index in range(count)]
         return _finalize(domain, force_all(value), value_type.member)
     if isinstance(value, Lazy):
         value = value.force()

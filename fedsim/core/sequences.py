@@ -48,7 +48,10 @@ class InfiniteSequenceError(ValueError):
 
 
 def has_fast_form(sequence_type: ft.SequenceType) -> bool:
-    """Whether every element leaf is a tensor of known rank (what `Elements` can hold)."""
+    """Whether every element leaf is a tensor of known rank (what `Elements` can hold; sparse
+    elements keep the dataset form)."""
+    if ft.contains_sparse(sequence_type.element):
+        return False
     leaves = ft.flatten_type(sequence_type.element)
     return bool(leaves) and all(isinstance(leaf, ft.TensorType) and leaf.shape is not None for leaf in leaves)
 

@@ -42,6 +42,9 @@ def type_to_tf_spec(type_spec: ft.Type) -> Any:
         return type_spec.to_spec()
     if isinstance(type_spec, ft.SequenceType):
         return tf.data.DatasetSpec(type_to_tf_spec(type_spec.element))
+    if ft.is_sparse_type(type_spec):
+        indices, values, _ = type_spec
+        return tf.SparseTensorSpec([None] * (indices.shape[1] or 0) if indices.shape[1] is not None else None, values.dtype)
     if isinstance(type_spec, ft.StructType):
         return structure.pack_struct(type_spec, [type_to_tf_spec(t) for t in type_spec])
     raise TypeError(f"a TensorFlow computation cannot take or return a value of type {type_spec}")

@@ -196,3 +196,34 @@ def test_without_the_loop_adapter_the_dataset_form_runs(monkeypatch):
     result = fresh(make(), W)
     assert fresh.fast_graph() is None
     np.testing.assert_array_equal(result["total"], fast(make(), W)["total"])
+
+
+def test_sparse_tensors_in_a_sequence_keep_the_dataset_form():
+    """TFF's sparse federated_select tutorial: a computation over datasets of tf.SparseTensor."""
+    spec = collections.OrderedDict(x=tf.SparseTensorSpec([None, 5], tf.float32), y=tf.TensorSpec([None], tf.int32))
+    sequence_type = fedsim.SequenceType(fedsim.to_type(spec))
+
+    @fedsim.tf_computation(sequence_type)
+    def weighted(dataset):
+        return dataset.reduce(tf.constant(0.0), lambda s, e: s * 2.0 + tf.sparse.reduce_sum(e["x"])
+                              + tf.cast(tf.reduce_sum(e["y"]), tf.float32))
+
+    @fedsim.federated_computation(fedsim.FederatedType(sequence_type, fedsim.CLIENTS))
+    def per_client(datasets):
+        return fedsim.federated_map(weighted, datasets)
+
+    def client(scale):
+        rows = [collections.OrderedDict(
+            x=tf.SparseTensor(indices=[[0, 1], [1, 3]], values=[scale * k, 1.0], dense_shape=[2, 5]),
+            y=tf.constant([k, 1], tf.int32)) for k in (1, 2, 3)]
+        return tf.data.Dataset.from_tensors(rows[0]).concatenate(tf.data.Dataset.from_tensors(rows[1])).concatenate(
+            tf.data.Dataset.from_tensors(rows[2]))
+
+    expected = []
+    for scale in (1.0, 3.0):
+        total = 0.0
+        for k in (1, 2, 3):
+            total = total * 2.0 + (scale * k + 1.0) + (k + 1)
+        expected.append(total)
+    assert [float(v) for v in per_client([client(1.0), client(3.0)])] == pytest.approx(expected)
+    assert weighted.fast_graph() is None
