@@ -248,3 +248,180 @@ def test_flow_federated_select():
     for strings in (tf.constant(["a", "b", "c", "d"]), ["a", "b", "c", "d"]):  # a Python list where the type says tensor
         received = broadcast_based_on_keys(strings, client_keys)
         assert [[s.decode() for s in d.as_numpy_iterator()] for d in received] == [["a", "c"], ["d", "b"], ["c", "c"]]
+
+
+# examples/simple_fedavg, in fedsim's own words: a hand-written FedAvg over tff.learning's
+# VariableModel, Keras optimizers used as in Keras 2 (`variables()`, `apply_gradients(name=)`),
+# state as namedtuples, and the client loop either inside a tf_computation or lifted out with
+# tff.sequence_reduce.
+
+class _ClientOutput(collections.namedtuple("_ClientOutput", ["weights_delta", "client_weight", "model_output"])):
+    pass
+
+
+class _ServerState(collections.namedtuple("_ServerState", ["model", "optimizer_state", "round_num"])):
+    pass
+
+
+_FEATURES, _CLASSES = 6, 3
+_SPEC = collections.OrderedDict(x=tf.TensorSpec([None, _FEATURES], tf.float32), y=tf.TensorSpec([None], tf.int32))
+
+
+def _simple_keras():  # no Input layer: from_keras_model builds it from the input spec
+    keras.utils.set_random_seed(5)
+    return keras.Sequential([keras.layers.Dense(8, activation="relu"), keras.layers.Dense(_CLASSES)])
+
+
+def _simple_model_fn():
+    return tff.learning.models.from_keras_model(
+        _simple_keras(), input_spec=_SPEC, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=[keras.metrics.SparseCategoricalAccuracy()])
+
+
+def _prime(model, optimizer):
+    """Creates the optimizer's variables with a zero step, as the example does."""
+    weights = tff.learning.models.ModelWeights.from_model(model)
+    optimizer.apply_gradients(zip([tf.zeros_like(v) for v in weights.trainable], weights.trainable))
+    assert optimizer.variables()  # Keras 2's spelling: a method
+
+
+@tf.function
+def _client_loop(model, dataset, initial, optimizer):
+    weights = tff.learning.models.ModelWeights.from_model(model)
+    tf.nest.map_structure(lambda v, t: v.assign(t), weights, initial)
+    count = tf.constant(0, tf.int32)
+    for batch in iter(dataset):
+        with tf.GradientTape() as tape:
+            output = model.forward_pass(batch)
+        optimizer.apply_gradients(zip(tape.gradient(output.loss, weights.trainable), weights.trainable), name="client")
+        count += tf.shape(batch["y"])[0]
+    delta = tf.nest.map_structure(lambda a, b: a - b, weights.trainable, initial.trainable)
+    return _ClientOutput(delta, tf.cast(count, tf.float32), model.report_local_unfinalized_metrics())
+
+
+def _build_simple_fedavg(model_fn, use_sequence_reduce, client_lr=0.1):
+    metrics_aggregation = tff.learning.metrics.sum_then_finalize(model_fn().metric_finalizers())
+
+    @tff.tensorflow.computation()
+    def server_init():
+        model, optimizer = model_fn(), keras.optimizers.SGD(learning_rate=1.0)
+        _prime(model, optimizer)
+        return _ServerState(tff.learning.models.ModelWeights.from_model(model), optimizer.variables(), 0)
+
+    state_type = server_init.type_signature.result
+    weights_type = state_type.model  # TFF's attribute access to a named element
+    dataset_type = tff.SequenceType(tff.tensorflow.to_type(_SPEC))
+
+    @tff.tensorflow.computation(state_type, weights_type.trainable)
+    def server_update(state, delta):
+        model, optimizer = model_fn(), keras.optimizers.SGD(learning_rate=1.0)
+        _prime(model, optimizer)
+        weights = tff.learning.models.ModelWeights.from_model(model)
+        tf.nest.map_structure(lambda v, t: v.assign(t), weights, state.model)
+        tf.nest.map_structure(lambda v, t: v.assign(t), optimizer.variables(), state.optimizer_state)
+        optimizer.apply_gradients(zip([-d for d in delta], weights.trainable), name="server_update")
+        return _ServerState(weights, optimizer.variables(), state.round_num + 1)
+
+    if not use_sequence_reduce:
+        @tff.tensorflow.computation(weights_type, dataset_type)
+        def client_update(initial, dataset):
+            return _client_loop(model_fn(), dataset, initial, keras.optimizers.SGD(learning_rate=client_lr))
+    else:
+        @tff.tensorflow.computation(weights_type)
+        def client_zero(initial):
+            return _ClientOutput(initial.trainable, tf.constant(0.0), model_fn().report_local_unfinalized_metrics())
+
+        @tff.tensorflow.computation(client_zero.type_signature.result, tff.tensorflow.to_type(_SPEC))
+        def client_step(so_far, batch):  # one batch from where the previous step left the weights
+            model, optimizer = model_fn(), keras.optimizers.SGD(learning_rate=client_lr)
+            weights = tff.learning.models.ModelWeights.from_model(model)
+            tf.nest.map_structure(lambda v, t: v.assign(t), weights.trainable, so_far.weights_delta)
+            with tf.GradientTape() as tape:
+                output = model.forward_pass(batch)
+            optimizer.apply_gradients(zip(tape.gradient(output.loss, weights.trainable), weights.trainable))
+            metrics = tf.nest.map_structure(lambda a, b: a + b, dict(so_far.model_output),
+                                            dict(model.report_local_unfinalized_metrics()))
+            return _ClientOutput([tf.identity(v) for v in weights.trainable],
+                                 so_far.client_weight + tf.cast(tf.shape(batch["y"])[0], tf.float32),
+                                 collections.OrderedDict((k, metrics[k]) for k in so_far.model_output))
+
+        @tff.tensorflow.computation(client_zero.type_signature.result, weights_type)
+        def to_delta(final, initial):
+            return _ClientOutput([a - b for a, b in zip(final.weights_delta, initial.trainable)], final.client_weight,
+                                 final.model_output)
+
+        @tff.federated_computation(weights_type, dataset_type)
+        def client_update(initial, batches):
+            return to_delta(tff.sequence_reduce(batches, client_zero(initial), client_step), initial)
+
+    @tff.federated_computation(tff.FederatedType(state_type, tff.SERVER), tff.FederatedType(dataset_type, tff.CLIENTS))
+    def run_one_round(state, datasets):
+        weights = tff.federated_broadcast(tff.federated_map(tff.tensorflow.computation(lambda s: s.model, state_type), state))
+        outputs = tff.federated_map(client_update, (weights, datasets))
+        delta = tff.federated_mean(outputs.weights_delta, weight=outputs.client_weight)
+        return tff.federated_map(server_update, (state, delta)), metrics_aggregation(outputs.model_output)
+
+    return tff.templates.IterativeProcess(tff.federated_computation(lambda: tff.federated_eval(server_init, tff.SERVER)),
+                                          run_one_round)
+
+
+def _simple_clients():
+    rng = np.random.RandomState(2)
+    return [(rng.randn(n, _FEATURES).astype(np.float32), rng.randint(0, _CLASSES, n).astype(np.int32)) for n in (5, 8)]
+
+
+def _keras_fedavg_round(initial, clients, client_lr=0.1):
+    """Plain Keras: SGD over each client's batches of 3, example-weighted mean of the deltas."""
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    deltas, counts = [], []
+    for x, y in clients:
+        model = _simple_keras()
+        model.build((None, _FEATURES))
+        model.set_weights(initial)
+        for start in range(0, len(y), 3):
+            with tf.GradientTape() as tape:
+                loss = loss_fn(y[start:start + 3], model(x[start:start + 3], training=True))
+            for variable, gradient in zip(model.trainable_variables, tape.gradient(loss, model.trainable_variables)):
+                variable.assign_sub(client_lr * gradient)
+        deltas.append([v.numpy() - w for v, w in zip(model.trainable_variables, initial)])
+        counts.append(len(y))
+    return [w + np.average([d[i] for d in deltas], axis=0, weights=counts) for i, w in enumerate(initial)]
+
+
+@pytest.mark.parametrize("use_sequence_reduce", [False, True])
+def test_flow_simple_fedavg(use_sequence_reduce):
+    process = _build_simple_fedavg(_simple_model_fn, use_sequence_reduce)
+    state = process.initialize()
+    assert state.round_num == 0 and len(state.optimizer_state) >= 1
+    clients = _simple_clients()
+    initial = [np.asarray(w) for w in state.model.trainable]
+    datasets = [tf.data.Dataset.from_tensor_slices(collections.OrderedDict(x=x, y=y)).batch(3) for x, y in clients]
+    state, metrics = process.next(state, datasets)
+    assert state.round_num == 1 and metrics["num_examples"] == sum(len(y) for _, y in clients)
+    for got, want in zip(state.model.trainable, _keras_fedavg_round(initial, clients)):
+        np.testing.assert_allclose(got, want, atol=1e-5)
+    # A client's data may also be a Python list of batches (TFF turns it into a dataset).
+    x, y = clients[0]
+    as_list = [[collections.OrderedDict(x=x[s:s + 3], y=y[s:s + 3]) for s in range(0, len(y), 3)]]
+    after_list, _ = process.next(process.initialize(), as_list)
+    for got, want in zip(after_list.model.trainable, _keras_fedavg_round(initial, clients[:1])):
+        np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_keras_2_spellings_bridged_on_keras_3():
+    """optimizer.variables() and Model.reset_states(): Keras 2 spellings TFF code uses."""
+
+    @tff.tensorflow.computation(tf.float32)
+    def step(rate):
+        variable = tf.Variable(2.0)
+        optimizer = keras.optimizers.SGD(learning_rate=rate)  # a tensor argument, as in TFF's custom algorithms
+        optimizer.apply_gradients([(tf.constant(1.0), variable)], name="named")
+        return variable, optimizer.variables()[0]
+
+    value, iterations = step(0.25)
+    assert value == pytest.approx(1.75) and iterations == 1
+    model = keras.Sequential([keras.Input((3, 2), batch_size=1), keras.layers.LSTM(4, stateful=True)])
+    first = model(np.ones((1, 3, 2), np.float32)).numpy()
+    assert not np.allclose(model(np.ones((1, 3, 2), np.float32)).numpy(), first)  # the state carried over
+    model.reset_states()
+    np.testing.assert_allclose(model(np.ones((1, 3, 2), np.float32)).numpy(), first, rtol=1e-6)

@@ -269,9 +269,23 @@ def _numpy(value_type: ft.Type, value: Any) -> Any:
     return structure.map_structure(lambda _, leaf: leaf.numpy(), value_type, value)
 
 
+def _tf_data_form(value: Any) -> Any:
+    """A structure as tf.data nests it: lists (which tf.data stacks into one tensor) as tuples."""
+    if isinstance(value, list):
+        return tuple(_tf_data_form(v) for v in value)
+    if isinstance(value, tuple) and hasattr(type(value), "_fields"):
+        return type(value)(*[_tf_data_form(v) for v in value])
+    if isinstance(value, tuple):
+        return tuple(_tf_data_form(v) for v in value)
+    if isinstance(value, dict):
+        return type(value)((k, _tf_data_form(v)) for k, v in value.items())
+    return value
+
+
 def _sequence_reduce(dataset: tf.data.Dataset, zero: Any, zero_type: ft.Type, computation: tfc.TensorFlowComputation) -> Any:
     zero_tensors = structure.map_structure(lambda leaf_type, leaf: tf.constant(leaf, leaf_type.dtype), zero_type, zero)
-    result = dataset.reduce(zero_tensors, lambda state, element: computation.call_in_graph((state, element)))
+    result = dataset.reduce(_tf_data_form(zero_tensors),
+                            lambda state, element: _tf_data_form(computation.call_in_graph((state, element))))
     return _numpy(zero_type, result)
 
 

@@ -229,16 +229,24 @@ def _dataset_of(items: Any, element_type: ft.Type, path: str) -> tf.data.Dataset
     element_leaves = ft.flatten_type(element_type)
     rows = [flatten_value(_normalize(item, element_type, f"{path}[{i}]"), element_type) for i, item in enumerate(items)]
     columns = []
+    uneven = False
     for k, leaf in enumerate(element_leaves):
         if not isinstance(leaf, ft.TensorType):
             raise _Mismatch(f"at {_where(path)}: a list can stand for a sequence of tensors and structures only, not of {element_type}")
         values = [row[k] for row in rows]
         shapes = {np.shape(v) for v in values}
-        if len(shapes) > 1:
-            raise _Mismatch(f"at {_where(path)}: the list's items have different shapes {sorted(shapes)}; build a tf.data.Dataset")
-        shape = shapes.pop() if shapes else tuple(d or 0 for d in (leaf.shape or ()))
-        columns.append(np.asarray(values, leaf.dtype.as_numpy_dtype).reshape((len(values),) + tuple(shape)))
-    dataset = tf.data.Dataset.from_tensor_slices(tuple(columns))
+        uneven = uneven or len(shapes) > 1
+        shape = shapes.pop() if len(shapes) == 1 else tuple(d or 0 for d in (leaf.shape or ()))
+        if not uneven:
+            columns.append(np.asarray(values, leaf.dtype.as_numpy_dtype).reshape((len(values),) + tuple(shape)))
+    if uneven:  # items of different shapes (batches with a smaller last one): one element each, in order
+        datasets = [tf.data.Dataset.from_tensors(tuple(np.asarray(v, t.dtype.as_numpy_dtype) for v, t in zip(row, element_leaves)))
+                    for row in rows]
+        dataset = datasets[0]
+        for more in datasets[1:]:
+            dataset = dataset.concatenate(more)
+    else:
+        dataset = tf.data.Dataset.from_tensor_slices(tuple(columns))
     return dataset.map(lambda *leaves: unflatten_value(element_type, list(leaves)))
 
 

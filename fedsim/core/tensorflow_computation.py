@@ -25,6 +25,7 @@ import tensorflow as tf
 from absl import logging
 
 from fedsim.core import computation as computation_lib
+from fedsim.core import keras_bridges
 from fedsim.core import op_allowlist
 from fedsim.core import sequences
 from fedsim.core import structure
@@ -379,6 +380,7 @@ def trace_tf_function(fn: Callable, parameter_type: Optional[ft.Type], unpack: b
     which use no Python control flow on tensors: converting them would only cost time.
     """
     _check_tf_type(parameter_type, "parameter", name)
+    keras_bridges.install()
     graph_def, inputs, outputs, _, result_type = _trace_graph(fn, parameter_type, unpack, name, fast=False, autograph=autograph)
     return TensorFlowComputation(
         graph_def,

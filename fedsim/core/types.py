@@ -199,6 +199,15 @@ class StructType(Type):
             return self.elements[self.index_of(key)][1]
         return self.elements[key][1]
 
+    def __getattr__(self, name: str) -> Type:
+        """An element by name, as TFF allows (`state_type.model`); only names not otherwise attributes."""
+        if name.startswith("__") or name in ("elements", "container"):
+            raise AttributeError(name)
+        for element_name, element_type in self.elements:
+            if element_name == name:
+                return element_type
+        raise AttributeError(f"the structure {self} has no element named {name!r}")
+
     @property
     def is_named(self) -> bool:
         return bool(self.elements) and all(n is not None for n, _ in self.elements)

@@ -18,6 +18,8 @@ Example::
 
 from __future__ import annotations
 
+import collections.abc
+
 from typing import Any, Callable, Optional, Sequence
 
 import keras
@@ -82,6 +84,18 @@ def _reseed_random_layers(keras_model: keras.Model) -> None:
             variable.assign(tf.cast(draw, variable.dtype))
 
 
+def _build_from_spec(keras_model: keras.Model, input_spec: Any) -> None:
+    """Builds an unbuilt model by calling it once on zeros shaped like the spec's features
+    (batch of one), as Keras does on a model's first call; the variables are what it creates."""
+    features = input_spec[0] if isinstance(input_spec, (tuple, list)) else (
+        input_spec.get("x") if isinstance(input_spec, collections.abc.Mapping) else input_spec)
+
+    def zeros(spec):
+        return tf.zeros([1 if d is None else d for d in spec.shape], spec.dtype)
+
+    keras_model(tf.nest.map_structure(zeros, features), training=False)
+
+
 def _sum_variables(metric: keras.metrics.Metric) -> bool:
     return all(v.dtype in ("float32", "float64", "int32", "int64") for v in metric.variables)
 
@@ -99,6 +113,8 @@ class KerasVariableModel(VariableModel):
             )
         self._keras_model = keras_model
         self._input_spec = input_spec_of(input_spec)
+        if not keras_model.built:  # a model without an Input layer: built from the input spec, as Keras would on first call
+            _build_from_spec(keras_model, self._input_spec)
         if not tf.executing_eagerly():  # inside a computation being traced
             _reseed_random_layers(keras_model)
         losses = list(loss) if isinstance(loss, (list, tuple)) else [loss]
