@@ -425,3 +425,131 @@ def test_keras_2_spellings_bridged_on_keras_3():
     assert not np.allclose(model(np.ones((1, 3, 2), np.float32)).numpy(), first)  # the state carried over
     model.reset_states()
     np.testing.assert_allclose(model(np.ones((1, 3, 2), np.float32)).numpy(), first, rtol=1e-6)
+
+
+def test_flow_composing_learning_algorithms():
+    """FedAvg with client gradient clipping from parts: a user's ClientWorkProcess with TFF's builders."""
+    emnist_train = _emnist_like(seed=4)
+
+    def preprocess(dataset):
+        return dataset.batch(5).map(lambda e: (tf.reshape(e["pixels"], [-1, 784]), tf.reshape(e["label"], [-1, 1])))
+
+    client_ids = sorted(emnist_train.client_ids)[:3]
+    federated_train_data = [preprocess(emnist_train.create_tf_dataset_for_client(x)) for x in client_ids]
+
+    def create_keras_model():
+        return tf.keras.models.Sequential([
+            tf.keras.layers.Input(shape=(784,)),
+            tf.keras.layers.Dense(10, kernel_initializer=tf.keras.initializers.GlorotNormal(seed=0)),
+            tf.keras.layers.Softmax()])
+
+    def model_fn():
+        return tff.learning.from_keras_model(create_keras_model(), input_spec=federated_train_data[0].element_spec,
+                                             loss=tf.keras.losses.SparseCategoricalCrossentropy(),
+                                             metrics=[tf.keras.metrics.SparseCategoricalAccuracy()])
+
+    @tf.function
+    def client_update(model: tff.learning.Model, dataset, server_weights, client_optimizer):
+        client_weights = tff.learning.models.ModelWeights.from_model(model)
+        tf.nest.map_structure(lambda x, y: x.assign(y), client_weights, server_weights)
+        num_examples = 0.0
+        for batch in dataset:
+            with tf.GradientTape() as tape:
+                outputs = model.forward_pass(batch)
+                num_examples += tf.cast(outputs.num_examples, tf.float32)
+            grads = tape.gradient(outputs.loss, client_weights.trainable)
+            gradient_norm = tf.linalg.global_norm(grads)
+            if gradient_norm > 1:
+                grads = tf.nest.map_structure(lambda x: x / gradient_norm, grads)
+            client_optimizer.apply_gradients(zip(grads, client_weights.trainable))
+        update = tf.nest.map_structure(tf.subtract, client_weights.trainable, server_weights.trainable)
+        return tff.learning.templates.ClientResult(update=update, update_weight=num_examples)
+
+    def build_gradient_clipping_client_work(model_fn, optimizer_fn):
+        with tf.Graph().as_default():
+            model = model_fn()
+        data_type = tff.SequenceType(model.input_spec)
+        model_weights_type = tff.learning.models.weights_type_from_model(model)
+
+        @tff.federated_computation
+        def initialize_fn():
+            return tff.federated_value((), tff.SERVER)
+
+        @tff.tf_computation(model_weights_type, data_type)
+        def client_update_computation(model_weights, dataset):
+            return client_update(model_fn(), dataset, model_weights, optimizer_fn())
+
+        @tff.federated_computation(initialize_fn.type_signature.result, tff.type_at_clients(model_weights_type),
+                                   tff.type_at_clients(data_type))
+        def next_fn(state, model_weights, client_dataset):
+            client_result = tff.federated_map(client_update_computation, (model_weights, client_dataset))
+            return tff.templates.MeasuredProcessOutput(state, client_result, tff.federated_value((), tff.SERVER))
+
+        return tff.learning.templates.ClientWorkProcess(initialize_fn, next_fn)
+
+    @tff.tf_computation()
+    def initial_model_weights_fn():
+        return tff.learning.models.ModelWeights.from_model(model_fn())
+
+    model_weights_type = initial_model_weights_fn.type_signature.result
+    distributor = tff.learning.templates.build_broadcast_process(model_weights_type)
+    client_work = build_gradient_clipping_client_work(model_fn, lambda: tf.keras.optimizers.SGD(learning_rate=0.5))
+    aggregator = tff.aggregators.MeanFactory().create(model_weights_type.trainable, tff.TensorType(tf.float32))
+    finalizer = tff.learning.templates.build_apply_optimizer_finalizer(
+        lambda: tf.keras.optimizers.SGD(learning_rate=1.0), model_weights_type)
+    fed_avg_with_clipping = tff.learning.templates.compose_learning_process(
+        initial_model_weights_fn, distributor, client_work, aggregator, finalizer)
+    state = fed_avg_with_clipping.initialize()
+    assert state.client_work == ()
+    output = fed_avg_with_clipping.next(state, federated_train_data)
+    assert set(output.metrics) == {"distributor", "client_work", "aggregator", "finalizer"}
+
+    # Plain Keras: clipped SGD on each client, example-weighted mean of the deltas, added.
+    initial = [np.asarray(w) for w in state.global_model_weights.trainable]
+    loss_fn = tf.keras.losses.SparseCategoricalCrossentropy()
+    deltas, counts = [], []
+    for x in client_ids:
+        reference = create_keras_model()
+        reference.set_weights(initial)
+        count = 0
+        for features, labels in preprocess(emnist_train.create_tf_dataset_for_client(x)):
+            with tf.GradientTape() as tape:
+                loss = loss_fn(labels, reference(features))
+            grads = tape.gradient(loss, reference.trainable_variables)
+            norm = float(tf.linalg.global_norm(grads))
+            for variable, grad in zip(reference.trainable_variables, grads):
+                variable.assign_sub(0.5 * (grad / norm if norm > 1 else grad))
+            count += len(labels)
+        deltas.append([v.numpy() - w for v, w in zip(reference.trainable_variables, initial)])
+        counts.append(count)
+    expected = [w + np.average([d[i] for d in deltas], axis=0, weights=counts) for i, w in enumerate(initial)]
+    for got, want in zip(output.state.global_model_weights.trainable, expected):
+        np.testing.assert_allclose(got, want, atol=2e-5)
+
+    # The parts must fit: each mismatch names the part and the types.
+    other_weights = tff.to_type(tff.learning.models.ModelWeights([tff.TensorType(tf.float32, [3])], []))
+    with pytest.raises(tff.templates.ProcessTypeError, match="initial model weights and the distributor"):
+        tff.learning.templates.compose_learning_process(
+            initial_model_weights_fn, tff.learning.templates.build_broadcast_process(other_weights), client_work, aggregator, finalizer)
+    with pytest.raises(tff.templates.ProcessTypeError, match="client work's update and the aggregator"):
+        tff.learning.templates.compose_learning_process(
+            initial_model_weights_fn, distributor, client_work,
+            tff.aggregators.MeanFactory().create(other_weights.trainable, tff.TensorType(tf.float32)), finalizer)
+    with pytest.raises(tff.templates.ProcessTypeError, match="client work must return ClientResult"):
+        tff.learning.templates.ClientWorkProcess(distributor.initialize, tff.federated_computation(
+            lambda s, w, d: tff.templates.MeasuredProcessOutput(s, w, s),
+            distributor.initialize.type_signature.result, tff.type_at_clients(model_weights_type),
+            tff.type_at_clients(tff.SequenceType(tf.float32))))
+
+    # TFF's own client work builder in the same composition is FedAvg: equal to build_weighted_fed_avg.
+    sgd = tff.learning.optimizers.build_sgdm(learning_rate=0.1)
+    composed = tff.learning.templates.compose_learning_process(
+        initial_model_weights_fn, distributor, tff.learning.templates.build_model_delta_client_work(model_fn, sgd),
+        aggregator, tff.learning.templates.build_apply_optimizer_finalizer(tff.learning.optimizers.build_sgdm(1.0), model_weights_type))
+    fed_avg = tff.learning.algorithms.build_weighted_fed_avg(model_fn, sgd)
+    start = fed_avg.initialize()
+    composed_state = composed.set_model_weights(composed.initialize(), fed_avg.get_model_weights(start))
+    a = composed.next(composed_state, federated_train_data).state.global_model_weights.trainable
+    b = fed_avg.next(start, federated_train_data).state.global_model_weights.trainable
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)

@@ -14,6 +14,8 @@ from fedsim.learning.model_update_aggregator import compression_aggregator, dp_a
 from fedsim.learning.models import BatchOutput, ModelWeights, VariableModel, from_keras_model
 from fedsim.learning.templates import LearningAlgorithmState, LearningProcess, LearningProcessOutput
 
+Model = VariableModel  # TFF's earlier name, still in its tutorials' type hints
+
 __all__ = [
     "BatchOutput",
     "ClientWeighting",
@@ -21,6 +23,7 @@ __all__ = [
     "LearningProcess",
     "LearningProcessOutput",
     "ModelWeights",
+    "Model",
     "VariableModel",
     "algorithms",
     "metrics",

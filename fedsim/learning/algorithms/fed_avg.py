@@ -51,6 +51,15 @@ def _make_optimizer(optimizer_fn: Callable[[], Any], what: str) -> Any:
     return optimizer
 
 
+def server_optimizer(optimizer_fn: Any) -> optimizers_lib.Optimizer:
+    """The server's functional optimizer from a fedsim optimizer, or a function returning one
+    or a Keras optimizer (TFF 0.86's `lambda: tf.keras.optimizers.SGD(1.0)`, converted)."""
+    optimizer = _make_optimizer(optimizer_fn, "server_optimizer_fn")
+    if isinstance(optimizer, keras.optimizers.Optimizer):
+        optimizer = optimizers_lib.from_keras_optimizer(optimizer)
+    return optimizer
+
+
 def build_client_update(
     model_fn: Callable[[], VariableModel],
     client_optimizer_fn: Callable[[], Any],
@@ -143,9 +152,7 @@ def _build_process(
         raise ValueError(f"proximal_strength must be non-negative, got {proximal_strength}")
     model_fn = as_model_fn(model_fn)
     info = inspect_model_fn(model_fn)
-    server_optimizer = _make_optimizer(server_optimizer_fn, "server_optimizer_fn")
-    if isinstance(server_optimizer, keras.optimizers.Optimizer):  # TFF 0.86's `lambda: tf.keras.optimizers.SGD(1.0)`
-        server_optimizer = optimizers_lib.from_keras_optimizer(server_optimizer)
+    optimizer = server_optimizer(server_optimizer_fn)
     if client_optimizer_fn is None:
         client_update = build_client_gradient(model_fn, info.weights_type, info.batch_type, client_weighting)
     else:
@@ -167,7 +174,7 @@ def _build_process(
         distributor,
         parts.build_client_work(client_update, metrics_aggregation),
         aggregator,
-        parts.build_apply_optimizer_finalizer(server_optimizer, info.weights_type, update_type, update_is_gradient=client_optimizer_fn is None),
+        parts.build_apply_optimizer_finalizer(optimizer, info.weights_type, update_type, update_is_gradient=client_optimizer_fn is None),
     )
 
 

@@ -8,7 +8,7 @@ import attrs
 import tensorflow as tf
 
 from fedsim.core import types as ft
-from fedsim.learning.models import FunctionalModel, ModelWeights, VariableModel, model_from_functional
+from fedsim.learning.models import FunctionalModel, VariableModel, model_from_functional, weights_type_from_model
 
 __all__ = ["ModelInfo", "as_model_fn", "inspect_model_fn", "make_model"]
 
@@ -27,8 +27,6 @@ def make_model(model_fn: Callable[[], VariableModel]) -> VariableModel:
     return model_fn()
 
 
-def _variable_type(variable: Any) -> ft.TensorType:
-    return ft.TensorType(tf.as_dtype(variable.dtype), tuple(variable.shape))
 
 
 @attrs.frozen
@@ -49,12 +47,7 @@ def inspect_model_fn(model_fn: Callable[[], VariableModel]) -> ModelInfo:
                 f"model_fn must return a fedsim VariableModel (for example from_keras_model(...)), got "
                 f"{type(model).__name__}; build the Keras model inside model_fn and wrap it"
             )
-        weights_type = ft.to_type(
-            ModelWeights(
-                [_variable_type(v) for v in model.trainable_variables],
-                [_variable_type(v) for v in model.non_trainable_variables],
-            )
-        )
+        weights_type = weights_type_from_model(model)
         batch_type = ft.to_type(model.input_spec)
         metrics = model.report_local_unfinalized_metrics()
         metrics_type = ft.to_type(

@@ -10,6 +10,7 @@ from fedsim.learning.models.keras_io import load_model_weights, save_keras_model
 from fedsim.learning.models.keras_model import KerasVariableModel, from_keras_model
 from fedsim.learning.models.model_weights import ModelWeights, model_variables
 from fedsim.learning.models.variable_model import BatchOutput, VariableModel
+from fedsim.learning.models.weights_type import weights_type_from_model
 
 __all__ = [
     "BatchOutput",
@@ -24,4 +25,5 @@ __all__ = [
     "from_keras_model",
     "load_model_weights",
     "save_keras_model",
+    "weights_type_from_model",
 ]

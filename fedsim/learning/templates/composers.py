@@ -19,11 +19,13 @@ from typing import Any
 import attrs
 
 from fedsim.core import intrinsics
+from fedsim.core import types as ft
 from fedsim.core.computation import Computation
 from fedsim.core.wrappers import federated_computation
 from fedsim.core.containers import register_container
-from fedsim.core.placements import SERVER
+from fedsim.core.placements import CLIENTS, SERVER
 from fedsim.templates import MeasuredProcess, ProcessTypeError
+from fedsim.learning.templates import processes
 from fedsim.learning.templates.learning_process import LearningAlgorithmState, LearningProcess, LearningProcessOutput
 
 __all__ = ["ClientResult", "compose_learning_process"]
@@ -38,10 +40,34 @@ class ClientResult:
     update_weight: Any
 
 
-def _check_part(part: Any, name: str) -> MeasuredProcess:
+def _check_part(part: Any, name: str, kind: Any = None) -> MeasuredProcess:
     if not isinstance(part, MeasuredProcess):
         raise ProcessTypeError(f"the {name} must be a MeasuredProcess, got {type(part).__name__}")
-    return part
+    return part if kind is None else processes.as_part(part, kind)
+
+
+def _fits(given: ft.Type, taken: ft.Type, what: str) -> None:
+    """`given` (what one part yields) must be assignable to `taken` (what the next part takes)."""
+    if not ft.is_assignable_from(taken, given):
+        raise ProcessTypeError(f"compose_learning_process: {what}: {given} does not fit {taken}")
+
+
+def _check_fit(initial_weights_fn: Computation, parts: dict) -> None:
+    """The parts chain: initial weights -> distributor -> client work -> aggregator -> finalizer."""
+    weights = initial_weights_fn.type_signature.result
+    if isinstance(weights, ft.FederatedType):
+        raise ProcessTypeError(f"compose_learning_process: initial_model_weights_fn must return unplaced weights, got {weights}")
+    distributor, client_work, aggregator, finalizer = (parts[k].next.type_signature for k in
+                                                       ("distributor", "client_work", "aggregator", "finalizer"))
+    _fits(weights, distributor.parameter[1].member, "the initial model weights and the distributor's weights argument")
+    _fits(distributor.result["result"].member, client_work.parameter[1].member,
+          "the distributor's result and the client work's weights argument")
+    update = client_work.result["result"].member["update"]
+    aggregator_value = processes.check_placed(aggregator.parameter[1], CLIENTS, "aggregator", "value argument")
+    _fits(update, aggregator_value, "the client work's update and the aggregator's value argument")
+    _fits(aggregator.result["result"].member, finalizer.parameter[2].member,
+          "the aggregator's result and the finalizer's update argument")
+    _fits(weights, finalizer.parameter[1].member, "the initial model weights and the finalizer's weights argument")
 
 
 def compose_learning_process(
@@ -54,6 +80,9 @@ def compose_learning_process(
     """Wires the four parts into one `LearningProcess` (one federated `next`).
 
     `initial_model_weights_fn` is a no-argument tf_computation returning the first `ModelWeights`.
+    The parts are checked to be of their kind (`DistributorProcess`, `ClientWorkProcess`,
+    an aggregation process, `FinalizerProcess`) and to fit each other; `ProcessTypeError` names
+    the part and the types that do not fit.
 
     Example::
 
@@ -62,12 +91,14 @@ def compose_learning_process(
         output.metrics["aggregator"]
     """
     parts = {
-        "distributor": _check_part(model_weights_distributor, "distributor"),
-        "client_work": _check_part(client_work, "client work"),
+        "distributor": _check_part(model_weights_distributor, "distributor", processes.DistributorProcess),
+        "client_work": _check_part(client_work, "client work", processes.ClientWorkProcess),
         "aggregator": _check_part(model_update_aggregator, "aggregator"),
-        "finalizer": _check_part(model_finalizer, "finalizer"),
+        "finalizer": _check_part(model_finalizer, "finalizer", processes.FinalizerProcess),
     }
+    _check_fit(initial_model_weights_fn, parts)
     data_type = client_work.next.type_signature.parameter[2]
+    weighted = len(parts["aggregator"].next.type_signature.parameter) == 3
 
     @federated_computation
     def initialize():
@@ -87,7 +118,10 @@ def compose_learning_process(
     def next_fn(state, client_data):
         distributed = parts["distributor"].next(state.distributor, state.global_model_weights)
         trained = parts["client_work"].next(state.client_work, distributed.result, client_data)
-        aggregated = parts["aggregator"].next(state.aggregator, trained.result.update, trained.result.update_weight)
+        if weighted:
+            aggregated = parts["aggregator"].next(state.aggregator, trained.result.update, trained.result.update_weight)
+        else:  # an unweighted aggregator (e.g. from an UnweightedAggregationFactory)
+            aggregated = parts["aggregator"].next(state.aggregator, trained.result.update)
         finalized = parts["finalizer"].next(state.finalizer, state.global_model_weights, aggregated.result)
         new_state = intrinsics.federated_zip(
             LearningAlgorithmState(
