@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import sys
 import threading
 
 __all__ = ["install", "CallableList"]
@@ -51,8 +52,11 @@ def _reset_states(model) -> None:
 
 
 def install() -> None:
-    """Installs the bridges once (idempotent)."""
+    """Installs the bridges once (idempotent); only where Keras is in use already (a process
+    without Keras, such as the serverless handler, never imports it for this)."""
     global _installed
+    if sys.modules.get("keras") is None:
+        return
     with _lock:
         if _installed:
             return

@@ -8,17 +8,44 @@ Example::
     state = simulation.run_training_process(process, lambda r: [...], total_rounds=10)
 """
 
-from fedsim.simulation import datasets, models
-from fedsim.simulation.callbacks import Callback, EarlyStopping, History
-from fedsim.simulation.compose import (
-    compose_dataset_computation_with_iterative_process,
-    compose_dataset_computation_with_learning_process,
-)
-from fedsim.simulation.metrics_managers import CSVMetricsManager, TensorBoardMetricsManager, flatten_metrics
-from fedsim.simulation.program_state import FileProgramStateManager, ProgramStateError
-from fedsim.simulation.sampling import build_uniform_sampling_fn
-from fedsim.simulation.synthetic import EMNIST_INPUT_SPEC, emnist_like_client_arrays, emnist_like_client_datasets
-from fedsim.simulation.training_loop import run_training_process
+import importlib
+from typing import Any
+
+# Names load their module on first use (PEP 562): importing one module of the package (say the
+# callbacks, which the serverless handler uses) does not load the datasets and Keras models.
+_WHERE = {
+    "datasets": None,
+    "models": None,
+    "Callback": "callbacks",
+    "EarlyStopping": "callbacks",
+    "History": "callbacks",
+    "compose_dataset_computation_with_iterative_process": "compose",
+    "compose_dataset_computation_with_learning_process": "compose",
+    "CSVMetricsManager": "metrics_managers",
+    "TensorBoardMetricsManager": "metrics_managers",
+    "flatten_metrics": "metrics_managers",
+    "FileProgramStateManager": "program_state",
+    "ProgramStateError": "program_state",
+    "build_uniform_sampling_fn": "sampling",
+    "EMNIST_INPUT_SPEC": "synthetic",
+    "emnist_like_client_arrays": "synthetic",
+    "emnist_like_client_datasets": "synthetic",
+    "run_training_process": "training_loop",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'fedsim.simulation' has no attribute {name!r}")
+    module = importlib.import_module(f"fedsim.simulation.{_WHERE[name] or name}")
+    value = module if _WHERE[name] is None else getattr(module, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list:
+    return sorted(list(globals()) + list(_WHERE))
+
 
 __all__ = [
     "Callback",
