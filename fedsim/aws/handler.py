@@ -27,13 +27,14 @@ import threading
 import math
 import os
 import time
+import uuid
 from typing import Any, Optional
 
 from absl import logging
 
 from fedsim.aws import protocol, stopping
 from fedsim.aws.config import StackConfig
-from fedsim.aws.store import Store, unmarshal_image
+from fedsim.aws.store import ObjectAbsentError, ObjectExistsError, Store, TransientStoreError, unmarshal_image
 from fedsim.core import phase_runner, structure
 from fedsim.core import types as ft
 from fedsim.core.canonical_form import CanonicalForm
@@ -42,7 +43,7 @@ from fedsim.core.structure import flatten_metrics
 __all__ = ["AggregationHandler", "handler"]
 
 VALIDATED_CACHE_BYTES = 512 * 2**20
-LEASE_SECONDS = 900.0  # a Lambda runs 15 minutes at most
+LEASE_SECONDS = 30.0  # renewed every 10 s while the holder works: a dead holder's claim is free within 30 s
 TOKEN_WAIT_SECONDS = 20.0  # how long a round message may take to reach the server's queue
 VALIDATION_THREADS = 8  # results of one stream batch judged at once
 
@@ -175,14 +176,17 @@ class AggregationHandler:
             return "the result's record has no valid sha256"
         section = _section(self.manifest(round_item["manifest_key"]), round_item)
         work = self.store.get_computation(section["phases"]["work"])
+        # Only a definite answer about the object is a verdict: absent, too large, a wrong checksum,
+        # type or value. Throttling, 5xx, a cut body or a lost connection propagate (after the
+        # store's retries): the batch fails and is redelivered, and the result is judged then.
         try:
             data = self.store.get_checked(item["key"], item["sha256"], max_bytes=int(self.manifest(round_item["manifest_key"])["max_result_bytes"]))
             value = protocol.decode_value(data, work.type_signature.result, f"{silo}'s result", require_finite=True)
             self._remember((item["key"], item["sha256"]), value, len(data))
         except protocol.InvalidValueError as error:
             return str(error)
-        except Exception as error:  # a missing object, a network failure: the result cannot be used
-            return f"cannot read the result: {type(error).__name__}: {error}"
+        except ObjectAbsentError:
+            return f"the result object {item['key'][:200]!r} does not exist"
         return None
 
     # Closing a round -----------------------------------------------------------------------------
@@ -199,19 +203,25 @@ class AggregationHandler:
         rejected = {s: v.get("reason", "") for s, v in verdicts.items() if v.get("status") == "rejected" and s in round_item["silos"]}
         quorum = int(round_item["quorum"])
         if len(valid) >= quorum:
-            if not self.store.claim(round_key, time.time(), self.lease_seconds):
-                return "already claimed"
+            owner = uuid.uuid4().hex
+            if not self._claim_or_wait(round_key, owner):
+                return self._maybe_close(run_id, round_num, self.store.get_item(round_key))  # done meanwhile
             try:
-                outcome = self._aggregate(run_id, round_num, round_item, [verdicts[s] for s in valid], rejected)
+                with _Lease(self.store, round_key, owner, self.lease_seconds):
+                    outcome = self._aggregate(run_id, round_num, round_item, [verdicts[s] for s in valid], rejected)
+            except TransientStoreError:
+                raise  # AWS had a bad minute: the claim's lease runs out and a redelivery takes over
             except Exception as error:
                 cause = f"round {round_num}: aggregation failed: {type(error).__name__}: {error}"
                 if self.store.transition(round_key, "status", "aggregating", "failed", cause=cause):
+                    self._close(run_id, round_num, "failed")
                     self._fail(self._token(run_id, round_num), cause)
                 raise
             text = json.dumps(outcome)
             if not self.store.transition(round_key, "status", "aggregating", "done", outcome=text):
                 raise RuntimeError(f"round {round_num}: the claim was lost before the outcome was recorded "
                                    f"(status is now {self.store.get_item(round_key)['status']})")
+            self._close(run_id, round_num, "done")
             self._answer(round_key, self._token(run_id, round_num), text)
             return "aggregated"
         answered = len(valid) + len(rejected)
@@ -223,9 +233,35 @@ class AggregationHandler:
                 + (f"; not waiting for {', '.join(pending)}" if pending else "")
             )
             if self.store.transition(round_key, "status", "open", "failed", cause=cause):
+                self._close(run_id, round_num, "failed")
                 self._fail(self._token(run_id, round_num), cause)
             return "failed"
         return "waiting"
+
+    def _claim_or_wait(self, round_key: dict, owner: str) -> bool:
+        """Claims the round; if another invocation holds a live lease, waits while it is renewed:
+        True once claimed (also when the holder died and its lease ran out), False when the
+        round was finished meanwhile. A holder that neither finishes nor lets go within
+        `2 * lease_seconds` is reported by raising, so the batch is redelivered."""
+        deadline = time.monotonic() + 2 * self.lease_seconds + 1.0
+        while True:
+            if self.store.claim(round_key, time.time(), self.lease_seconds, owner=owner):
+                return True
+            item = self.store.get_item(round_key) or {}
+            if item.get("status") != "aggregating":
+                return False
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"round {round_key['pk']}: claimed by {item.get('owner')} whose lease keeps being "
+                                   f"renewed; this batch will be redelivered")
+            time.sleep(min(1.0, self.lease_seconds / 4))
+
+    def _close(self, run_id: str, round_num: str, status: str) -> None:
+        """Writes the round's closed marker, which silos may read: a late silo skips the work.
+        Best effort: without it a late silo only works for nothing."""
+        try:
+            self.store.put_new(protocol.closed_key(run_id, round_num), json.dumps({"status": status}).encode())
+        except (TransientStoreError, ObjectExistsError) as error:
+            logging.warning("round %s of run %s: the closed marker was not written (%s)", round_num, run_id, error)
 
     def _token(self, run_id: str, round_num: int) -> Optional[str]:
         """The round's task token, from the round item the server wrote (never from a silo's record).
@@ -389,6 +425,33 @@ class AggregationHandler:
             history.append((earlier, metrics))
         history.append((round_num, current))
         return history
+
+
+class _Lease:
+    """Keeps a claim's lease renewed (every third of it) while the work inside runs, so a live
+    handler keeps its claim however long it works and a dead one loses it within one lease."""
+
+    def __init__(self, store: Store, round_key: dict, owner: str, lease_seconds: float):
+        self.store, self.round_key, self.owner, self.lease_seconds = store, round_key, owner, lease_seconds
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._renew, name="fedsim-lease", daemon=True)
+
+    def _renew(self) -> None:
+        while not self._stop.wait(self.lease_seconds / 3):
+            try:
+                if not self.store.renew(self.round_key, self.owner, time.time(), self.lease_seconds):
+                    logging.warning("round %s: the claim was taken over; the lease is no longer renewed", self.round_key["pk"])
+                    return
+            except Exception as error:  # noqa: BLE001 - a failed renewal is tried again at the next tick
+                logging.warning("round %s: renewing the lease failed (%s)", self.round_key["pk"], error)
+
+    def __enter__(self) -> "_Lease":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def _round_metrics(result: Any, form: CanonicalForm, prefix: str) -> dict:

@@ -89,6 +89,7 @@ class LocalStack:
         self._stop = threading.Event()
         self._loop: Optional[threading.Thread] = None
         self.handler_errors: list = []
+        self.handler_retries: list = []
         # Where the stream loop sends each batch of records: the aggregation handler, as the
         # event source mapping would. Replace it to observe, hold or redirect the stream.
         self.deliver_records: Callable[[list], None] = self.handle_records
@@ -295,12 +296,22 @@ class LocalStack:
             self._stop.wait(self.poll_seconds)
 
     def handle_records(self, records: list) -> None:
-        """Runs the aggregation handler on a batch of stream records; its errors are kept in `handler_errors`."""
-        try:
-            self.handler.handle({"Records": records})
-        except Exception as error:
-            self.handler_errors.append(error)
-            logging.exception("aggregation handler failed")
+        """Runs the aggregation handler on a batch of stream records, redelivering a batch whose
+        handler raised as the deployed event source mapping does (`template.STREAM_RETRY_ATTEMPTS`
+        more times). Errors of retried attempts are kept in `handler_retries`; a batch that failed
+        every attempt, in `handler_errors`."""
+        for attempt in range(1 + template.STREAM_RETRY_ATTEMPTS):
+            try:
+                self.handler.handle({"Records": records})
+                return
+            except Exception as error:  # noqa: BLE001 - kept and retried, as the trigger would
+                if attempt == template.STREAM_RETRY_ATTEMPTS:
+                    self.handler_errors.append(error)
+                    logging.exception("aggregation handler failed on every delivery of a batch")
+                    return
+                self.handler_retries.append(error)
+                logging.warning("aggregation handler failed (%s: %s); redelivering the batch", type(error).__name__, error)
+                time.sleep(min(0.5 * 2**attempt, 4.0))
 
 
 def _as_moto_checks_it(document: dict) -> dict:

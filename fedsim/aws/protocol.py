@@ -91,6 +91,11 @@ def round_prefix(run_id: str, round_num: int) -> str:
     return f"runs/{run_id}/round-{round_num}"
 
 
+def closed_key(run_id: str, round_num: Any) -> str:
+    """The server's marker that a step is over (done or failed); silos may read it."""
+    return f"{round_prefix(run_id, round_num)}/closed.json"
+
+
 def silo_result_key(silo_id: str, run_id: str, round_num: int) -> str:
     return f"silos/{silo_id}/{run_id}/round-{round_num}/work.npz"
 

@@ -38,7 +38,7 @@ from absl import logging
 
 from fedsim.aws import protocol
 from fedsim.aws.config import StackConfig, StackUnreachableError
-from fedsim.aws.store import Store
+from fedsim.aws.store import AccessDeniedError, Store
 from fedsim.core import op_allowlist, phase_runner, structure
 from fedsim.core import types as ft
 from fedsim.core.errors import SerializationError
@@ -185,12 +185,24 @@ class SiloAgent:
                 break
             if idle_timeout is not None and time.monotonic() - last_message > idle_timeout:
                 break
-            messages = self.sqs.receive_message(
-                QueueUrl=self.queue_url, MaxNumberOfMessages=1, WaitTimeSeconds=self.poll_seconds
-            ).get("Messages", [])
+            try:
+                messages = self.sqs.receive_message(
+                    QueueUrl=self.queue_url, MaxNumberOfMessages=1, WaitTimeSeconds=self.poll_seconds
+                ).get("Messages", [])
+            except Exception as error:  # noqa: BLE001 - throttled or unreachable for a moment: poll again
+                logging.warning("silo %s: polling the queue failed (%s); polling again", self.silo_id, error)
+                self._stop.wait(max(1, self.poll_seconds))
+                continue
             for message in messages:
                 last_message = time.monotonic()
-                self.outcomes.append(self.process(message))
+                try:
+                    self.outcomes.append(self.process(message))
+                except Exception as error:  # noqa: BLE001 - AWS's bad minute must not end the agent
+                    # The message is not deleted: it comes back after its visibility timeout and
+                    # the round is tried again (an upload already made is reused, never rewritten).
+                    logging.warning("silo %s: a round message could not be processed (%s: %s); it will be retried",
+                                    self.silo_id, type(error).__name__, str(error)[:500])
+                    self.outcomes.append("retry later")
         return self.rounds_done
 
     def process(self, message: dict) -> str:
@@ -207,7 +219,7 @@ class SiloAgent:
             self.sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=message["ReceiptHandle"])
             logging.warning("silo %s: a message for run %s was dropped: %s", self.silo_id, run_id[:40], error)
             return "malformed"
-        if self.store.exists(f"{protocol.round_prefix(run_id, round_num)}/result.npz"):
+        if self._closed(run_id, round_num):
             self.sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=message["ReceiptHandle"])
             logging.info("silo %s, run %s round %s: already closed, skipped", self.silo_id, run_id, round_num)
             self.rounds_done += 1
@@ -235,6 +247,14 @@ class SiloAgent:
         self.rounds_done += 1
         logging.info("silo %s, run %s round %s: %s", self.silo_id, run_id, round_num, outcome)
         return outcome
+
+    def _closed(self, run_id: str, round_num: str) -> bool:
+        """Whether the server marked the step closed (a late silo skips it). A marker it may not
+        read (an older stack) counts as not closed: the silo works, the server ignores it."""
+        try:
+            return self.store.exists(protocol.closed_key(run_id, round_num))
+        except AccessDeniedError:
+            return False
 
     def work(self, request: dict) -> bytes:
         """Runs the round's work phase on the local data; returns the encoded output."""

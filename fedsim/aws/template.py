@@ -51,6 +51,10 @@ def load_template() -> dict:
     return yaml.safe_load(template_path().read_text())
 
 
+STREAM_RETRY_ATTEMPTS = 3  # a stream batch whose handler raised is delivered again this many times
+PUBLISH_RETRY_ERRORS = ("SNS.ThrottledException", "SNS.InternalErrorException", "SNS.KMSThrottlingException")
+
+
 def _publish(topic: str, step: str, next_state: str) -> dict:
     """A state that publishes a step's message with a task token and waits for the handler's answer."""
     return {
@@ -68,6 +72,8 @@ def _publish(topic: str, step: str, next_state: str) -> dict:
         },
         "TimeoutSecondsPath": "$.round_deadline_seconds",
         "ResultPath": "$.outcome",
+        # AWS's ordinary failures of the publish itself are retried (a round the handler failed is not)
+        "Retry": [{"ErrorEquals": list(PUBLISH_RETRY_ERRORS), "IntervalSeconds": 1, "MaxAttempts": 6, "BackoffRate": 2.0}],
         "Next": next_state,
     }
 
@@ -211,6 +217,7 @@ def _silo_resources(silo: str, silo_id: Any, principal: Any, refs: _ServerRefs) 
                                     {"Fn::Sub": f"{bucket}/computations/*"},
                                     {"Fn::Sub": f"{bucket}/runs/*/manifest.json"},
                                     {"Fn::Sub": f"{bucket}/runs/*/round-*/broadcast.npz"},
+                                    {"Fn::Sub": f"{bucket}/runs/*/round-*/closed.json"},
                                 ],
                             },
                             {
@@ -396,7 +403,7 @@ def _server_template() -> dict:
                 "FunctionName": {"Ref": "AggregationFunction"},
                 "StartingPosition": "LATEST",
                 "BatchSize": 10,
-                "MaximumRetryAttempts": 3,
+                "MaximumRetryAttempts": STREAM_RETRY_ATTEMPTS,
                 # silo records, new or rewritten (a rewritten one is judged again, never trusted)
                 "FilterCriteria": {"Filters": [{"Pattern": json.dumps(
                     {"eventName": ["INSERT", "MODIFY"], "dynamodb": {"NewImage": {"round_key": {"S": [{"exists": True}]}}}})}]},

@@ -35,8 +35,13 @@ _WHERE = {
 
 
 def __getattr__(name: str) -> Any:
-    if name not in _WHERE:
-        raise AttributeError(f"module 'fedsim.simulation' has no attribute {name!r}")
+    if name not in _WHERE:  # a submodule by its name (fedsim.simulation.metrics_managers)
+        try:
+            module = importlib.import_module(f"fedsim.simulation.{name}")
+        except ModuleNotFoundError:
+            raise AttributeError(f"module 'fedsim.simulation' has no attribute {name!r}") from None
+        globals()[name] = module
+        return module
     module = importlib.import_module(f"fedsim.simulation.{_WHERE[name] or name}")
     value = module if _WHERE[name] is None else getattr(module, name)
     globals()[name] = value

@@ -55,7 +55,7 @@ def start_agents(stack, arrays, silos, rounds=1, agent_class=aws.SiloAgent, **kw
         def run(agent=agent):
             try:
                 agent.run(stop_after_rounds=rounds, idle_timeout=60)
-            except Exception as error:
+            except BaseException as error:  # noqa: BLE001 - a killed silo (SiloKilled) too
                 errors.append((agent.silo_id, error))
 
         thread = threading.Thread(target=run, daemon=True)
@@ -65,11 +65,15 @@ def start_agents(stack, arrays, silos, rounds=1, agent_class=aws.SiloAgent, **kw
     return agents, threads, errors
 
 
+class SiloKilled(BaseException):
+    """Stands for the silo's process being killed: no except clause of the agent catches it."""
+
+
 class CrashingSilo(aws.SiloAgent):
     """A silo that dies after taking a round's message, before uploading (it never deletes the message)."""
 
     def work(self, request):
-        raise RuntimeError(f"silo {self.silo_id} failed mid-round (simulated)")
+        raise SiloKilled(f"silo {self.silo_id} failed mid-round (simulated)")
 
 
 @contextlib.contextmanager

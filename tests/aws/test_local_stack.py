@@ -15,7 +15,7 @@ import tensorflow as tf
 import fedsim
 from fedsim import aws
 from fedsim.aws import protocol
-from fedsim.aws.store import ObjectExistsError
+from fedsim.aws.store import ObjectExistsError, Store
 
 from tests.aws.helpers import SILOS, CrashingSilo, assert_close, batch, held_stream, local_datasets, simulate, start_agents
 
@@ -85,14 +85,21 @@ def test_quorum_closes_the_round_and_late_results_are_ignored(fresh, arrays, pro
         assert_close(simulate(process, state, arrays, ["a", "b"]), output)
         report = context.last_report.rounds[0]
         assert report["aggregated"] == ["a", "b"]
-        # Silo c comes back late. It may not read the round's result (least privilege), so it does
-        # the work and reports; the result is marked late, not aggregated.
+        # Silo c comes back late. It may not read the round's result (least privilege) but may read
+        # the server's closed marker, so it skips the work.
         late_agents, threads, errors = start_agents(stack, arrays, ["c"])
         threads[0].join(timeout=60)
-        assert not errors and late_agents[0].outcomes == ["reported"]
+        assert not errors and late_agents[0].outcomes == ["round already closed"]
+        # A late record (a silo that missed the marker) is marked late, not aggregated.
         run_id = context.last_report.run_id
-        record = stack.handler.store.get_item(protocol.silo_item_key("c", run_id, 1))
-        assert not stack.handler.store.put_item_if_absent(record)  # a duplicate is refused
+        c_store = Store(stack.silo_config("c"))
+        key = protocol.silo_result_key("c", run_id, 1)
+        digest = c_store.put_new(key, b"late bytes")
+        record = dict(protocol.silo_item_key("c", run_id, 1), round_key=protocol.round_key(run_id, 1), key=key, sha256=digest,
+                      written_at=time.time())
+        assert c_store.put_item_if_absent(record)
+        assert c_store.put_item_if_absent(record)  # the same write again (its answer lost): it succeeded
+        assert not c_store.put_item_if_absent(dict(record, written_at=record["written_at"] + 1))  # another is refused
         verdict_key = protocol.verdict_item_key(run_id, 1, "c")
         deadline = time.time() + 20
         while (stack.handler.store.get_item(verdict_key) or {}).get("status") != "late":
