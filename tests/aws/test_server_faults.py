@@ -3,7 +3,9 @@
 Every round that completes is compared with the same round simulated over the honest silos.
 """
 
+import contextlib
 import io
+import json
 from decimal import Decimal
 import time
 
@@ -175,3 +177,107 @@ def test_a_silo_cannot_act_as_another_on_the_local_stack(fresh):
         denied.append(error.value.response["Error"]["Code"])
     assert all(code in ("AccessDenied", "403") for code in denied), denied
     sqs.receive_message(QueueUrl=silo_a.silo_queues["a"], WaitTimeSeconds=0)  # its own queue works
+
+
+# AWS's ordinary failures: bursts that outlive boto3's retries, cut downloads, lost answers. -------
+
+@contextlib.contextmanager
+def _patched(client, name, wrapper):
+    """Replaces one method of a boto3 client (this client only) for the duration of a block."""
+    original = getattr(client, name)
+    setattr(client, name, wrapper(original))
+    try:
+        yield
+    finally:
+        setattr(client, name, original)
+
+
+def _server_error(operation):
+    return ClientError({"Error": {"Code": "InternalError", "Message": "injected"},
+                        "ResponseMetadata": {"HTTPStatusCode": 500}}, operation)
+
+
+def _burst(times, operation):
+    """Fails the first `times` calls with a 503 SlowDown, as S3 does under load."""
+    calls = {"n": 0}
+
+    def wrapper(original):
+        def call(**kwargs):
+            calls["n"] += 1
+            if calls["n"] <= times:
+                raise ClientError({"Error": {"Code": "SlowDown", "Message": "injected"},
+                                   "ResponseMetadata": {"HTTPStatusCode": 503}}, operation)
+            return original(**kwargs)
+        return call
+    return wrapper, calls
+
+
+def _cut_bodies(times):
+    """The first `times` downloads end early: the body is cut after half its bytes."""
+    calls = {"n": 0}
+
+    def wrapper(original):
+        def call(**kwargs):
+            response = original(**kwargs)
+            calls["n"] += 1
+            if calls["n"] <= times:
+                data = response["Body"].read()
+                response["Body"] = io.BytesIO(data[: len(data) // 2])
+            return response
+        return call
+    return wrapper, calls
+
+
+def _answer_lost(operation):
+    """Every write is applied, then its answer is lost once (a 500 after the write): the caller retries."""
+    lost = set()
+
+    def wrapper(original):
+        def call(**kwargs):
+            result = original(**kwargs)
+            key = json.dumps({k: v for k, v in kwargs.items() if k != "Body"}, sort_keys=True, default=str)  # the request
+            if key not in lost:
+                lost.add(key)
+                raise _server_error(operation)
+            return result
+        return call
+    return wrapper, lost
+
+
+def test_a_burst_and_cut_downloads_on_the_handlers_reads_are_not_verdicts(fresh, arrays, process):
+    stack = fresh
+    burst, burst_calls = _burst(12, "GetObject")  # more than boto3's own retries
+    cut, cut_calls = _cut_bodies(2)
+    s3 = stack.handler.store.s3
+    with _patched(s3, "head_object", burst), _patched(s3, "get_object", cut):
+        with aws.execution_context(stack, silos=SILOS, preprocess=batch, round_deadline_seconds=120) as context:
+            _, _, errors = start_agents(stack, arrays, SILOS)
+            state = process.initialize()
+            output = process.next(state, SILOS)
+            verdicts = context.store.round_verdicts(context.last_report.run_id, 1)
+    assert burst_calls["n"] > 12 and cut_calls["n"] > 2  # the faults happened
+    assert {s: v["status"] for s, v in verdicts.items()} == {s: "valid" for s in SILOS}  # no honest silo rejected
+    assert not errors and not stack.handler_errors
+    assert_close(simulate(process, state, arrays, SILOS), output)
+
+
+def test_lost_answers_on_every_write_are_retried_and_the_round_equals_the_simulation(fresh, arrays, process):
+    stack = fresh
+    handler_store = stack.handler.store
+    with aws.execution_context(stack, silos=SILOS, preprocess=batch, round_deadline_seconds=120) as context:
+        agents, _, errors = start_agents(stack, arrays, SILOS)
+        patches = contextlib.ExitStack()
+        stores = [handler_store, context.store] + [agent.store for agent in agents]
+        lost_keys = []
+        for store in stores:
+            for client, operation in ((store.s3, "put_object"), (store.dynamodb, "put_item"), (store.dynamodb, "update_item")):
+                wrapper, lost = _answer_lost(operation)
+                lost_keys.append(lost)
+                patches.enter_context(_patched(client, operation, wrapper))
+        with patches:
+            state = process.initialize()
+            output = process.next(state, SILOS)
+    assert sum(len(lost) for lost in lost_keys) >= 10  # writes of the manifest, uploads, records, verdicts, claim, transitions
+    assert not errors and not stack.handler_errors
+    assert [agent.outcomes[-1] for agent in agents] == ["reported"] * 3
+    assert_close(simulate(process, state, arrays, SILOS), output)
