@@ -18,6 +18,7 @@ demo: $(STAMP)
 	$(PY) -m fedsim.demo
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check fedsim tests benchmarks packaging
 	$(PY) -m pytest -n 2 --dist loadfile tests
 
 benchmarks: $(STAMP)

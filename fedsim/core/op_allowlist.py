@@ -327,13 +327,8 @@ def check_graph(data: bytes, allowlist: OpAllowlist, computation_name: str) -> "
     for op, node, function in graph_ops(graph_def):
         if not allowlist.allows(op):
             refused.append((op, node, function))
-        elif op == "VarHandleOp":
-            attr = _node(graph_def, node, function).attr
-            if attr["shared_name"].s != ANONYMOUS_SHARED_NAME or attr["container"].s:
-                raise DisallowedOpError(
-                    f"the computation {computation_name!r} has a variable (node {node!r}) that names a shared "
-                    f"resource {attr['shared_name'].s[:60]!r}; a deserialized graph may only create anonymous variables"
-                )
+        else:
+            _check_private(_node(graph_def, node, function), op, node, computation_name)
     if refused:
         op, node, function = refused[0]
         where = f"node {node!r}" + (f" in function {function!r}" if function else "")
@@ -345,6 +340,23 @@ def check_graph(data: bytes, allowlist: OpAllowlist, computation_name: str) -> "
             "extend the allowlist (fedsim.core.op_allowlist) only for computations you trust"
         )
     return graph_def
+
+
+def _check_private(node_def, op: str, node: str, computation_name: str) -> None:
+    """A resource a deserialized graph creates (a variable, a hash table, a mutex, ...) must be its
+    own: no container, no shared name (variables: the anonymous one), no node-name sharing, or
+    two computations could pass values through it."""
+    attr = node_def.attr
+    if "shared_name" not in attr and "container" not in attr:
+        return
+    allowed = (ANONYMOUS_SHARED_NAME,) if op == "VarHandleOp" else (b"", ANONYMOUS_SHARED_NAME)
+    shared = attr["shared_name"].s if "shared_name" in attr else b""
+    if shared not in allowed or ("container" in attr and attr["container"].s) or (
+            "use_node_name_sharing" in attr and attr["use_node_name_sharing"].b):
+        raise DisallowedOpError(
+            f"the computation {computation_name!r} has a {op} (node {node!r}) that names a shared resource "
+            f"{shared[:60]!r}; a deserialized graph may only create resources of its own"
+        )
 
 
 def _node(graph_def, name: str, function: str):

@@ -261,13 +261,16 @@ def _graph_result_type(value: Any, path: str = "") -> tuple:
 
 
 def _anonymize_variables(graph_def: tf.compat.v1.GraphDef) -> None:
-    for node in graph_def.node:
+    """Every resource the graph creates becomes its own: variables anonymous, other resources
+    (hash tables, ...) without a shared name, so no two computations share one."""
+    nodes = list(graph_def.node) + [n for f in graph_def.library.function for n in f.node_def]
+    for node in nodes:
         if node.op == "VarHandleOp":
             node.attr["shared_name"].s = _ANONYMOUS_SHARED_NAME
-    for function in graph_def.library.function:
-        for node in function.node_def:
-            if node.op == "VarHandleOp":
-                node.attr["shared_name"].s = _ANONYMOUS_SHARED_NAME
+        elif "shared_name" in node.attr:
+            node.attr["shared_name"].s = b""
+            if "use_node_name_sharing" in node.attr:
+                node.attr["use_node_name_sharing"].b = False
 
 
 _PYTHON_OPS = {"PyFunc", "PyFuncStateless", "EagerPyFunc"}

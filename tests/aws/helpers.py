@@ -41,8 +41,12 @@ def simulate(process, state, arrays, silos):
 
 
 def assert_close(expected, got):
+    """Same structure (containers, keys, number of leaves), then the same values."""
     assert type(expected) is type(got)
-    for a, b in zip(tf.nest.flatten(expected), tf.nest.flatten(got)):
+    tf.nest.assert_same_structure(expected, got, check_types=False)
+    expected_leaves, got_leaves = tf.nest.flatten(expected), tf.nest.flatten(got)
+    assert len(expected_leaves) == len(got_leaves), (len(expected_leaves), len(got_leaves))
+    for a, b in zip(expected_leaves, got_leaves):
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-6, atol=1e-6)
 
 

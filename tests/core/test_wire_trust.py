@@ -99,7 +99,9 @@ def test_registering_a_name_twice_for_different_classes_is_refused():
         containers.register_container(Pair, "py:os:system")
 
 
-def test_a_crafted_container_name_is_never_imported(tmp_path, monkeypatch):
+@pytest.mark.parametrize("name", ["py:attacker_module:Popen", "attacker_module.Popen", "attacker_module:Popen",
+                                  "attacker_module", "attacker_module/Popen", "py:attacker_module.Popen"])
+def test_a_crafted_container_name_is_never_imported(tmp_path, monkeypatch, name):
     marker = tmp_path / "imported.txt"
     (tmp_path / "attacker_module.py").write_text(
         f"open({str(marker)!r}, 'w').write('imported')\nclass Popen(dict):\n    pass\n"
@@ -109,14 +111,17 @@ def test_a_crafted_container_name_is_never_imported(tmp_path, monkeypatch):
     def point_at_attacker(header):
         for node in _containers_in(header, []):
             if node["container"] == "tests.core.RegisteredPair":
-                node["container"] = "py:attacker_module:Popen"
+                node["container"] = name
 
     data = _edit_header(fedsim.serialize_computation(registered_pair), point_at_attacker)
     assert b"attacker_module" in data
+    modules_before = set(sys.modules)
     restored = fedsim.deserialize_computation(data)
     result = restored([1.0, 2.0])
     assert result == {"total": 3.0, "count": 3.0} and type(result) is dict
     assert "attacker_module" not in sys.modules and not marker.exists()
+    imported = set(sys.modules) - modules_before  # nothing from where the attacker's files are
+    assert not [m for m in imported if str(tmp_path) in str(getattr(sys.modules[m], "__file__", "") or "")]
     assert fedsim.serialize_computation(restored) == data  # the unknown name is kept, not resolved
 
 
@@ -221,8 +226,35 @@ def test_a_variable_shared_with_other_computations_is_refused():
 
     data = fedsim.serialize_computation(accumulate)
     assert fedsim.deserialize_computation(data)(3.0) == 3.0
-    with pytest.raises(op_allowlist.DisallowedOpError, match="only create anonymous variables"):
+    with pytest.raises(op_allowlist.DisallowedOpError, match="may only create resources of its own"):
         fedsim.deserialize_computation(_replace_graph(data, share))
+
+
+def test_no_value_crosses_two_computations_through_a_shared_resource():
+    """A hash table named by two computations would carry a value from one to the other."""
+
+    @fedsim.tf_computation(tf.float32)
+    def plant(x):
+        table = tf.lookup.experimental.MutableHashTable(tf.int64, tf.float32, default_value=-1.0, name="t")
+        table.insert(tf.constant([0], tf.int64), tf.reshape(x, [1]))
+        return table.lookup(tf.constant([0], tf.int64))[0]
+
+    @fedsim.tf_computation(tf.int64)
+    def harvest(key):
+        table = tf.lookup.experimental.MutableHashTable(tf.int64, tf.float32, default_value=-1.0, name="t")
+        return table.lookup(tf.reshape(key, [1]))[0]
+
+    def share(graph_def):
+        for node in list(graph_def.node) + [n for f in graph_def.library.function for n in f.node_def]:
+            if "shared_name" in node.attr and node.op != "VarHandleOp":
+                node.attr["shared_name"].s = b"the_silos_secret_table"
+
+    planted, harvested = (fedsim.serialize_computation(c) for c in (plant, harvest))
+    assert fedsim.deserialize_computation(planted)(123.5) == 123.5
+    assert fedsim.deserialize_computation(harvested)(0) == -1.0  # as traced, each table is its own
+    for data in (planted, harvested):
+        with pytest.raises(op_allowlist.DisallowedOpError, match="MutableHashTable.*shared resource"):
+            fedsim.deserialize_computation(_replace_graph(data, share))
 
 
 def test_the_default_allowlist_names_real_ops_and_none_that_reach_outside():
