@@ -16,6 +16,7 @@ from botocore.exceptions import ClientError
 
 from fedsim import aws
 from fedsim.aws import protocol, template
+from fedsim.aws.handler import LEASE_SECONDS
 from tests.aws.helpers import SILOS, assert_close, batch, held_stream, simulate, start_agents
 
 
@@ -281,3 +282,48 @@ def test_lost_answers_on_every_write_are_retried_and_the_round_equals_the_simula
     assert not errors and not stack.handler_errors
     assert [agent.outcomes[-1] for agent in agents] == ["reported"] * 3
     assert_close(simulate(process, state, arrays, SILOS), output)
+
+
+_KILLED_AFTER_CLAIM = """
+import json, os, signal, sys
+from fedsim import aws
+from fedsim.aws.config import StackConfig
+
+class KilledAfterClaim(aws.AggregationHandler):
+    def _aggregate(self, *args, **kwargs):
+        os.kill(os.getpid(), signal.SIGKILL)  # the process dies holding the claim
+
+config = StackConfig.from_json(open(sys.argv[1]).read())
+KilledAfterClaim(config).handle(json.load(open(sys.argv[2])))
+"""
+
+
+def test_a_handler_process_killed_after_its_claim_is_taken_over_within_a_lease(fresh, arrays, process, tmp_path):
+    """With the deployed lease settings: the next delivery waits out the dead claim (no longer
+    renewed) and aggregates, long before the round's deadline."""
+    import subprocess
+    import sys
+
+    stack = fresh
+    with aws.execution_context(stack, silos=SILOS, preprocess=batch, round_deadline_seconds=300) as context:
+        state = process.initialize()
+        with held_stream(stack) as held:
+            run_id, execution = context.start_rounds(process.next, state, SILOS)
+            start_agents(stack, arrays, SILOS)
+            results_key = protocol.round_key(run_id, 1)
+            _wait_for(lambda: {r["dynamodb"]["NewImage"]["pk"]["S"] for r in held if r["eventName"] == "INSERT"
+                               and r["dynamodb"]["NewImage"].get("round_key", {}).get("S") == results_key} == set(SILOS),
+                      "the silos' records were not all held")
+            event = {"Records": list(held)}
+        (tmp_path / "config.json").write_text(stack.config.to_json())
+        (tmp_path / "event.json").write_text(json.dumps(event, default=str))  # as the Lambda receives it: JSON
+        killed = subprocess.run([sys.executable, "-c", _KILLED_AFTER_CLAIM, str(tmp_path / "config.json"), str(tmp_path / "event.json")],
+                                capture_output=True, text=True, timeout=300)
+        assert killed.returncode == -9, killed.stderr[-2000:]
+        round_item = context.store.get_item(protocol.round_item_key(run_id, 1))
+        assert round_item["status"] == "aggregating"  # the dead process's claim is left behind
+        started = time.monotonic()
+        assert aws.AggregationHandler(stack.config).handle(event) == ["aggregated"]  # the stream delivers again
+        assert time.monotonic() - started < LEASE_SECONDS + 15  # within a lease, not at the deadline
+        output = context.finish(process.next, run_id, execution)
+        assert_close(simulate(process, state, arrays, SILOS), output)
