@@ -116,6 +116,19 @@ def test_a_record_with_words_for_numbers_is_still_judged_by_its_upload(fresh, ar
     assert_close(simulate(process, state, arrays, SILOS), output)
 
 
+def _round_with_held_records(stack, context, process, state, arrays):
+    """Starts round 1 with every silo working and holds their records: `(run_id, execution, event)`,
+    the event a handler would be given (and given again, as a retried Lambda is)."""
+    with held_stream(stack) as held:
+        run_id, execution = context.start_rounds(process.next, state, SILOS)
+        start_agents(stack, arrays, SILOS)
+        results_key = protocol.round_key(run_id, 1)
+        _wait_for(lambda: {r["dynamodb"]["NewImage"]["pk"]["S"] for r in held if r["eventName"] == "INSERT"
+                           and r["dynamodb"]["NewImage"].get("round_key", {}).get("S") == results_key} == set(SILOS),
+                  "the silos' records were not all held")
+        return run_id, execution, {"Records": list(held)}
+
+
 class _Killed(BaseException):
     """Stands for the handler's process being killed: nothing after it runs, no except clause catches it."""
 
@@ -135,14 +148,7 @@ def test_a_handler_that_dies_does_not_lose_the_round(fresh, arrays, process, dyi
     stack = fresh
     with aws.execution_context(stack, silos=SILOS, preprocess=batch, round_deadline_seconds=120) as context:
         state = process.initialize()
-        with held_stream(stack) as held:
-            run_id, execution = context.start_rounds(process.next, state, SILOS)
-            start_agents(stack, arrays, SILOS)
-            results_key = protocol.round_key(run_id, 1)
-            _wait_for(lambda: {r["dynamodb"]["NewImage"]["pk"]["S"] for r in held if r["eventName"] == "INSERT"
-                               and r["dynamodb"]["NewImage"].get("round_key", {}).get("S") == results_key} == set(SILOS),
-                      "the silos' records were not all held")
-            event = {"Records": list(held)}
+        run_id, execution, event = _round_with_held_records(stack, context, process, state, arrays)
         with pytest.raises(_Killed):
             dying(stack.config, lease_seconds=0.5).handle(event)
         round_item = context.store.get_item(protocol.round_item_key(run_id, 1))
@@ -307,14 +313,7 @@ def test_a_handler_process_killed_after_its_claim_is_taken_over_within_a_lease(f
     stack = fresh
     with aws.execution_context(stack, silos=SILOS, preprocess=batch, round_deadline_seconds=300) as context:
         state = process.initialize()
-        with held_stream(stack) as held:
-            run_id, execution = context.start_rounds(process.next, state, SILOS)
-            start_agents(stack, arrays, SILOS)
-            results_key = protocol.round_key(run_id, 1)
-            _wait_for(lambda: {r["dynamodb"]["NewImage"]["pk"]["S"] for r in held if r["eventName"] == "INSERT"
-                               and r["dynamodb"]["NewImage"].get("round_key", {}).get("S") == results_key} == set(SILOS),
-                      "the silos' records were not all held")
-            event = {"Records": list(held)}
+        run_id, execution, event = _round_with_held_records(stack, context, process, state, arrays)
         (tmp_path / "config.json").write_text(stack.config.to_json())
         (tmp_path / "event.json").write_text(json.dumps(event, default=str))  # as the Lambda receives it: JSON
         killed = subprocess.run([sys.executable, "-c", _KILLED_AFTER_CLAIM, str(tmp_path / "config.json"), str(tmp_path / "event.json")],
