@@ -207,7 +207,7 @@ class LocalDomain:
         arity = [len(d.sources) for d in pending]
 
         given = _with_datasets([g for source in sources for g in source.given()])
-        prepared: list = []
+        prepared: dict = {}  # client index -> its datasets read ahead (dropped once its task ran)
 
         def read_ahead(index: int) -> dict:
             """Client `index`'s given values, each dataset in them iterated once (`sequences`)."""
@@ -215,14 +215,17 @@ class LocalDomain:
             for source in given:
                 member = source.compute(index, memo)
                 for dataset, element_type in _datasets_in(member, source.member_type):
-                    prepared.append(dataset)
+                    prepared.setdefault(index, []).append(dataset)
                     sequences.prepare(dataset, element_type, self.context.client_data_budget_bytes,
                                       f"client {index}'s dataset in {source.what}")
             return memo
 
         def client_task(index: int, memo: Optional[dict] = None) -> list:
-            memo = {} if memo is None else memo
-            return [source.compute(index, memo) for source in sources]
+            memo = {} if memo is None else memo  # one memo per client: shared work runs once
+            try:
+                return [source.compute(index, memo) for source in sources]
+            finally:  # what the task did not take is dropped: memory stays a window of clients
+                sequences.discard_prepared(prepared.pop(index, []))
 
         try:
             for values in self.context.ordered_map(client_task, count, read_ahead if given else None):
@@ -231,7 +234,8 @@ class LocalDomain:
                     accumulator.add(values[position] if n == 1 else tuple(values[position:position + n]))
                     position += n
         finally:
-            sequences.discard_prepared(prepared)
+            for datasets in list(prepared.values()):
+                sequences.discard_prepared(datasets)
         for deferred, accumulator in zip(pending, accumulators):
             deferred.value = accumulator.result()
             deferred.done = True
