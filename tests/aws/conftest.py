@@ -33,7 +33,7 @@ def stack():
 
 @pytest.fixture
 def fresh(stack):
-    """Empty queues and no handler errors before each test."""
+    """Empty queues and no handler errors before each test; a handler error during it fails it."""
     sqs = stack.config.client("sqs")
     for url in stack.config.silo_queues.values():  # drain (PurgeQueue is limited to once a minute)
         empty = 0
@@ -43,4 +43,7 @@ def fresh(stack):
             for message in messages:
                 sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
     stack.handler_errors.clear()
-    return stack
+    stack.handler_retries.clear()
+    yield stack
+    # A batch that failed every delivery is an error no test expects: the test fails on it.
+    assert not stack.handler_errors, f"the aggregation handler failed: {stack.handler_errors!r}"
