@@ -33,7 +33,7 @@ from fedsim.core import types as ft
 
 __all__ = [
     "Elements", "has_fast_form", "fast_input_specs", "materialize", "enable_loops", "prepare", "take_prepared",
-    "UnsupportedSequenceUse", "InfiniteSequenceError", "DEFAULT_BUDGET_BYTES",
+    "discard_prepared", "UnsupportedSequenceUse", "InfiniteSequenceError", "DEFAULT_BUDGET_BYTES",
 ]
 
 DEFAULT_BUDGET_BYTES = 256 * 2**20  # one client's elements kept in memory at most; larger ones stream
