@@ -28,15 +28,14 @@ Message bodies and records carry keys and checksums, never model bytes.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
-import zipfile
 from typing import Any
 
 import numpy as np
 
-from fedsim.core import structure
+from fedsim.core import structure, value_archive
 from fedsim.core import types as ft
+from fedsim.core.value_archive import InvalidValueError
 
 __all__ = [
     "InvalidValueError",
@@ -56,10 +55,6 @@ __all__ = [
 
 
 MAX_REASON_CHARS = 2000  # a silo's refusal reason, as stored and shown
-
-
-class InvalidValueError(ValueError):
-    """A stored value does not match its type (or is not finite); the message says which leaf."""
 
 
 def sha256(data: bytes) -> str:
@@ -121,70 +116,26 @@ def round_key(run_id: str, round_num: int) -> str:
     return f"{run_id}#{round_num}"
 
 
+def _leaf_specs(value_type: ft.Type) -> list:
+    specs = []
+    for leaf_type in ft.flatten_type(value_type):
+        dtype = np.bytes_ if leaf_type.dtype.name == "string" else leaf_type.dtype.as_numpy_dtype
+        dims = tuple(leaf_type.tensor_shape.as_list()) if leaf_type.tensor_shape.rank is not None else None
+        specs.append(value_archive.LeafSpec(dtype, dims, label=str(leaf_type)))
+    return specs
+
+
 def encode_value(value: Any, value_type: ft.Type) -> bytes:
-    leaves = structure.flatten_value(structure.check_and_normalize(value, value_type, "the value to store"), value_type)
-    stream = io.BytesIO()
-    np.savez(stream, **{f"leaf_{i:05d}": np.asarray(leaf) for i, leaf in enumerate(leaves)})
-    return stream.getvalue()
-
-
-_MAX_NPY_HEADER_BYTES = 64 * 1024  # a .npy header is a short dict literal
-
-
-def _member_header(archive: zipfile.ZipFile, info: zipfile.ZipInfo, what: str, index: int) -> tuple:
-    """`(shape, dtype)` from a member's `.npy` header, read without reading the data."""
-    with archive.open(info) as member:
-        try:
-            version = np.lib.format.read_magic(member)
-            reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-            shape, _, dtype = reader(member, max_header_size=_MAX_NPY_HEADER_BYTES)
-        except Exception as error:  # noqa: BLE001 - numpy raises several kinds for a malformed header
-            raise InvalidValueError(f"{what}: tensor {index} has no readable .npy header ({type(error).__name__}: {error})") from None
-    return tuple(shape), dtype
+    """`value` (checked against `value_type`) as fedsim's value archive (`fedsim.core.value_archive`)."""
+    return value_archive.encode_leaves(
+        structure.flatten_value(structure.check_and_normalize(value, value_type, "the value to store"), value_type))
 
 
 def decode_value(data: bytes, value_type: ft.Type, what: str, require_finite: bool = False) -> Any:
-    """The value stored in `data`, checked leaf by leaf against `value_type`.
-
-    Bounded before anything is decoded: the archive's members must be stored (not compressed,
-    so nothing inflates beyond the bytes received), and each member's `.npy` header (dtype,
-    shape) must match its leaf type and account for the member's declared size before its data
-    is read. A zip bomb or a header claiming a huge shape is refused having read only headers.
-    """
-    expected = ft.flatten_type(value_type)
-    try:
-        archive = zipfile.ZipFile(io.BytesIO(data))
-        infos = sorted(archive.infolist(), key=lambda info: info.filename)
-    except Exception as error:  # noqa: BLE001 - zipfile raises several kinds for corrupt archives
-        raise InvalidValueError(f"{what}: not a readable value archive ({type(error).__name__}: {error})") from None
-    with archive:
-        if len(infos) != len(expected):
-            raise InvalidValueError(f"{what}: {len(infos)} tensors, expected {len(expected)} for {value_type}")
-        for index, (info, leaf_type) in enumerate(zip(infos, expected)):
-            if info.compress_type != zipfile.ZIP_STORED:
-                raise InvalidValueError(f"{what}: tensor {index} is compressed; values are stored uncompressed (np.savez)")
-            if info.file_size > len(data):
-                raise InvalidValueError(f"{what}: tensor {index} declares {info.file_size} bytes in an archive of {len(data)}")
-            shape, dtype = _member_header(archive, info, what, index)
-            if dtype.hasobject:
-                raise InvalidValueError(f"{what}: tensor {index} holds Python objects; only numeric and string arrays are read")
-            if dtype != leaf_type.dtype.as_numpy_dtype and not (leaf_type.dtype.name == "string" and dtype.kind in "SU"):
-                raise InvalidValueError(f"{what}: tensor {index} has dtype {dtype}, expected {leaf_type.dtype.name} ({leaf_type})")
-            if not leaf_type.tensor_shape.is_compatible_with(shape):
-                raise InvalidValueError(f"{what}: tensor {index} has shape {list(shape)}, expected {leaf_type}")
-            if int(np.prod(shape, dtype=np.int64)) * dtype.itemsize > info.file_size:
-                raise InvalidValueError(f"{what}: tensor {index} claims shape {list(shape)}, more data than its {info.file_size} bytes")
-        leaves = []
-        for index, (info, leaf_type) in enumerate(zip(infos, expected)):
-            with archive.open(info) as member:
-                try:
-                    leaf = np.lib.format.read_array(member, allow_pickle=False, max_header_size=_MAX_NPY_HEADER_BYTES)
-                except Exception as error:  # noqa: BLE001 - truncated data, a bad CRC
-                    raise InvalidValueError(f"{what}: tensor {index} cannot be read ({type(error).__name__}: {error})") from None
-            if require_finite and leaf.dtype.kind == "f" and not np.all(np.isfinite(leaf)):
-                raise InvalidValueError(f"{what}: tensor {index} ({leaf_type}) has non-finite values (NaN or inf)")
-            leaves.append(leaf)
-    return structure.unflatten_value(value_type, [leaf[()] if leaf.ndim == 0 else leaf for leaf in leaves])
+    """The value stored in `data`, checked leaf by leaf against `value_type` before any data is
+    read (see `fedsim.core.value_archive.decode_leaves`; raises `InvalidValueError`)."""
+    leaves = value_archive.decode_leaves(data, _leaf_specs(value_type), what, require_finite)
+    return structure.unflatten_value(value_type, leaves)
 
 
 def dumps(document: Any) -> bytes:

@@ -1,6 +1,7 @@
 """Saving a training process's state every few rounds, and resuming from the latest save.
 
-Each version is one `.npz` file of the state's leaves (numpy format, no pickle), written to a
+Each version is one file in fedsim's value archive format (`fedsim.core.value_archive`: the
+state's leaves as `.npz`, no pickle, the same codec as the AWS protocol's values), written to a
 temporary name and renamed into place, so a crash never leaves a torn checkpoint. Loading packs
 the leaves into the structure of a fresh `initialize()` and checks shapes and dtypes.
 
@@ -18,6 +19,8 @@ from typing import Any, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
+
+from fedsim.core import value_archive
 
 __all__ = ["FileProgramStateManager", "ProgramStateError"]
 
@@ -50,7 +53,7 @@ class FileProgramStateManager:
         leaves = [np.asarray(leaf) for leaf in tf.nest.flatten(program_state)]
         partial = os.path.join(self.root_dir, f".partial-{version}-{os.getpid()}.npz")
         with open(partial, "wb") as stream:
-            np.savez(stream, **{f"leaf_{i:06d}": leaf for i, leaf in enumerate(leaves)})
+            value_archive.encode_leaves(leaves, stream)
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(partial, self._path(version))
@@ -62,19 +65,19 @@ class FileProgramStateManager:
         """The state saved as `version`, packed like `structure` (e.g. `process.initialize()`)."""
         path = self._path(version)
         expected = tf.nest.flatten(structure)
-        try:
-            with np.load(path, allow_pickle=False) as archive:
-                leaves = [archive[f"leaf_{i:06d}"] for i in range(len(archive.files))]
-        except (OSError, ValueError, KeyError) as error:
-            raise ProgramStateError(f"{path}: cannot read the saved state ({error})") from None
-        if len(leaves) != len(expected):
-            raise ProgramStateError(f"{path}: the saved state has {len(leaves)} leaves, the process state has {len(expected)}")
-        for index, (saved, like) in enumerate(zip(leaves, expected)):
+        specs = []
+        for index, like in enumerate(expected):
             like = np.asarray(like)
-            if saved.shape != like.shape or saved.dtype != like.dtype:
-                raise ProgramStateError(
-                    f"{path}: leaf {index} is {saved.dtype}{list(saved.shape)}, the process expects {like.dtype}{list(like.shape)}"
-                )
+            specs.append(value_archive.LeafSpec(like.dtype, like.shape, label=f"{like.dtype}{list(like.shape)}"))
+        try:
+            with open(path, "rb") as stream:
+                data = stream.read()
+        except OSError as error:
+            raise ProgramStateError(f"{path}: cannot read the saved state ({error})") from None
+        try:
+            leaves = value_archive.decode_leaves(data, specs, f"{path}: cannot read the saved state's leaves as the process's")
+        except value_archive.InvalidValueError as error:
+            raise ProgramStateError(str(error)) from None
         return tf.nest.pack_sequence_as(structure, leaves)
 
     def load_latest(self, structure: Any) -> Tuple[Optional[Any], int]:
