@@ -28,8 +28,8 @@ from absl import logging
 
 from fedsim.aws import protocol
 from fedsim.aws.config import StackConfig
-from fedsim.aws.handler import prepare_round
-from fedsim.aws.lineage import RunLineage, read_lineage
+from fedsim.aws.rounds import open_round
+from fedsim.aws.lineage import RunLineage, read_lineage, read_step
 from fedsim.aws.store import Store
 from fedsim.core import canonical_form, compiler, context_stack, structure
 from fedsim.core.wrappers import federated_computation, tf_computation
@@ -158,7 +158,7 @@ class AwsExecutionContext:
         manifest_key = f"runs/{run_id}/manifest.json"
         self.store.put_new(manifest_key, protocol.dumps(manifest))
         template = {"silos": silo_ids, "quorum": min(self.quorum, len(silo_ids)), "manifest_key": manifest_key}
-        prepare_round(self.store, form, state, run_id, 1, template)
+        open_round(self.store, form, state, run_id, protocol.step_label(1), template)
         execution = self.sfn.start_execution(
             stateMachineArn=self.config.state_machine_arn,
             name=f"run-{run_id}",
@@ -267,23 +267,23 @@ class AwsExecutionContext:
             time.sleep(self.poll_seconds)
 
     def _step_report(self, run_id: str, step: str) -> Optional[dict]:
-        item = self.store.get_item(protocol.round_item_key(run_id, step))
-        if item is None:
+        """A step's report: the server's record (`lineage.read_step`), with the outcome's fields
+        at the top, and who has reported so far (from the silos' records: progress, not truth)."""
+        record = read_step(self.store, run_id, step)
+        if record is None:
             return None
-        entry = {"round": protocol.parse_step(step)[0], "step": step, "status": item["status"], "silos": item["silos"]}
-        if item.get("outcome"):
-            entry.update(json.loads(item["outcome"]))
-        if item.get("cause"):
-            entry["cause"] = item["cause"]
+        entry = {"round": protocol.parse_step(step)[0], "step": step, "status": record["status"], "silos": record["silos"]}
+        entry.update(record["outcome"])
+        if record["cause"]:
+            entry["cause"] = record["cause"]
         results = self.store.round_results(run_id, step)
         entry["reported"] = sorted(r["pk"] for r in results)
-        entry["opened_at"] = item.get("opened_at")
+        entry["opened_at"] = record["opened_at"]
         entry["silo_timings"] = {
             r["pk"]: {k: r.get(k) for k in ("received_at", "work_seconds", "written_at")} for r in results
         }
-        verdicts = self.store.round_verdicts(run_id, step)
-        entry["verdicts"] = {silo: v["status"] for silo, v in verdicts.items()}
-        entry.setdefault("rejected", {silo: v.get("reason", "") for silo, v in verdicts.items() if v["status"] == "rejected"})
+        entry["verdicts"] = record["verdicts"]
+        entry.setdefault("rejected", record["rejected"])
         return entry
 
     def _round_reports(self, run_id: str) -> list:

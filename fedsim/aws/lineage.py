@@ -29,7 +29,7 @@ from fedsim.aws.store import Store
 from fedsim.core import types as ft
 from fedsim.core.canonical_form import CanonicalForm
 
-__all__ = ["RunLineage", "export_model", "fetch_global_model", "read_lineage"]
+__all__ = ["RunLineage", "export_model", "fetch_global_model", "metrics_history", "read_lineage", "read_step", "step_metrics"]
 
 
 @attrs.frozen
@@ -96,8 +96,22 @@ def _store(config_or_store: Any) -> Store:
     return config_or_store if isinstance(config_or_store, Store) else Store(config_or_store)
 
 
-def _step_record(store: Store, run_id: str, step: str) -> Optional[dict]:
-    """One step's server-written record: its round item's outcome and the verdicts on its results."""
+def read_step(store: Store, run_id: str, step: str) -> Optional[dict]:
+    """One step's server-written record, or None if the step was never opened.
+
+    The one reader of the run record: the lineage, the notebook's round reports and the
+    handler's stopping rules all read steps through it.
+
+    Args:
+      store: the stack's S3 and DynamoDB.
+      run_id: the run.
+      step: the step label ("3", or "3.eval").
+
+    Returns:
+      `status`, `silos`, `outcome` (the handler's outcome, `{}` until it is done), `cause`,
+      `contributors`, `verdicts` (silo -> valid / rejected / late), `rejected` (silo ->
+      reason), `late`, `missing` (no verdict), `silo_work_seconds` and `opened_at`.
+    """
     item = store.get_item(protocol.round_item_key(run_id, step))
     if item is None:
         return None
@@ -110,12 +124,34 @@ def _step_record(store: Store, run_id: str, step: str) -> Optional[dict]:
         "outcome": outcome,
         "cause": item.get("cause"),
         "contributors": outcome.get("aggregated", []),
+        "verdicts": {s: v.get("status") for s, v in verdicts.items()},
         "rejected": {s: v.get("reason", "") for s, v in verdicts.items() if v.get("status") == "rejected"},
         "late": sorted(s for s, v in verdicts.items() if v.get("status") == "late"),
         "missing": sorted(s for s in silos if s not in verdicts),
         "silo_work_seconds": {s: v.get("silo_work_seconds") for s, v in verdicts.items() if v.get("status") == "valid"},
         "opened_at": item.get("opened_at"),
     }
+
+
+def step_metrics(store: Store, run_id: str, step: str) -> dict:
+    """The metrics of a done step (`training/...` or `evaluation/...`), `{}` otherwise.
+
+    Reads the round item only (not the verdicts): the handler's stopping rules call it per round.
+    """
+    item = store.get_item(protocol.round_item_key(run_id, step)) or {}
+    return dict(json.loads(item["outcome"]).get("metrics", {})) if item.get("outcome") else {}
+
+
+def metrics_history(store: Store, run_id: str, round_num: int, current: dict) -> list:
+    """`[(round, metrics), ...]` for rounds 1..round_num (training and evaluation metrics
+    together, as `run_training_process` names them); round `round_num`'s are `current`."""
+    history = []
+    for earlier in range(1, round_num):
+        metrics = step_metrics(store, run_id, protocol.step_label(earlier))
+        metrics.update(step_metrics(store, run_id, protocol.step_label(earlier, evaluation=True)))
+        history.append((earlier, metrics))
+    history.append((round_num, current))
+    return history
 
 
 def read_lineage(config_or_store: Any, run_id: str) -> RunLineage:
@@ -136,11 +172,11 @@ def read_lineage(config_or_store: Any, run_id: str) -> RunLineage:
         computations["evaluation_bridge"] = manifest["evaluation"]["bridge"]["sha256"]
     rounds, stop_reason = [], None
     for round_num in range(1, int(manifest["total_rounds"]) + 1):
-        training = _step_record(store, run_id, protocol.step_label(round_num))
+        training = read_step(store, run_id, protocol.step_label(round_num))
         if training is None:
             break
         outcome = training.pop("outcome")
-        evaluation = _step_record(store, run_id, protocol.step_label(round_num, evaluation=True))
+        evaluation = read_step(store, run_id, protocol.step_label(round_num, evaluation=True))
         metrics = dict(outcome.get("metrics", {}))
         final = outcome
         if evaluation is not None:

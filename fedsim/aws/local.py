@@ -36,7 +36,7 @@ from absl import logging
 
 from fedsim.aws import template
 from fedsim.aws.config import StackConfig, silo_slots, stack_outputs
-from fedsim.aws.handler import AggregationHandler
+from fedsim.aws.aggregation import AggregationHandler
 
 __all__ = ["LocalStack", "main"]
 

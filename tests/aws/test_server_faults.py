@@ -16,7 +16,7 @@ from botocore.exceptions import ClientError
 
 from fedsim import aws
 from fedsim.aws import protocol, template
-from fedsim.aws.handler import LEASE_SECONDS
+from fedsim.aws.lease import LEASE_SECONDS
 from tests.aws.helpers import SILOS, assert_close, batch, held_stream, simulate, start_agents
 
 
@@ -138,9 +138,14 @@ class _DiesAfterClaiming(aws.AggregationHandler):
         raise _Killed()
 
 
+def _die(*args, **kwargs):
+    raise _Killed()
+
+
 class _DiesBeforeAnswering(aws.AggregationHandler):
-    def _answer(self, *args, **kwargs):
-        raise _Killed()
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.tokens.answer = _die
 
 
 @pytest.mark.parametrize("dying, status_left", [(_DiesAfterClaiming, "aggregating"), (_DiesBeforeAnswering, "done")])
@@ -326,3 +331,63 @@ def test_a_handler_process_killed_after_its_claim_is_taken_over_within_a_lease(f
         assert time.monotonic() - started < LEASE_SECONDS + 15  # within a lease, not at the deadline
         output = context.finish(process.next, run_id, execution)
         assert_close(simulate(process, state, arrays, SILOS), output)
+
+
+def _documented_stream_event(stack, run_id, silos):
+    """The silos' records as the DynamoDB stream hands them to a Lambda, in the shape AWS documents
+    ("Using AWS Lambda with Amazon DynamoDB", sample event), plus records the handler must skip."""
+    serializer = TypeSerializer()
+
+    def image(item):
+        return {k: serializer.serialize(Decimal(str(v)) if isinstance(v, float) else v) for k, v in item.items()}
+
+    records = []
+    for number, silo in enumerate(silos):
+        item = aws.store.Store(stack.config).get_item(protocol.silo_item_key(silo, run_id, 1))
+        records.append({
+            "eventID": f"{number + 1}", "eventName": "INSERT", "eventVersion": "1.1", "eventSource": "aws:dynamodb",
+            "awsRegion": stack.config.region,
+            "dynamodb": {"ApproximateCreationDateTime": time.time(), "Keys": image({"pk": item["pk"], "sk": item["sk"]}),
+                         "NewImage": image(item), "SequenceNumber": f"{111 + number}", "SizeBytes": 512,
+                         "StreamViewType": "NEW_IMAGE"},
+            "eventSourceARN": stack.config.stream_arn or "arn:aws:dynamodb:us-east-1:123456789012:table/fedsim/stream/2026",
+        })
+    removed = json.loads(json.dumps(records[0]))
+    removed.update(eventName="REMOVE", eventID="98")
+    del removed["dynamodb"]["NewImage"]
+    own = json.loads(json.dumps(records[0]))  # the server's own items are on the same stream
+    own["dynamodb"]["NewImage"]["pk"] = {"S": f"round#{run_id}"}
+    return {"Records": records + [removed, own]}
+
+
+def test_the_lambda_entry_point_handles_a_documented_stream_event_with_throttled_answers(fresh, arrays, process, monkeypatch):
+    """`fedsim.aws.handler.handler(event, context)`, configured from the environment as the
+    template configures it; Step Functions throttles its answer twice and loses one."""
+    import importlib
+
+    lambda_module = importlib.import_module("fedsim.aws.handler")  # the package attribute is the function
+
+    stack = fresh
+    monkeypatch.setenv("FEDSIM_BUCKET", stack.config.bucket)
+    monkeypatch.setenv("FEDSIM_TABLE", stack.config.table)
+    monkeypatch.setenv("FEDSIM_SERVER_QUEUE_URL", stack.config.server_queue_url)
+    monkeypatch.setenv("FEDSIM_ENDPOINT_URL", stack.config.endpoint_url)
+    monkeypatch.setenv("AWS_REGION", stack.config.region)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", stack.config.access_key or "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", stack.config.secret_key or "testing")
+    monkeypatch.setattr(lambda_module, "_HANDLER", None)
+    with aws.execution_context(stack, silos=SILOS, preprocess=batch, round_deadline_seconds=120) as context:
+        state = process.initialize()
+        run_id, execution, _ = _round_with_held_records(stack, context, process, state, arrays)
+        event = json.loads(json.dumps(_documented_stream_event(stack, run_id, SILOS)))  # as delivered: JSON
+        lambda_module.handler({"Records": []}, None)  # the container's first invocation builds its handler
+        sfn = lambda_module._HANDLER.tokens.sfn
+        throttled, throttled_calls = _burst(2, "SendTaskSuccess")
+        lost, lost_answers = _answer_lost("SendTaskSuccess")
+        with _patched(sfn, "send_task_success", lambda original: throttled(lost(original))):
+            answer = lambda_module.handler(event, None)
+        output = context.finish(process.next, run_id, execution)
+    assert answer == {"outcomes": ["aggregated"]}
+    assert throttled_calls["n"] >= 4 and len(lost_answers) == 1  # throttled twice, applied, answer lost, retried
+    assert lambda_module._HANDLER.store.config.endpoint_url == stack.config.endpoint_url
+    assert_close(simulate(process, state, arrays, SILOS), output)
