@@ -30,7 +30,7 @@ from fedsim.aws import protocol
 from fedsim.aws.config import StackConfig
 from fedsim.aws.rounds import open_round
 from fedsim.aws.lineage import RunLineage, read_lineage, read_step
-from fedsim.aws.store import Store
+from fedsim.aws.store import Store, retrying
 from fedsim.core import canonical_form, compiler, context_stack, structure
 from fedsim.core.wrappers import federated_computation, tf_computation
 from fedsim.core import types as ft
@@ -159,13 +159,25 @@ class AwsExecutionContext:
         self.store.put_new(manifest_key, protocol.dumps(manifest))
         template = {"silos": silo_ids, "quorum": min(self.quorum, len(silo_ids)), "manifest_key": manifest_key}
         open_round(self.store, form, state, run_id, protocol.step_label(1), template)
-        execution = self.sfn.start_execution(
-            stateMachineArn=self.config.state_machine_arn,
-            name=f"run-{run_id}",
-            input=json.dumps({"run_id": run_id, "round": 1, "manifest_key": manifest_key, "silos": silo_ids,
-                              "round_deadline_seconds": self.round_deadline_seconds}),
-        )["executionArn"]
-        return run_id, execution
+        return run_id, self._start_execution(f"run-{run_id}", json.dumps({
+            "run_id": run_id, "round": 1, "manifest_key": manifest_key, "silos": silo_ids,
+            "round_deadline_seconds": self.round_deadline_seconds}))
+
+    def _start_execution(self, name: str, document: str) -> str:
+        """Starts the state machine once, retrying AWS's transient failures. A retried start whose
+        first attempt was applied finds its own execution (AWS answers with it; moto says it exists)."""
+        attempts = {"n": 0}
+
+        def start() -> str:
+            attempts["n"] += 1
+            return self.sfn.start_execution(stateMachineArn=self.config.state_machine_arn, name=name, input=document)["executionArn"]
+
+        try:
+            return retrying(start, f"starting execution {name}")
+        except self.sfn.exceptions.ExecutionAlreadyExists:
+            if attempts["n"] == 1:
+                raise
+            return self.config.state_machine_arn.replace(":stateMachine:", ":execution:") + f":{name}"
 
     def _evaluation_manifest(self, training_process: Any, form: canonical_form.CanonicalForm, training_state: Any,
                              evaluation: Any, evaluation_state: Any, run_id: str, dataset: str, every: int) -> dict:
@@ -254,7 +266,7 @@ class AwsExecutionContext:
         deadline = time.monotonic() + timeout
         watch = _RoundWatch(self, run_id) if run_id is not None else None
         while True:
-            description = self.sfn.describe_execution(executionArn=execution_arn)
+            description = retrying(lambda: self.sfn.describe_execution(executionArn=execution_arn), "polling the execution")
             if description["status"] != "RUNNING":
                 return description
             if time.monotonic() > deadline:
@@ -262,7 +274,8 @@ class AwsExecutionContext:
             if watch is not None:
                 unpicked = watch.check()
                 if unpicked:
-                    self.sfn.stop_execution(executionArn=execution_arn, error="NoSiloAnswered", cause=unpicked)
+                    retrying(lambda: self.sfn.stop_execution(executionArn=execution_arn, error="NoSiloAnswered", cause=unpicked),
+                             "stopping the execution")
                     raise RoundFailedError(f"serverless run {run_id} stopped: {unpicked}")
             time.sleep(self.poll_seconds)
 

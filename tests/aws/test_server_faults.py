@@ -286,9 +286,13 @@ def test_lost_answers_on_every_write_are_retried_and_the_round_equals_the_simula
                 wrapper, lost = _answer_lost(operation)
                 lost_keys.append(lost)
                 patches.enter_context(_patched(client, operation, wrapper))
+        wrapper, started = _answer_lost("StartExecution")  # the run's start, applied and its answer lost
+        patches.enter_context(_patched(context.sfn, "start_execution", wrapper))
+        lost_keys.append(started)
         with patches:
             state = process.initialize()
             output = process.next(state, SILOS)
+    assert len(started) == 1
     assert sum(len(lost) for lost in lost_keys) >= 10  # writes of the manifest, uploads, records, verdicts, claim, transitions
     assert not errors and not stack.handler_errors
     assert [agent.outcomes[-1] for agent in agents] == ["reported"] * 3
