@@ -1,0 +1,105 @@
+"""The protocol's cryptographic primitives, every one from pyca `cryptography`.
+
+- key agreement: X25519; a shared secret becomes a key through HKDF-SHA256 with the session
+  and the key's purpose in `info` (keys of one session never serve another);
+- signatures: Ed25519 (each client's long-term identity key signs its round keys);
+- authenticated encryption: AES-256-GCM, a random 96-bit nonce per message, the session and
+  both parties' ids as associated data;
+- the mask generator: AES-256-CTR keyed by a 256-bit seed, its keystream read as integers.
+
+Example::
+
+    seed = agreed_key(own_private, peer_public, session, b"mask")
+    mask = keystream(seed, 8 * length)
+"""
+
+from __future__ import annotations
+
+import os
+
+from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
+
+__all__ = [
+    "AuthenticationError", "KEY_BYTES", "agreed_key", "decrypt", "encrypt", "identity_key", "keystream",
+    "new_agreement_key", "private_bytes", "private_from_bytes", "public_bytes", "sign", "verify",
+]
+
+KEY_BYTES = 32
+_NONCE_BYTES = 12
+
+
+class AuthenticationError(ValueError):
+    """A signature or an authenticated ciphertext did not verify."""
+
+
+def new_agreement_key() -> X25519PrivateKey:
+    return X25519PrivateKey.generate()
+
+
+def identity_key() -> Ed25519PrivateKey:
+    """A new long-term identity (signing) key."""
+    return Ed25519PrivateKey.generate()
+
+
+def public_bytes(key) -> bytes:
+    """The raw 32-byte public key of an X25519 or Ed25519 private or public key."""
+    public = key.public_key() if hasattr(key, "public_key") else key
+    return public.public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+
+def private_bytes(key: X25519PrivateKey) -> bytes:
+    return key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+
+
+def private_from_bytes(data: bytes) -> X25519PrivateKey:
+    return X25519PrivateKey.from_private_bytes(data)
+
+
+def agreed_key(own: X25519PrivateKey, peer_public: bytes, session: bytes, purpose: bytes) -> bytes:
+    """A 256-bit key both parties derive: HKDF-SHA256 over X25519(own, peer).
+
+    Raises:
+      ValueError: `peer_public` is not a valid X25519 public key.
+    """
+    shared = own.exchange(X25519PublicKey.from_public_bytes(peer_public))
+    return HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=None, info=b"fedsim-secagg/" + purpose + b"/" + session).derive(shared)
+
+
+def sign(key: Ed25519PrivateKey, message: bytes) -> bytes:
+    return key.sign(message)
+
+
+def verify(public: bytes, signature: bytes, message: bytes) -> None:
+    """Raises `AuthenticationError` unless `signature` is `public`'s on `message`."""
+    try:
+        Ed25519PublicKey.from_public_bytes(public).verify(signature, message)
+    except (InvalidSignature, ValueError) as error:
+        raise AuthenticationError("the signature does not verify") from error
+
+
+def encrypt(key: bytes, plaintext: bytes, associated: bytes) -> bytes:
+    nonce = os.urandom(_NONCE_BYTES)
+    return nonce + AESGCM(key).encrypt(nonce, plaintext, associated)
+
+
+def decrypt(key: bytes, ciphertext: bytes, associated: bytes) -> bytes:
+    """Raises `AuthenticationError` if the ciphertext or its associated data was altered."""
+    try:
+        return AESGCM(key).decrypt(ciphertext[:_NONCE_BYTES], ciphertext[_NONCE_BYTES:], associated)
+    except (InvalidTag, ValueError) as error:
+        raise AuthenticationError("the ciphertext does not authenticate") from error
+
+
+def keystream(seed: bytes, length: int) -> bytes:
+    """`length` pseudorandom bytes from a 256-bit seed: AES-256-CTR over zeros, counter from 0."""
+    if len(seed) != KEY_BYTES:
+        raise ValueError(f"a mask seed is {KEY_BYTES} bytes, not {len(seed)}")
+    encryptor = Cipher(algorithms.AES(seed), modes.CTR(bytes(16))).encryptor()
+    return encryptor.update(bytes(length)) + encryptor.finalize()

@@ -1,0 +1,85 @@
+"""Vectors modulo `2**bits`: masks from seeds, the wire form of a masked vector, and the
+packing of a secure sum's integer leaves into one vector and back.
+
+Example::
+
+    vector = pack([np.array([1, 2]), np.array([[3]])], bits=16)
+    masked = add(vector, mask(seed, len(vector), bits=16), bits=16)
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from fedsim.core.secagg import crypto
+from fedsim.core.secagg.messages import ProtocolError
+
+__all__ = ["add", "from_wire", "mask", "pack", "subtract", "to_wire", "unpack"]
+
+
+def _modulus_mask(bits: int) -> np.uint64:
+    return np.uint64((1 << bits) - 1)
+
+
+def mask(seed: bytes, length: int, bits: int) -> np.ndarray:
+    """The pseudorandom vector of `length` integers in `[0, 2**bits)` that `seed` expands to."""
+    width = 4 if bits <= 32 else 8
+    words = np.frombuffer(crypto.keystream(seed, width * length), dtype="<u4" if width == 4 else "<u8")
+    return words.astype(np.uint64) & _modulus_mask(bits)
+
+
+def add(first: np.ndarray, second: np.ndarray, bits: int) -> np.ndarray:
+    return (first + second) & _modulus_mask(bits)  # uint64 wraps modulo 2**64, a multiple of 2**bits
+
+
+def subtract(first: np.ndarray, second: np.ndarray, bits: int) -> np.ndarray:
+    return (first - second) & _modulus_mask(bits)
+
+
+def to_wire(vector: np.ndarray, dtype: np.dtype) -> bytes:
+    return vector.astype(dtype).tobytes()
+
+
+def from_wire(data: bytes, length: int, bits: int, dtype: np.dtype, what: str) -> np.ndarray:
+    """A masked vector as received, checked: its size, and every entry below `2**bits`.
+
+    Raises:
+      ProtocolError: the bytes are not `length` entries of `dtype` below `2**bits`.
+    """
+    if len(data) != length * dtype.itemsize:
+        raise ProtocolError(f"{what}: {len(data)} bytes, expected {length} entries of {dtype.itemsize} bytes")
+    vector = np.frombuffer(data, dtype=dtype).astype(np.uint64)
+    if bits < 64 and vector.size and int(vector.max()) >> bits:
+        raise ProtocolError(f"{what}: an entry is not below 2**{bits}")
+    return vector
+
+
+def pack(leaves: Sequence[np.ndarray], bits: int) -> np.ndarray:
+    """Integer leaves, each entry in `[0, 2**bits)`, as one uint64 vector.
+
+    Raises:
+      ValueError: an entry is negative or not below `2**bits`, or a leaf is not integer.
+    """
+    parts = []
+    for index, leaf in enumerate(leaves):
+        leaf = np.asarray(leaf)
+        if leaf.dtype.kind not in "iu":
+            raise ValueError(f"leaf {index}: a secure sum adds integers, not {leaf.dtype}")
+        if leaf.size and (int(leaf.min()) < 0 or int(leaf.max()) >> bits):
+            raise ValueError(f"leaf {index}: values must be in [0, 2**{bits})")
+        parts.append(leaf.astype(np.uint64).reshape(-1))
+    return np.concatenate(parts) if parts else np.zeros(0, np.uint64)
+
+
+def unpack(vector: np.ndarray, shapes: Sequence[tuple]) -> list:
+    """The vector cut back into leaves of `shapes`, as int64."""
+    leaves, start = [], 0
+    for shape in shapes:
+        size = int(np.prod(shape, dtype=np.int64))
+        leaves.append(vector[start:start + size].astype(np.int64).reshape(shape))
+        start += size
+    if start != len(vector):
+        raise ValueError(f"the vector has {len(vector)} entries, the shapes {start}")
+    return leaves
