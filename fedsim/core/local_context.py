@@ -32,6 +32,7 @@ from fedsim.core import structure
 from fedsim.core import tensorflow_computation as tfc
 from fedsim.core import types as ft
 from fedsim.core.federated_tracing import FederatedComputation
+from fedsim.core.secagg.runtime import secure_sum_runtime
 from fedsim.core.placements import CLIENTS, SERVER
 from fedsim.core.values import (
     AllEqualClients, ClientValues, Deferred, EvalClients, Lazy, ListClients, MappedClients, ZippedClients,
@@ -143,6 +144,8 @@ class LocalDomain:
 
         def accumulator():
             built = definition.aggregation(parameter_type, function_type.result, operands, call)
+            if isinstance(built, aggregations.SecureSum):
+                return self.context.secure_aggregation.accumulator(built, group_size)
             return aggregations.streaming(built, group_size)
 
         deferred = Deferred(self.run_pass_for, sources, accumulator)
@@ -318,6 +321,9 @@ class LocalExecutionContext:
       client_data_budget_bytes: the most memory one client's dataset may take when it is
         read ahead as tensors (`fedsim.core.sequences`); a larger one streams through
         tf.data instead (same result, slower).
+      secure_aggregation: how the secure-sum intrinsics are computed: `"exact"` (the default:
+        the exact sum), `"protocol"` or a `fedsim.core.secagg.runtime.SecureSumProtocol`
+        (SecAgg/SecAgg+ run among the simulated clients, to measure its cost and dropouts).
 
     Clients' datasets are iterated once each, on producer threads a few clients ahead of
     training, and handed to the computations as tensors.
@@ -329,6 +335,7 @@ class LocalExecutionContext:
         aggregation_group_size: int = 16,
         default_num_clients: Optional[int] = None,
         client_data_budget_bytes: int = sequences.DEFAULT_BUDGET_BYTES,
+        secure_aggregation: Any = "exact",
     ):
         if aggregation_group_size < 1:
             raise ValueError(f"aggregation_group_size must be at least 1, got {aggregation_group_size}")
@@ -336,6 +343,7 @@ class LocalExecutionContext:
         self.aggregation_group_size = aggregation_group_size
         self.default_num_clients = default_num_clients
         self.client_data_budget_bytes = client_data_budget_bytes
+        self.secure_aggregation = secure_sum_runtime(secure_aggregation)
         self._pool: Optional[concurrent.futures.ThreadPoolExecutor] = None
         self._reader: Optional[concurrent.futures.ThreadPoolExecutor] = None
         self._pool_lock = threading.Lock()
