@@ -55,6 +55,34 @@ class RoundReport:
 
 
 class AwsExecutionContext:
+    """Runs computations of the shape `(state@SERVER, input@CLIENTS)` as serverless rounds.
+
+    Installed with `execution_context(stack, silos=[...])`; anything else (e.g. `initialize`)
+    runs in a local context. The CLIENTS argument of a round is a list of silo ids.
+
+    Args:
+      config: the stack (`LocalStack.config`, or `StackConfig.from_stack(...)` on AWS).
+      silos: the silos this context may ask to take part.
+      quorum: valid results a round needs (default: every silo of the round).
+      round_deadline_seconds: a round not aggregated by then fails, naming who did not report.
+      max_result_bytes: the largest silo upload the server reads.
+      preprocess: a `tf_computation` each silo applies to its datasets before the work (sent
+        once, pinned by silos like the work).
+      poll_seconds: how often the caller checks a running execution.
+      pickup_timeout_seconds: a round whose message no silo has taken by then fails at once (the
+        silo agents are probably not running) instead of at its deadline; None waits.
+
+    Raises:
+      ValueError: a silo is not one of the stack's, or the quorum is out of range.
+      fedsim.aws.StackUnreachableError: the stack does not answer.
+
+    Example::
+
+        with fedsim.aws.execution_context(stack, silos=["a", "b"]) as context:
+            output = process.next(process.initialize(), ["a", "b"])
+            context.last_run.history   # metrics per round, from the server's records
+    """
+
     def __init__(
         self,
         config: StackConfig,
@@ -66,8 +94,6 @@ class AwsExecutionContext:
         poll_seconds: float = 0.05,
         pickup_timeout_seconds: Optional[float] = 120.0,
     ):
-        """`pickup_timeout_seconds`: a round whose message no silo has taken by then fails at once
-        (the silo agents are probably not running) instead of at its deadline; None waits."""
         silos = list(silos)
         unknown = [s for s in silos if s not in config.silo_queues]
         if not silos or unknown:
@@ -97,6 +123,7 @@ class AwsExecutionContext:
     # the context protocol ---------------------------------------------------------------------
 
     def invoke(self, computation: Any, argument: Any) -> Any:
+        """The context protocol: one serverless round for a computation over silos, else local."""
         if not _has_clients_parameter(computation):
             return self.local.invoke(computation, argument)
         state, silo_ids = structure.struct_elements(argument, computation.type_signature.parameter)
@@ -105,6 +132,7 @@ class AwsExecutionContext:
     # rounds -------------------------------------------------------------------------------------
 
     def form(self, computation: FederatedComputation) -> canonical_form.CanonicalForm:
+        """`computation`'s canonical form (compiled once per computation)."""
         key = id(computation)
         if key not in self._forms:
             self._forms[key] = (computation, compiler.compile_to_canonical_form(computation))
@@ -113,16 +141,31 @@ class AwsExecutionContext:
     def start_rounds(self, computation: Any, state: Any, silo_ids: Sequence[str], rounds: int = 1, *,
                      evaluation: Any = None, evaluation_state: Any = None, evaluate_every: int = 1,
                      stop_rules: Sequence[Any] = (), train_dataset: Optional[str] = None, eval_dataset: str = "test") -> tuple:
-        """Uploads what the server needs and starts the state machine; returns `(run_id, execution_arn)`.
+        """Uploads what the server needs and starts the state machine; the rounds then run
+        without this process (the handler opens each next step).
 
-        The rounds then run without this process: the handler prepares each next step.
-        `computation`: a process's `next` (or the process). `evaluation`: an evaluation process
-        (`build_fed_eval`) or a federated evaluation computation (`build_federated_evaluation`),
-        run on each silo's `eval_dataset` after every `evaluate_every`-th round (and the last) on
-        the new global model; the training process must then be given as the process (its
-        `get_model_weights` picks the model). `stop_rules`: `stopping.StopWhen` /
-        `StopWhenNoImprovement` on any training or evaluation metric. `train_dataset`: the silos'
-        dataset to train on (default: `train`, or a silo's only one).
+        Args:
+          computation: a process's `next`, or the process (needed with `evaluation`: its
+            `get_model_weights` picks the model to evaluate).
+          state: the server state of round 1.
+          silo_ids: the silos that take part.
+          rounds: at most this many rounds.
+          evaluation: an evaluation process (`build_fed_eval`) or a federated evaluation
+            computation (`build_federated_evaluation`), run on each silo's `eval_dataset` on the
+            new global model after every `evaluate_every`-th round and the last.
+          evaluation_state: the evaluation process's initial state (default: its `initialize()`).
+          evaluate_every: see `evaluation`.
+          stop_rules: `StopWhen` / `StopWhenNoImprovement` on any training or evaluation metric,
+            judged by the server after each round.
+          train_dataset: the silos' dataset to train on (default: `train`, or a silo's only one).
+          eval_dataset: the silos' dataset to evaluate on.
+
+        Returns:
+          `(run_id, execution_arn)`; pass them to `finish`.
+
+        Raises:
+          ValueError: a silo id, `rounds`, `evaluate_every` or a stop rule is invalid.
+          fedsim.aws.store.TransientStoreError: AWS kept failing; nothing was started twice.
         """
         silo_ids = list(silo_ids)
         unknown = [s for s in silo_ids if s not in self.silos]
@@ -210,9 +253,21 @@ class AwsExecutionContext:
 
     def run_rounds(self, computation: Any, state: Any, silo_ids: Sequence[str], rounds: int = 1, *,
                    metrics_managers: Sequence[Any] = (), callbacks: Sequence[Any] = (), **options: Any) -> Any:
-        """Runs up to `rounds` rounds on the server (see `start_rounds` for evaluation and stopping
-        rules) and returns the last round's result; `last_run` is the run's lineage, whose metrics
-        go to `metrics_managers` and `callbacks` (e.g. `simulation.History`) as in `run_training_process`."""
+        """Runs up to `rounds` rounds on the server and waits for them.
+
+        Args:
+          computation, state, silo_ids, rounds: as in `start_rounds`.
+          metrics_managers: receive each round's metrics, as in `run_training_process`.
+          callbacks: Keras-style callbacks (e.g. `simulation.History`) given the same metrics.
+          **options: `start_rounds`' keyword arguments (evaluation, stop rules, datasets).
+
+        Returns:
+          The last round's result, as the local context returns it. `last_run` holds the run's
+          lineage and `last_report` its per-round report.
+
+        Raises:
+          RoundFailedError: a round failed or missed its deadline; the message says which and why.
+        """
         started = time.monotonic()
         run_id, execution = self.start_rounds(computation, state, silo_ids, rounds, **options)
         return self.finish(getattr(computation, "next", computation), run_id, execution, rounds, started,
@@ -220,7 +275,22 @@ class AwsExecutionContext:
 
     def finish(self, computation: FederatedComputation, run_id: str, execution: str, rounds: int = 1,
                started: Optional[float] = None, metrics_managers: Sequence[Any] = (), callbacks: Sequence[Any] = ()) -> Any:
-        """Waits for a started run; returns its last result or raises `RoundFailedError` with the reason."""
+        """Waits for a run `start_rounds` started.
+
+        Args:
+          computation: the process's `next` (to decode the result).
+          run_id, execution: what `start_rounds` returned.
+          rounds: the rounds asked for (bounds the wait).
+          started: `time.monotonic()` when the run was started (for the report's seconds).
+          metrics_managers, callbacks: as in `run_rounds`.
+
+        Returns:
+          The last round's result.
+
+        Raises:
+          RoundFailedError: the run failed; the message names the round, the silos missing or
+            rejected and why.
+        """
         started = time.monotonic() if started is None else started
         status = self.wait(execution, timeout=rounds * 2 * (self.round_deadline_seconds + 60), run_id=run_id)
         reports = self._round_reports(run_id)
@@ -235,10 +305,16 @@ class AwsExecutionContext:
         return protocol.decode_value(data, form.update.type_signature.result, f"round {last['round']}'s result")
 
     def silo_computation_hashes(self, computation: Any, evaluation: Any = None) -> dict:
-        """`{phase: sha256}` of what silos run for `computation` (uploaded if needed).
+        """What silos run for `computation`, to give to silo operators: they review each
+        (`python -m fedsim.aws.review --hash`) and pin it (`python -m fedsim.aws.silo ... --accept HASH,HASH`).
 
-        Give these to silo operators: they review them (`python -m fedsim.aws.review --hash`)
-        and pin them (`python -m fedsim.aws.silo ... --accept HASH,HASH`).
+        Args:
+          computation: the training process (or its `next`).
+          evaluation: the evaluation run in the same runs, if any.
+
+        Returns:
+          `{phase: sha256}` (`work`, and `evaluation_work`, `preprocess` when they exist); the
+          computations are uploaded if they were not.
         """
         hashes = {"work": self._uploaded_phases(self.form(getattr(computation, "next", computation)))["work"]["sha256"]}
         if evaluation is not None:
@@ -261,8 +337,20 @@ class AwsExecutionContext:
         return self._phase_references[key]
 
     def wait(self, execution_arn: str, timeout: float, run_id: Optional[str] = None) -> dict:
-        """Polls the execution until it ends. With `run_id`, logs who has reported in each round
-        and fails early when no silo takes a round's message within `pickup_timeout_seconds`."""
+        """Polls the execution until it ends.
+
+        Args:
+          execution_arn: the execution.
+          timeout: seconds to wait at most.
+          run_id: with it, logs who has reported in each round and fails early when no silo
+            takes a round's message within `pickup_timeout_seconds`.
+
+        Returns:
+          Step Functions' description of the ended execution.
+
+        Raises:
+          RoundFailedError: it is still running after `timeout`, or no silo took a round.
+        """
         deadline = time.monotonic() + timeout
         watch = _RoundWatch(self, run_id) if run_id is not None else None
         while True:
@@ -418,7 +506,24 @@ def _has_clients_parameter(computation: Any) -> bool:
 
 @contextlib.contextmanager
 def execution_context(stack_or_config: Any, silos: Sequence[str], **options: Any) -> Iterator[AwsExecutionContext]:
-    """Installs an `AwsExecutionContext` for the `with` block (a LocalStack or a StackConfig)."""
+    """Installs an `AwsExecutionContext` for the `with` block.
+
+    Args:
+      stack_or_config: a `LocalStack` or a `StackConfig`.
+      silos: the silos the context may use.
+      **options: `AwsExecutionContext`'s other arguments (quorum, deadline, preprocess...).
+
+    Returns:
+      A context manager yielding the installed context.
+
+    Raises:
+      TypeError: `stack_or_config` is neither.
+
+    Example::
+
+        with fedsim.aws.execution_context(stack, silos=["a", "b", "c"], quorum=2) as context:
+            state = process.next(state, ["a", "b", "c"]).state
+    """
     config = getattr(stack_or_config, "config", stack_or_config)
     if not isinstance(config, StackConfig):
         raise TypeError(f"execution_context needs a LocalStack or a StackConfig, got {type(stack_or_config).__name__}")

@@ -155,12 +155,20 @@ def metrics_history(store: Store, run_id: str, round_num: int, current: dict) ->
 
 
 def read_lineage(config_or_store: Any, run_id: str) -> RunLineage:
-    """The lineage of run `run_id`, from the server's records only.
+    """The lineage of run `run_id`, from the server's records only (no silo can rewrite it).
 
-    Each round's record: `round`, `status`, `model` (the result's S3 key, version id and sha256,
-    and the sha256 of the state it holds), `contributors`, `rejected` (silo -> reason), `late`,
-    `missing`, `metrics` (training and evaluation), `evaluation` (the evaluation step's own
-    record, if any), `timings`, `stop_reason`.
+    Args:
+      config_or_store: the stack's `StackConfig` (or a `Store`).
+      run_id: the run.
+
+    Returns:
+      A `RunLineage`. Each round's record: `round`, `status`, `model` (the result's S3 key,
+      version id and sha256, and the sha256 of the state it holds), `contributors`, `verdicts`,
+      `rejected` (silo -> reason), `late`, `missing`, `metrics` (training and evaluation),
+      `evaluation` (the evaluation step's own record, if any), `timings`, `stop_reason`.
+
+    Raises:
+      fedsim.aws.store.ObjectAbsentError: there is no such run.
     """
     store = _store(config_or_store)
     manifest = store.get_json(f"runs/{run_id}/manifest.json")
@@ -221,19 +229,42 @@ def _model_weights(store: Store, run_id: str, record: dict) -> Any:
 
 
 def fetch_global_model(config_or_store: Any, run_id: str, round_num: Optional[int] = None) -> Any:
-    """The global model weights after round `round_num` (default: the run's last round), read
-    from that round's stored result, checked against the sha256 the server recorded."""
+    """The global model weights after a round, read from that round's stored result and
+    checked against the sha256 the server recorded.
+
+    Args:
+      config_or_store: the stack's `StackConfig` (or a `Store`).
+      run_id: the run.
+      round_num: the round (default: the run's last round that produced a model).
+
+    Returns:
+      The model weights (`trainable`, `non_trainable`), as `get_model_weights` returns them.
+
+    Raises:
+      ValueError: the run has no finished round (`round_num`).
+      fedsim.aws.protocol.InvalidValueError: the stored result does not match its record.
+    """
     store = _store(config_or_store)
     return _model_weights(store, run_id, _finished_round(read_lineage(store, run_id), round_num))
 
 
 def export_model(config_or_store: Any, run_id: str, keras_model: Any, round_num: Optional[int] = None) -> dict:
-    """Writes the run's global model (after `round_num`, default the last) as a Keras model file
-    and a TensorFlow SavedModel next to the run's records (`runs/<run>/model/`), with a model
-    card (run id, round, sha256s) and the same facts in the objects' S3 metadata.
+    """Writes the run's global model for serving, next to the run's records (`runs/<run>/model/`):
+    a Keras model file, a TensorFlow SavedModel and a model card (run id, round, sha256s), with
+    the same facts in the objects' S3 metadata.
 
-    `keras_model` is a Keras model of the run's architecture (e.g. what `model_fn` wraps); its
-    weights are replaced by the run's. Returns the S3 keys written.
+    Args:
+      config_or_store: the stack's `StackConfig` (or a `Store`).
+      run_id: the run.
+      keras_model: a Keras model of the run's architecture (e.g. what `model_fn` wraps); its
+        weights are replaced by the run's.
+      round_num: the round whose model to export (default: the last).
+
+    Returns:
+      `{what: S3 key}` of the objects written.
+
+    Raises:
+      ValueError: the run has no finished round, or the model's weights do not fit the run's.
     """
     import keras
     import numpy as np

@@ -79,8 +79,21 @@ def read_pins(values: Any) -> frozenset:
 
 
 def load_silo_data(path: str, split: Optional[str] = None, client_id: Optional[str] = None) -> tf.data.Dataset:
-    """The silo's examples as a dataset: an `.npz` of arrays (one row per example), or a TFF-format
-    `.sqlite` file (features inferred from the first example, flattened)."""
+    """The silo's examples as a dataset.
+
+    Args:
+      path: an `.npz` of arrays (one row per example), or a TFF-format `.sqlite` file (features
+        inferred from the first example, flattened).
+      split: the `.sqlite` file's split (e.g. "train").
+      client_id: the `.sqlite` file's client whose examples these are (default: all).
+
+    Returns:
+      A `tf.data.Dataset` of the examples, unbatched.
+
+    Raises:
+      FileNotFoundError: there is no such file.
+      ValueError: the file's format or contents cannot be read.
+    """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"silo data file {path!r} not found")
     if path.endswith(".npz"):
@@ -175,10 +188,22 @@ class SiloAgent:
         self._preprocessed: dict = {}
 
     def stop(self) -> None:
+        """Asks `run` to return after the message it is on (safe from another thread)."""
         self._stop.set()
 
     def run(self, stop_after_rounds: Optional[int] = None, idle_timeout: Optional[float] = None) -> int:
-        """Polls until stopped, `stop_after_rounds` rounds are done, or nothing came for `idle_timeout` s."""
+        """Polls the silo's queue and runs each round it is asked to, until told to stop.
+
+        No AWS error ends it: a failed poll is retried, and a round message that could not be
+        processed is left for redelivery (an upload already made is reused, never rewritten).
+
+        Args:
+          stop_after_rounds: return once this many round messages were handled.
+          idle_timeout: return once no message came for this many seconds.
+
+        Returns:
+          The number of round messages handled.
+        """
         last_message = time.monotonic()
         while not self._stop.is_set():
             if stop_after_rounds is not None and self.rounds_done >= stop_after_rounds:
@@ -257,7 +282,19 @@ class SiloAgent:
             return False
 
     def work(self, request: dict) -> bytes:
-        """Runs the round's work phase on the local data; returns the encoded output."""
+        """Runs the round's work phase on the silo's data.
+
+        Args:
+          request: the round message (`run_id`, `round`, `manifest_key`, ...).
+
+        Returns:
+          The work's output, encoded (`protocol.encode_value`), to upload.
+
+        Raises:
+          ComputationRefusedError: the manifest or a computation is not one this silo accepts
+            (unpinned, oversize, wrong checksum, ops outside the allowlist); the reason is sent
+            as the silo's result.
+        """
         try:
             manifest = self.store.get_json(request["manifest_key"])
         except protocol.InvalidValueError as error:
@@ -311,10 +348,20 @@ class SiloAgent:
             raise ComputationRefusedError(f"the run's manifest has no valid {name} type: {error}") from None
 
     def accepted_computation(self, reference: Any, role: str) -> Any:
-        """The computation `reference` names, if this silo accepts it; else `ComputationRefusedError`.
+        """The computation `reference` names, if this silo accepts it.
 
         Checked before anything runs: the reference's form, the pin (if the silo pins), the
         object's size and checksum, and deserialization (data only, ops in the allowlist).
+
+        Args:
+          reference: `{"key": ..., "sha256": ...}` from the run's manifest.
+          role: what it is for ("work", "preprocess"), for the refusal's message.
+
+        Returns:
+          The deserialized computation.
+
+        Raises:
+          ComputationRefusedError: it is not accepted; the message says why.
         """
         if not (isinstance(reference, dict) and isinstance(reference.get("sha256"), str) and isinstance(reference.get("key"), str)):
             raise ComputationRefusedError(f"the {role} computation's reference is malformed: {str(reference)[:200]}")
