@@ -34,9 +34,10 @@ import uuid
 from typing import Any, Optional
 
 import attrs
+import numpy as np
 from absl import logging
 
-from fedsim.aws import lineage, protocol, rounds, stopping
+from fedsim.aws import lineage, protocol, rounds, secure_round, stopping
 from fedsim.aws.config import StackConfig
 from fedsim.aws.lease import LEASE_SECONDS, Lease, claim_or_wait
 from fedsim.aws.store import ObjectExistsError, Store, TransientStoreError, unmarshal_image
@@ -45,6 +46,7 @@ from fedsim.aws.verdicts import ResultJudge
 from fedsim.core import phase_runner, structure
 from fedsim.core import types as ft
 from fedsim.core.canonical_form import CanonicalForm
+from fedsim.core.secagg.messages import ProtocolError
 from fedsim.core.structure import flatten_metrics
 
 __all__ = ["AggregationHandler"]
@@ -76,7 +78,7 @@ class AggregationHandler:
         self.lease_seconds = lease_seconds
         self.store = store or Store(config)
         self.tokens = TaskTokens(config, self.store)
-        self.judge = ResultJudge(self.store, self.manifest, on_valid=self._fold)
+        self.judge = ResultJudge(self.store, self.manifest, on_valid=self._fold, upload_type=self._upload_type)
         self._manifests: dict = {}
         self._forms: dict = {}
         self._running: dict = {}
@@ -110,12 +112,15 @@ class AggregationHandler:
         Raises:
           fedsim.aws.store.TransientStoreError: AWS kept failing; the batch is to be redelivered.
         """
-        items = []
+        items, protocol_steps = [], {}
         for record in event.get("Records", []):
             if record.get("eventName") not in ("INSERT", "MODIFY") or "NewImage" not in record.get("dynamodb", {}):
                 continue
             item = unmarshal_image(record["dynamodb"]["NewImage"])
             if not isinstance(item.get("round_key"), str) or "#" not in item["round_key"] or str(item.get("pk", "")).startswith(("round#", "verdict#")):
+                continue
+            if item["round_key"].endswith("#sa"):  # a silo's message in a secure step's protocol
+                protocol_steps[item["round_key"][: -len("#sa")]] = None
                 continue
             try:
                 protocol.parse_step(item["round_key"].rsplit("#", 1)[1])
@@ -135,16 +140,65 @@ class AggregationHandler:
         for item, round_item in zip(items, judged):
             if round_item is not None:
                 to_close[item["round_key"]] = round_item
+        for round_key in protocol_steps:
+            if round_key not in to_close and "#" in round_key:
+                run_id, step = round_key.rsplit("#", 1)
+                try:
+                    protocol.parse_step(step)
+                except ValueError:
+                    continue
+                round_item = self.store.get_item(protocol.round_item_key(run_id, step))
+                if round_item is not None and round_item["status"] in ("open", "aggregating", "done"):
+                    to_close[round_key] = round_item
         outcomes = []
         for round_key, round_item in to_close.items():
             run_id, step = round_key.rsplit("#", 1)
             outcomes.append(self._maybe_close(run_id, step, round_item))
         return outcomes
 
+    # Secure steps -------------------------------------------------------------------------------
+
+    def _layout(self, manifest: dict, step: str) -> Optional[secure_round.SecureLayout]:
+        """The step's secure sums (None for a plain step)."""
+        section = rounds.section_of(manifest, step)
+        return secure_round.SecureLayout.of(self.form(section).client_output_type, section.get("secure_sums"))
+
+    def _upload_type(self, manifest: dict, round_item: dict) -> ft.Type:
+        """What a silo's result must be: the work's output, or in a secure step its plain parts
+        and its masked vector."""
+        layout = self._layout(manifest, round_item["sk"])
+        if layout is None:
+            return self.form(rounds.section_of(manifest, round_item["sk"])).client_output_type
+        return layout.upload_type(len(round_item["silos"]))
+
+    def _secure_aggregates(self, run_id: str, step: str, round_item: dict, layout: secure_round.SecureLayout,
+                           closed: secure_round.ClosedProtocol, verdicts: dict) -> Any:
+        """The step's aggregates: the survivors' plain parts folded as usual, and for the secure
+        sums the protocol's unmasked total (the server never holds an unmasked input)."""
+        manifest = self.manifest(round_item["manifest_key"])
+        form = self.form(rounds.section_of(manifest, step))
+        upload_type = layout.upload_type(len(round_item["silos"]))
+        params = layout.params(run_id, step, round_item["silos"], int(round_item["quorum"]))
+        accumulator, masked = form.zero.call_value(None), {}
+        for silo in closed.survivors:
+            verdict = verdicts[silo]
+            value = self.judge.recall(verdict["key"], verdict["sha256"])
+            if value is None:
+                data = self.store.get_checked(verdict["key"], verdict["sha256"])
+                value = protocol.decode_value(data, upload_type, f"{silo}'s result", require_finite=True)
+            elements = structure.struct_elements(value, upload_type)
+            masked[silo] = np.asarray(elements[-1]).astype(np.uint64)
+            accumulator = form.accumulate.call_value((accumulator, layout.full_output(elements[:-1])))
+        total = secure_round.unmasked_sum(params, closed, masked)
+        return form.report.call_value(layout.with_secure_totals(accumulator, form.accumulator_type, total))
+
     # The running aggregate ----------------------------------------------------------------------
 
-    def _fold(self, round_item: dict, silo: str, value: Any) -> None:
-        """Folds a result whose valid verdict stands into its step's running aggregate (once)."""
+    def _fold(self, round_item: dict, silo: str, value: Any) -> bool:
+        """Folds a result whose valid verdict stands into its step's running aggregate (once);
+        False for a secure step's (masked) result, which is kept for the protocol instead."""
+        if self._layout(self.manifest(round_item["manifest_key"]), round_item["sk"]) is not None:
+            return False
         step_key = (round_item["run_id"], round_item["sk"])
         with self._running_lock:
             running = self._running.get(step_key)
@@ -155,6 +209,7 @@ class AggregationHandler:
             if silo not in running.silos:
                 running.aggregation.add(value)
                 running.silos.add(silo)
+        return True
 
     def _aggregates(self, run_id: str, step: str, form: CanonicalForm, results: list) -> Any:
         """The step's aggregates over `results` (its valid verdicts): the running aggregate of
@@ -194,13 +249,33 @@ class AggregationHandler:
         valid = [s for s in round_item["silos"] if verdicts.get(s, {}).get("status") == "valid"]
         rejected = {s: v.get("reason", "") for s, v in verdicts.items() if v.get("status") == "rejected" and s in round_item["silos"]}
         quorum = int(round_item["quorum"])
+        layout = self._layout(self.manifest(round_item["manifest_key"]), step)
+        closed = None
+        if layout is not None and round_item["status"] == "open":
+            params = layout.params(run_id, step, round_item["silos"], quorum)
+            try:
+                closed = secure_round.SecurePhases(self.store, run_id, step, round_item, params).advance(verdicts)
+            except ProtocolError as error:
+                return self._fail_open(run_id, step, str(error))
+            if closed is None:
+                return "waiting"
+            valid = list(closed.survivors)
+        elif layout is not None:  # a claim to take over: the session is over, read it back
+            params = layout.params(run_id, step, round_item["silos"], quorum)
+            closed = secure_round.SecurePhases(self.store, run_id, step, round_item, params).advance(verdicts)
+            if closed is None:
+                return "waiting"
+            valid = list(closed.survivors)
         if len(valid) >= quorum:
             owner = uuid.uuid4().hex
             if not claim_or_wait(self.store, round_key, owner, self.lease_seconds):
                 return self._maybe_close(run_id, step, self.store.get_item(round_key))  # done meanwhile
             try:
                 with Lease(self.store, round_key, owner, self.lease_seconds):
-                    outcome = self._aggregate(run_id, step, round_item, [verdicts[s] for s in valid], rejected)
+                    aggregates = None
+                    if layout is not None:
+                        aggregates = self._secure_aggregates(run_id, step, round_item, layout, closed, verdicts)
+                    outcome = self._aggregate(run_id, step, round_item, [verdicts[s] for s in valid], rejected, aggregates)
             except TransientStoreError:
                 raise  # AWS had a bad minute: the claim's lease runs out and a redelivery takes over
             except Exception as error:
@@ -224,12 +299,16 @@ class AggregationHandler:
                 + "; ".join(f"{silo}: {reason}" for silo, reason in sorted(rejected.items()))
                 + (f"; not waiting for {', '.join(pending)}" if pending else "")
             )
-            self._forget(run_id, step)
-            if self.store.transition(round_key, "status", "open", "failed", cause=cause):
-                self._close(run_id, step, "failed")
-                self.tokens.fail(self.tokens.token(run_id, step), cause)
-            return "failed"
+            return self._fail_open(run_id, step, cause)
         return "waiting"
+
+    def _fail_open(self, run_id: str, step: str, cause: str) -> str:
+        """Fails an open step that can no longer complete, naming why."""
+        self._forget(run_id, step)
+        if self.store.transition(protocol.round_item_key(run_id, step), "status", "open", "failed", cause=cause):
+            self._close(run_id, step, "failed")
+            self.tokens.fail(self.tokens.token(run_id, step), cause)
+        return "failed"
 
     def _close(self, run_id: str, step: str, status: str) -> None:
         """Writes the step's closed marker, which silos may read: a late silo skips the work.
@@ -239,14 +318,16 @@ class AggregationHandler:
         except (TransientStoreError, ObjectExistsError) as error:
             logging.warning("round %s of run %s: the closed marker was not written (%s)", step, run_id, error)
 
-    def _aggregate(self, run_id: str, step: str, round_item: dict, results: list, rejected: dict) -> dict:
+    def _aggregate(self, run_id: str, step: str, round_item: dict, results: list, rejected: dict,
+                   aggregates: Any = None) -> dict:
         """Aggregates a step's valid results, writes its result once, and decides what comes next:
         round r's evaluation step, round r+1, or the end of the run (and why)."""
         claimed_at = time.time()
         manifest = self.manifest(round_item["manifest_key"])
         round_num, is_evaluation = protocol.parse_step(step)
         form = self.form(rounds.section_of(manifest, step))
-        aggregates = self._aggregates(run_id, step, form, results)
+        if aggregates is None:
+            aggregates = self._aggregates(run_id, step, form, results)
         aggregated_at = time.time()
         prefix = protocol.round_prefix(run_id, step)
         carry = protocol.decode_value(self.store.get_checked(f"{prefix}/carry.npz"), form.carry_type, "the round's carry")

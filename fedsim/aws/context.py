@@ -193,6 +193,9 @@ class AwsExecutionContext:
             "total_rounds": rounds,
             "stop_rules": [rule.to_json() for rule in stop_rules],
         }
+        if any(bitwidths is not None for bitwidths in form.secure_bitwidths):  # the secure sums run as SecAgg on silos
+            manifest["secure_sums"] = [None if b is None else list(b) for b in form.secure_bitwidths]
+            manifest["secure_threshold"] = min(self.quorum, len(silo_ids))
         if self.preprocess is not None:
             manifest["preprocess"] = self._preprocess()
         if evaluation is not None:

@@ -44,7 +44,7 @@ from fedsim.core import types as ft
 from fedsim.core.errors import SerializationError
 
 __all__ = ["DEFAULT_DATASET", "SiloAgent", "ComputationRefusedError", "LocalDataError", "load_silo_data", "load_silo_datasets",
-           "read_pins", "main"]
+           "read_identities", "read_pins", "main"]
 
 DEFAULT_DATASET = "train"  # the name of a silo's only dataset, and what a run trains on unless its manifest says
 
@@ -163,11 +163,15 @@ class SiloAgent:
 
     def __init__(self, config: StackConfig, silo_id: str, dataset: Any, poll_seconds: int = 1,
                  accept: Optional[Any] = None,
-                 allowed_ops: op_allowlist.OpAllowlist = op_allowlist.DEFAULT_OP_ALLOWLIST):
+                 allowed_ops: op_allowlist.OpAllowlist = op_allowlist.DEFAULT_OP_ALLOWLIST,
+                 identity: Any = None, pinned_identities: Optional[dict] = None):
         """`dataset`: a `tf.data.Dataset` (named `train`), or `{name: dataset}` (e.g. `train` and
         `test`); a run's manifest says which step runs on which. `accept`: the hashes of the only
         computations this silo runs (None: any that passes `allowed_ops`). `allowed_ops`: the ops a
-        computation's graphs may use here."""
+        computation's graphs may use here. `identity`: the silo's long-term Ed25519 identity key
+        (`fedsim.core.secagg.crypto.identity_key()`), which signs its keys in secure steps;
+        `pinned_identities`: silo id -> the raw public identity key pinned for it at onboarding.
+        Without them the silo refuses secure steps."""
         if silo_id not in config.silo_queues:
             raise ValueError(f"silo {silo_id!r} has no queue in this stack (silos: {sorted(config.silo_queues)})")
         config.check_reachable(config.silo_queues[silo_id])
@@ -180,6 +184,8 @@ class SiloAgent:
         self.queue_url = config.silo_queues[silo_id]
         self.accept = None if accept is None else read_pins(accept)
         self.store = Store(config, allowed_ops=allowed_ops)
+        self.identity = identity
+        self.pinned_identities = dict(pinned_identities or {})
         self.sqs = config.client("sqs")
         self.rounds_done = 0
         self.outcomes: list = []
@@ -257,6 +263,12 @@ class SiloAgent:
             if self.store.exists(key):  # a redelivered message after an upload: reuse it, never rewrite it
                 output_bytes = self.store.get(key)[0]
                 digest = protocol.sha256(output_bytes)
+            elif self._in_protocol(run_id, round_num):  # restarted mid-protocol: its session keys are gone
+                self.sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=message["ReceiptHandle"])
+                self.rounds_done += 1
+                return "dropped (restarted during the secure protocol)"
+            elif self._step_section(request).get("secure_sums"):
+                return self._secure_step(message, request, item, key)
             else:
                 output_bytes = self.work(request)
                 digest = self.store.put_new(key, output_bytes)
@@ -272,6 +284,11 @@ class SiloAgent:
         self.rounds_done += 1
         logging.info("silo %s, run %s round %s: %s", self.silo_id, run_id, round_num, outcome)
         return outcome
+
+    def _in_protocol(self, run_id: str, step: str) -> bool:
+        """Whether this silo already began the step's secure protocol (a restarted agent, whose
+        session keys are gone, cannot go on: it drops out and the others recover without it)."""
+        return self.store.exists(_protocol_marker_key(self.silo_id, run_id, step))
 
     def _closed(self, run_id: str, round_num: str) -> bool:
         """Whether the server marked the step closed (a late silo skips it). A marker it may not
@@ -291,20 +308,27 @@ class SiloAgent:
           The work's output, encoded (`protocol.encode_value`), to upload.
 
         Raises:
+          ComputationRefusedError: as `work_output`.
+        """
+        output, output_type = self.work_output(request)
+        return protocol.encode_value(output, output_type)
+
+    def work_output(self, request: dict) -> tuple:
+        """Runs the round's work phase on the silo's data.
+
+        Args:
+          request: the round message (`run_id`, `round`, `manifest_key`, ...).
+
+        Returns:
+          `(output, output_type)`: the work's output and its type.
+
+        Raises:
           ComputationRefusedError: the manifest or a computation is not one this silo accepts
             (unpinned, oversize, wrong checksum, ops outside the allowlist); the reason is sent
             as the silo's result.
         """
-        try:
-            manifest = self.store.get_json(request["manifest_key"])
-        except protocol.InvalidValueError as error:
-            raise ComputationRefusedError(f"the run's manifest cannot be used: {error}") from None
-        if not isinstance(manifest, dict) or not isinstance(manifest.get("phases"), dict):
-            raise ComputationRefusedError(f"the run's manifest {request['manifest_key']!r} is malformed (no phases)")
-        _, is_evaluation = protocol.parse_step(request["round"])
-        section = manifest.get("evaluation") if is_evaluation else manifest
-        if not isinstance(section, dict) or not isinstance(section.get("phases"), dict):
-            raise ComputationRefusedError(f"the run's manifest {request['manifest_key']!r} has no evaluation phases")
+        manifest = self._manifest(request)
+        section = self._step_section(request)
         work = self.accepted_computation(section["phases"].get("work"), "work")
         broadcast_type = self._manifest_type(section, "broadcast")
         input_type = self._manifest_type(section, "client_input")
@@ -329,7 +353,66 @@ class SiloAgent:
             raise LocalDataError(f"silo {self.silo_id} could not run the round on its data: {type(error).__name__}: "
                                  f"{error.message.splitlines()[0] if error.message else error}") from None
         self.last_work_seconds = time.monotonic() - started
-        return protocol.encode_value(output, work.type_signature.result)
+        return output, work.type_signature.result
+
+    def _manifest(self, request: dict) -> dict:
+        try:
+            manifest = self.store.get_json(request["manifest_key"])
+        except protocol.InvalidValueError as error:
+            raise ComputationRefusedError(f"the run's manifest cannot be used: {error}") from None
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("phases"), dict):
+            raise ComputationRefusedError(f"the run's manifest {request['manifest_key']!r} is malformed (no phases)")
+        return manifest
+
+    def _step_section(self, request: dict) -> dict:
+        """The part of the run's manifest the step runs (training's, or the evaluation's)."""
+        manifest = self._manifest(request)
+        _, is_evaluation = protocol.parse_step(request["round"])
+        section = manifest.get("evaluation") if is_evaluation else manifest
+        if not isinstance(section, dict) or not isinstance(section.get("phases"), dict):
+            raise ComputationRefusedError(f"the run's manifest {request['manifest_key']!r} has no evaluation phases")
+        return section
+
+    def _secure_step(self, message: dict, request: dict, item: dict, key: str) -> str:
+        """Runs the work and takes part in a secure step's protocol (`secure_silo`); uploads only
+        the masked input in place of the secure parts of the work's output."""
+        from fedsim.aws import secure_silo
+
+        section = self._step_section(request)
+        output, output_type = self.work_output(request)
+        layout = secure_layout(output_type, section)
+        run_id, step, silos = str(request["run_id"]), str(request["round"]), [str(s) for s in request["silos"]]
+        if self.identity is None or not self.pinned_identities:
+            raise ComputationRefusedError(f"silo {self.silo_id} has no identity key and pins: it cannot take part in "
+                                          f"secure aggregation (give the agent identity= and pinned_identities=)")
+        threshold = section.get("secure_threshold")
+        if not isinstance(threshold, int) or not (len(silos) // 2 < threshold <= len(silos) or len(silos) < 3 and threshold == len(silos)):
+            raise ComputationRefusedError(f"the secure step's threshold {threshold!r} is not a majority of its {len(silos)} silos")
+        params = layout.params(run_id, step, silos, threshold)
+        try:
+            plain, vector = layout.split(output)
+        except ValueError as error:
+            raise LocalDataError(f"silo {self.silo_id}'s work output does not fit its secure sum: {error}") from None
+        upload_type = layout.upload_type(len(silos))
+
+        def upload(masked: bytes) -> None:
+            value = tuple(plain) + (np.frombuffer(masked, params.wire_dtype).astype(upload_type[len(upload_type) - 1].dtype.as_numpy_dtype),)
+            data = protocol.encode_value(value, upload_type)
+            digest = self.store.put_new(key, data)
+            item.update({"key": key, "sha256": digest, "size": len(data), "work_seconds": self.last_work_seconds,
+                         "written_at": time.time()})
+            self.store.put_item_if_absent(item)
+
+        self.store.put_new(_protocol_marker_key(self.silo_id, run_id, step), b"{}")
+        try:
+            outcome = secure_silo.SecureSiloRound(self.store, self.silo_id, run_id, step, params, self.identity,
+                                                  self.pinned_identities).run(vector, upload)
+        except secure_silo.ProtocolError as error:
+            logging.warning("silo %s, run %s step %s: left the secure protocol: %s", self.silo_id, run_id, step, error)
+            outcome = "left the protocol"
+        self.sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=message["ReceiptHandle"])
+        self.rounds_done += 1
+        return outcome
 
     def _dataset(self, name: Any) -> tf.data.Dataset:
         """The named dataset a step runs on (None: the silo's only one, or `train`)."""
@@ -380,6 +463,56 @@ class SiloAgent:
             raise ComputationRefusedError(f"silo {self.silo_id} refused the {role} computation {digest}: {error}") from None
 
 
+def read_identities(identity_path: str, pinned_path: str) -> tuple:
+    """`(identity key, {silo: public identity key bytes})` from the silo's two files.
+
+    Raises:
+      ValueError: a file is not what it should be (the message names it).
+      OSError: a file cannot be read.
+    """
+    import base64
+    import binascii
+
+    from fedsim.core.secagg import crypto
+
+    with open(identity_path) as stream:
+        try:
+            identity = crypto.identity_from_bytes(base64.b64decode(stream.read().strip(), validate=True))
+        except (binascii.Error, ValueError) as error:
+            raise ValueError(f"--identity-key {identity_path}: not a base64 Ed25519 key ({error})") from None
+    with open(pinned_path) as stream:
+        try:
+            document = json.load(stream)
+            pinned = {str(silo): base64.b64decode(key, validate=True) for silo, key in document.items()}
+        except (binascii.Error, ValueError, AttributeError, TypeError) as error:
+            raise ValueError(f"--pinned-identities {pinned_path}: not a JSON object of base64 keys ({error})") from None
+    if any(len(key) != 32 for key in pinned.values()):
+        raise ValueError(f"--pinned-identities {pinned_path}: a key is not 32 bytes")
+    return identity, pinned
+
+
+def _protocol_marker_key(silo_id: str, run_id: str, step: str) -> str:
+    """A silo's own marker that it began a step's secure protocol (under its own prefix)."""
+    return protocol.silo_result_key(silo_id, run_id, step).rsplit("/", 1)[0] + "/secagg-started"
+
+
+def secure_layout(output_type: ft.Type, section: dict) -> Any:
+    """The step's secure layout (`secure_round.SecureLayout`), or None for a plain step.
+
+    Raises:
+      ComputationRefusedError: the manifest's secure sums do not fit the work's output.
+    """
+    bitwidths = section.get("secure_sums")
+    if not bitwidths:
+        return None
+    from fedsim.aws import secure_round
+
+    try:
+        return secure_round.SecureLayout.of(output_type, bitwidths)
+    except (ValueError, TypeError) as error:
+        raise ComputationRefusedError(f"the run's manifest declares secure sums that do not fit the work: {error}") from None
+
+
 def main(argv: Optional[list] = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m fedsim.aws.silo", description=__doc__.splitlines()[0])
     parser.add_argument("--stack-config", required=True, help="JSON written by LocalStack or StackConfig.to_json")
@@ -395,7 +528,19 @@ def main(argv: Optional[list] = None) -> None:
                         help="run only the computations with these SHA-256 hashes (see python -m fedsim.aws.review)")
     parser.add_argument("--accept-file", action="append", default=None, metavar="PATH",
                         help="a file of pinned hashes, one per line (# comments allowed)")
+    parser.add_argument("--identity-key", default=None, metavar="PATH",
+                        help="this silo's Ed25519 identity key (32 raw bytes, base64) for secure aggregation")
+    parser.add_argument("--pinned-identities", default=None, metavar="PATH",
+                        help="JSON {silo id: base64 public identity key} of every silo, pinned at onboarding")
     args = parser.parse_args(argv)
+    identity, pinned_identities = None, None
+    if args.identity_key or args.pinned_identities:
+        if not (args.identity_key and args.pinned_identities):
+            parser.error("secure aggregation needs both --identity-key and --pinned-identities")
+        try:
+            identity, pinned_identities = read_identities(args.identity_key, args.pinned_identities)
+        except (OSError, ValueError) as error:
+            parser.error(str(error))
     pins = None
     if args.accept or args.accept_file:
         texts = list(args.accept or [])
@@ -422,7 +567,7 @@ def main(argv: Optional[list] = None) -> None:
     except (OSError, ValueError, sqlite3.Error) as error:
         parser.error(f"--data {' '.join(args.data)}: {error}")
     try:
-        agent = SiloAgent(config, args.silo_id, datasets, accept=pins)
+        agent = SiloAgent(config, args.silo_id, datasets, accept=pins, identity=identity, pinned_identities=pinned_identities)
     except ValueError as error:
         parser.error(str(error))
     except StackUnreachableError as error:

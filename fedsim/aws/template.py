@@ -39,7 +39,7 @@ MAX_SILO_GROUPS = 40
 SILO_GROUP_FILE = "silo-group.yaml"
 # What a silo's result record may hold (its role's PutItem is limited to these attributes).
 SILO_RECORD_ATTRIBUTES = ("pk", "sk", "round_key", "received_at", "key", "sha256", "size",
-                          "work_seconds", "written_at", "refused")
+                          "work_seconds", "written_at", "refused", "secagg")
 TOPIC_PLACEHOLDER = "${GlobalModelReadyTopic}"
 
 
@@ -218,6 +218,7 @@ def _silo_resources(silo: str, silo_id: Any, principal: Any, refs: _ServerRefs) 
                                     {"Fn::Sub": f"{bucket}/runs/*/manifest.json"},
                                     {"Fn::Sub": f"{bucket}/runs/*/round-*/broadcast.npz"},
                                     {"Fn::Sub": f"{bucket}/runs/*/round-*/closed.json"},
+                                    {"Fn::Sub": f"{bucket}/runs/*/round-*/secagg/*"},  # the server's protocol messages
                                 ],
                             },
                             {

@@ -39,14 +39,17 @@ class ResultJudge:
     Args:
       store: the stack's S3 and DynamoDB.
       manifest: reads a run's manifest by key (cached by the caller).
-      on_valid: called with `(round_item, silo, value)` once this judge's valid verdict stands
-        (the handler folds the value into the round's running aggregate); without it, valid
-        values are remembered for `recall`.
+      on_valid: called with `(round_item, silo, value)` once this judge's valid verdict stands;
+        it returns whether it took the value (the handler folds it into the round's running
+        aggregate); a value not taken is remembered for `recall`.
+      upload_type: `(manifest, round_item) -> the type a result must have` (default: the work
+        phase's output type; a secure step's uploads carry a masked vector instead).
     """
 
     def __init__(self, store: Store, manifest: Callable[[str], dict],
-                 on_valid: Optional[Callable[[dict, str, Any], None]] = None):
-        self.store, self.manifest, self.on_valid = store, manifest, on_valid
+                 on_valid: Optional[Callable[[dict, str, Any], bool]] = None,
+                 upload_type: Optional[Callable[[dict, dict], Any]] = None):
+        self.store, self.manifest, self.on_valid, self.upload_type = store, manifest, on_valid, upload_type
         self._validated: collections.OrderedDict = collections.OrderedDict()
         self._validated_bytes = 0
         self._lock = threading.Lock()
@@ -78,13 +81,14 @@ class ResultJudge:
             return round_item if round_item["status"] in ("aggregating", "done") else None
         if judged:
             return round_item  # a rewritten record does not change the verdict
-        reason, value = self._check(item, round_item)
+        reason, value, size = self._check(item, round_item)
         if reason is None:
             # what the silo said of its work is kept with the verdict, as the silo said it when judged
             standing = self._verdict(run_id, step, silo, "valid", key=item["key"], sha256=item["sha256"],
                                      size=silo_number(item.get("size")), silo_work_seconds=silo_number(item.get("work_seconds")))
-            if standing.get("status") == "valid" and standing.get("sha256") == item["sha256"] and self.on_valid is not None:
-                self.on_valid(round_item, silo, value)
+            ours = standing.get("status") == "valid" and standing.get("sha256") == item["sha256"]
+            if ours and not (self.on_valid is not None and self.on_valid(round_item, silo, value)):
+                self._remember((item["key"], item["sha256"]), value, size)
         else:
             self._verdict(run_id, step, silo, "rejected", reason=reason)
             logging.warning("round %s: rejected the result of %s: %s", step, silo, reason)
@@ -118,30 +122,31 @@ class ResultJudge:
         return standing
 
     def _check(self, item: dict, round_item: dict) -> tuple:
-        """`(reason, None)` for a result to reject, `(None, value)` for a valid one."""
+        """`(reason, None, 0)` for a result to reject, `(None, value, its bytes)` for a valid one."""
         silo = item["pk"]
         if silo not in round_item["silos"]:
-            return f"{silo} is not a silo of this round", None
+            return f"{silo} is not a silo of this round", None, 0
         if "refused" in item:  # the silo would not (or could not) run the round; its words, bounded
-            return f"the silo refused the round: {str(item['refused'])[:protocol.MAX_REASON_CHARS]}", None
+            return f"the silo refused the round: {str(item['refused'])[:protocol.MAX_REASON_CHARS]}", None, 0
         run_id, step = item["round_key"].rsplit("#", 1)
         expected_key = protocol.silo_result_key(silo, run_id, step)
         if item.get("key") != expected_key:
-            return f"result key {str(item.get('key'))[:200]!r} is not {expected_key!r}", None
+            return f"result key {str(item.get('key'))[:200]!r} is not {expected_key!r}", None, 0
         if not isinstance(item.get("sha256"), str) or len(item["sha256"]) != 64:
-            return "the result's record has no valid sha256", None
+            return "the result's record has no valid sha256", None, 0
         manifest = self.manifest(round_item["manifest_key"])
-        work = self.store.get_computation(rounds.section_of(manifest, step)["phases"]["work"])
+        if self.upload_type is not None:
+            expected = self.upload_type(manifest, round_item)
+        else:
+            expected = self.store.get_computation(rounds.section_of(manifest, step)["phases"]["work"]).type_signature.result
         try:
             data = self.store.get_checked(item["key"], item["sha256"], max_bytes=int(manifest["max_result_bytes"]))
-            value = protocol.decode_value(data, work.type_signature.result, f"{silo}'s result", require_finite=True)
+            value = protocol.decode_value(data, expected, f"{silo}'s result", require_finite=True)
         except protocol.InvalidValueError as error:
-            return str(error), None
+            return str(error), None, 0
         except ObjectAbsentError:
-            return f"the result object {item['key'][:200]!r} does not exist", None
-        if self.on_valid is None:
-            self._remember((item["key"], item["sha256"]), value, len(data))
-        return None, value
+            return f"the result object {item['key'][:200]!r} does not exist", None, 0
+        return None, value, len(data)
 
 
 def silo_number(value: Any) -> Optional[float]:

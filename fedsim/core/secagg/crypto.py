@@ -27,7 +27,8 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 
 __all__ = [
-    "AuthenticationError", "KEY_BYTES", "agreed_key", "decrypt", "encrypt", "identity_key", "keystream",
+    "AuthenticationError", "KEY_BYTES", "agreed_key", "decrypt", "encrypt", "identity_from_bytes", "identity_key",
+    "identity_private_bytes", "keystream",
     "new_agreement_key", "private_bytes", "private_from_bytes", "public_bytes", "sign", "verify",
 ]
 
@@ -46,6 +47,16 @@ def new_agreement_key() -> X25519PrivateKey:
 def identity_key() -> Ed25519PrivateKey:
     """A new long-term identity (signing) key."""
     return Ed25519PrivateKey.generate()
+
+
+def identity_private_bytes(key: Ed25519PrivateKey) -> bytes:
+    """The raw 32 bytes of an identity key, to keep in the silo's secret store."""
+    return key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+
+
+def identity_from_bytes(data: bytes) -> Ed25519PrivateKey:
+    """An identity key from its raw 32 bytes (`identity_private_bytes`)."""
+    return Ed25519PrivateKey.from_private_bytes(data)
 
 
 def public_bytes(key) -> bytes:

@@ -1,0 +1,133 @@
+"""Secure aggregation on the local stack: a FedAvg round with `secure_aggregator()` runs SecAgg
+between silos (each with its own credentials and pinned identities) and the handler; it equals
+the simulation, a silo lost after its masked input is recovered, and what a silo uploads says
+nothing about its update."""
+
+import collections
+import io
+import json
+import threading
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from fedsim import aws, learning
+from fedsim.aws import secure_round, template
+from fedsim.core import phase_runner
+from fedsim.core.secagg import crypto
+from fedsim.learning import optimizers
+from tests.aws.helpers import SILOS, SiloKilled, assert_close, batch, simulate
+
+IDENTITIES = {s: crypto.identity_key() for s in SILOS}
+PINNED = {s: crypto.public_bytes(key) for s, key in IDENTITIES.items()}
+
+
+def _model_fn():  # ~1,400 weights: enough entries to see whether an upload follows the update
+    model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(200, activation="relu"), keras.layers.Dense(3)])
+    return learning.from_keras_model(
+        model, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        input_spec=collections.OrderedDict(x=tf.TensorSpec([None, 5], tf.float32), y=tf.TensorSpec([None], tf.int32)))
+
+
+@pytest.fixture(scope="module")
+def secure_process():
+    return learning.build_weighted_fed_avg(_model_fn, lambda: optimizers.build_sgdm(0.1),
+                                           model_aggregator=learning.secure_aggregator())
+
+
+@pytest.fixture(autouse=True)
+def short_phases(monkeypatch):
+    monkeypatch.setattr(secure_round, "PHASE_SECONDS", 3.0)  # a dead silo is given up on sooner
+
+
+def _start(stack, arrays, silos, agent_class=aws.SiloAgent):
+    agents, errors = [], []
+    for silo in silos:
+        agent = agent_class(stack.silo_config(silo), silo, tf.data.Dataset.from_tensor_slices(arrays[silo]),
+                            identity=IDENTITIES[silo], pinned_identities=PINNED)
+
+        def run(agent=agent):
+            try:
+                agent.run(stop_after_rounds=1, idle_timeout=90)
+            except BaseException as error:  # noqa: BLE001 - a killed silo (SiloKilled) too
+                errors.append((agent.silo_id, error))
+
+        threading.Thread(target=run, daemon=True).start()
+        agents.append(agent)
+    return agents, errors
+
+
+def _uploads(stack, run_id):
+    """Every object and item the silos wrote in the run, as the server's operator reads them."""
+    s3, store = stack.config.client("s3"), aws.store.Store(stack.config)
+    objects = {}
+    for silo in SILOS:
+        for entry in s3.list_objects_v2(Bucket=stack.config.bucket, Prefix=f"silos/{silo}/{run_id}/").get("Contents", []):
+            objects[entry["Key"]] = s3.get_object(Bucket=stack.config.bucket, Key=entry["Key"])["Body"].read()
+    items = [item for silo in SILOS for item in store.query_partition(silo) if run_id in item["sk"]]
+    return objects, items
+
+
+def test_a_secure_round_equals_the_simulation_and_no_upload_reveals_an_update(fresh, arrays, secure_process):
+    stack = fresh
+    agents, errors = _start(stack, arrays, SILOS)
+    with aws.execution_context(stack, silos=SILOS, preprocess=batch, round_deadline_seconds=120) as context:
+        state = secure_process.initialize()
+        output = secure_process.next(state, SILOS)
+        run_id = context.last_report.run_id
+        form = context.form(secure_process.next)
+    assert not errors, errors
+    assert [agent.outcomes[-1] for agent in agents] == ["reported"] * 3
+    assert_close(simulate(secure_process, state, arrays, SILOS), output)
+
+    # What the server can read: each silo's upload holds a masked vector where its quantized
+    # update would be; compared with the true input (the work run here on the silo's own data).
+    objects, items = _uploads(stack, run_id)
+    layout = secure_round.SecureLayout.of(form.client_output_type, form.secure_bitwidths)
+    broadcast, _ = phase_runner.prepare(form.prepare, state)
+    bits = layout.modulus_bits(len(SILOS))
+    for silo in SILOS:
+        data = objects[f"silos/{silo}/{run_id}/round-1/work.npz"]
+        with np.load(io.BytesIO(data)) as archive:
+            masked = archive[sorted(archive.files)[-1]].astype(np.float64)
+        dataset = batch.call_value(tf.data.Dataset.from_tensor_slices(arrays[silo]))
+        _, x = layout.split(phase_runner.work(form.work, dataset, broadcast, silo))
+        x = x.astype(np.float64)
+        assert masked.shape == x.shape and x.std() > 0
+        assert abs(np.corrcoef(masked, x)[0, 1]) < 0.1, silo  # the plain upload would be r = 1
+        assert abs(masked.mean() / 2**bits - 0.5) < 0.05  # spread over the whole modulus
+        assert (masked >= 2**layout.value_bits).mean() > 0.6  # where x never goes
+    for item in items:  # the protocol items: keys, ciphertexts, signatures, shares; never a vector
+        assert set(item) <= set(template.SILO_RECORD_ATTRIBUTES), item
+        if "secagg" in item and item["sk"].endswith(("advertise", "shares", "unmask")):
+            assert json.loads(item["secagg"])["kind"] in ("advertise_keys", "encrypted_shares", "unmask_shares")
+
+
+class _DiesBeforeSigning(aws.SiloAgent):
+    """Uploads its masked input, then dies before signing the survivors (its process killed)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        real_put = self.store.put_item_if_absent
+
+        def put(item):
+            if str(item.get("sk", "")).endswith("#sa#signature"):
+                raise SiloKilled("died before signing")
+            return real_put(item)
+
+        self.store.put_item_if_absent = put
+
+
+def test_a_silo_lost_after_its_masked_input_is_recovered_from_the_others_shares(fresh, arrays, secure_process):
+    stack = fresh
+    agents, errors = _start(stack, arrays, ["a", "b"])
+    dying, dying_errors = _start(stack, arrays, ["c"], agent_class=_DiesBeforeSigning)
+    with aws.execution_context(stack, silos=SILOS, quorum=2, preprocess=batch, round_deadline_seconds=120) as context:
+        state = secure_process.initialize()
+        output = secure_process.next(state, SILOS)
+        report = context.last_report.rounds[0]
+    assert [e[0] for e in dying_errors] == ["c"] and not errors
+    assert report["aggregated"] == SILOS  # c's masked input is in: its self-mask was rebuilt from a's and b's shares
+    assert_close(simulate(secure_process, state, arrays, SILOS), output)
