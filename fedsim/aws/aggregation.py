@@ -161,6 +161,8 @@ class AggregationHandler:
     def _layout(self, manifest: dict, step: str) -> Optional[secure_round.SecureLayout]:
         """The step's secure sums (None for a plain step)."""
         section = rounds.section_of(manifest, step)
+        if not section.get("secure_sums"):
+            return None  # a plain step: its phases are not even read here
         return secure_round.SecureLayout.of(self.form(section).client_output_type, section.get("secure_sums"))
 
     def _upload_type(self, manifest: dict, round_item: dict) -> ft.Type:
