@@ -14,12 +14,17 @@ claim -> aggregate -> update -> answer seen by the caller.
 Silo agents run `SiloAgent` in threads inside a few worker processes (`--agent-processes`), so
 50 silos fit 2 cores; each silo still has its own credentials, queue and data file.
 
-    .venv/bin/python benchmarks/aws_round.py [--rounds 2] [--silos 3 10 50] [--sizes 1 20]
+    .venv/bin/python benchmarks/aws_round.py [--rounds 2] [--silos 3 10 50] [--sizes 1 20] [--aggregators plain secure]
+
+With `--aggregators plain secure` each configuration runs the weighted mean and
+`learning.secure_aggregator()` (SecAgg between the silos and the handler), and prints the bytes
+one silo uploads and writes as protocol items.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import collections
 import json
 import os
@@ -40,6 +45,7 @@ import fedavg  # noqa: E402  (benchmarks/fedavg.py: the plain-TensorFlow lower b
 import fedsim  # noqa: E402
 from fedsim import aws, learning, simulation  # noqa: E402
 from fedsim.core import context_stack  # noqa: E402
+from fedsim.core.secagg import crypto  # noqa: E402
 from fedsim.learning import optimizers  # noqa: E402
 
 ELEMENT = collections.OrderedDict(x=tf.TensorSpec([28, 28, 1], tf.float32), y=tf.TensorSpec([], tf.int32))
@@ -58,14 +64,15 @@ def keras_mlp(megabytes: float) -> keras.Model:
                              keras.layers.Dense(units, activation="relu"), keras.layers.Dense(CLASSES)])
 
 
-def build_process(megabytes: float):
+def build_process(megabytes: float, secure: bool = False):
     def model_fn():
         return learning.from_keras_model(keras_mlp(megabytes), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                                          input_spec=INPUT_SPEC, metrics=[keras.metrics.SparseCategoricalAccuracy()])
 
     # the lower bound's arithmetic: client SGD 0.02, server SGD 1.0, example-weighted
+    options = {"model_aggregator": learning.secure_aggregator()} if secure else {}
     return learning.build_weighted_fed_avg(model_fn, lambda: optimizers.build_sgdm(fedavg.CLIENT_LR),
-                                           server_optimizer_fn=lambda: optimizers.build_sgdm(fedavg.SERVER_LR))
+                                           server_optimizer_fn=lambda: optimizers.build_sgdm(fedavg.SERVER_LR), **options)
 
 
 @fedsim.tf_computation(fedsim.SequenceType(ELEMENT))
@@ -82,7 +89,10 @@ def serve_silos(spec_path: str) -> None:
         config = aws.StackConfig.from_json(open(silo["config"]).read())
         with np.load(silo["data"]) as archive:
             arrays = collections.OrderedDict(x=archive["x"], y=archive["y"])
-        agent = aws.SiloAgent(config, silo["id"], tf.data.Dataset.from_tensor_slices(arrays))
+        identity = crypto.identity_from_bytes(base64.b64decode(silo["identity"]))
+        pinned = {k: base64.b64decode(v) for k, v in spec["pinned"].items()}
+        agent = aws.SiloAgent(config, silo["id"], tf.data.Dataset.from_tensor_slices(arrays), identity=identity,
+                              pinned_identities=pinned)
         thread = threading.Thread(target=agent.run, kwargs=dict(stop_after_rounds=spec["rounds"], idle_timeout=600), daemon=True)
         thread.start()
         threads.append(thread)
@@ -146,12 +156,29 @@ def run_size(megabytes: float, process, raw: float, local: float, stack: aws.Loc
             handler_times.append(clock.seconds - handler_before)
             splits.append(split(context.last_report.rounds[0], started, finished))
             current = output.state
+        uploaded = upload_bytes(stack, context.last_report.run_id, silo_ids)
     serverless = statistics.median(round_times)
     print(f"{size:5.1f} MB model, {len(silo_ids):2d} silos: plain-TF lower bound {raw:7.3f} s/round, fedsim local context "
           f"{local:7.3f} ({local / raw:4.2f}x), local stack {serverless:7.3f} s/round ({serverless / raw:5.1f}x the lower bound); "
-          f"handler {statistics.median(handler_times):6.3f} s/round", flush=True)
+          f"handler {statistics.median(handler_times):6.3f} s/round; per silo: upload {uploaded[0] / 1e6:7.3f} MB, "
+          f"protocol items {uploaded[1] / 1e3:6.1f} KB", flush=True)
     stages = {name: statistics.median(s[name] for s in splits) for name in splits[0]}
     print("      split: " + ", ".join(f"{name} {seconds:.3f}s" for name, seconds in stages.items()), flush=True)
+
+
+def upload_bytes(stack: aws.LocalStack, run_id: str, silo_ids: list) -> tuple:
+    """Median bytes one silo sent in the run's last round: its upload (S3), and its secure-protocol
+    items (DynamoDB; 0 in a plain round)."""
+    s3, store = stack.config.client("s3"), aws.store.Store(stack.config)
+    objects, items = [], []
+    for silo in silo_ids:
+        listed = s3.list_objects_v2(Bucket=stack.config.bucket, Prefix=f"silos/{silo}/{run_id}/").get("Contents", [])
+        last = max((e for e in listed if e["Key"].endswith("work.npz")), key=lambda e: e["Key"], default=None)
+        objects.append(last["Size"] if last else 0)
+        step = last["Key"].split("/round-")[1].split("/")[0] if last else "1"
+        records = store.query_partition(silo)
+        items.append(sum(len(r.get("secagg", "")) + 100 for r in records if r["sk"].startswith(f"{run_id}#{step}#sa#")))
+    return statistics.median(objects), statistics.median(items)
 
 
 def split(report: dict, started: float, finished: float) -> dict:
@@ -178,6 +205,8 @@ def main() -> None:
     parser.add_argument("--silos", type=int, nargs="+", default=[3, 10, 50])
     parser.add_argument("--sizes", type=float, nargs="+", default=[1, 20], help="model sizes in MB")
     parser.add_argument("--agent-processes", type=int, default=2, help="worker processes that run the silo agents")
+    parser.add_argument("--aggregators", nargs="+", default=["plain"], choices=["plain", "secure"],
+                        help="plain: the weighted mean; secure: learning.secure_aggregator() (SecAgg on the silos)")
     parser.add_argument("--serve-silos", help=argparse.SUPPRESS)  # worker mode
     args = parser.parse_args()
     if args.serve_silos:
@@ -186,7 +215,7 @@ def main() -> None:
     workdir = tempfile.mkdtemp(prefix="fedsim_aws_bench_")
     print(f"{os.cpu_count()} cores; silo agents in {args.agent_processes} processes; {args.rounds} measured rounds after a warm-up",
           flush=True)
-    processes = {size: build_process(size) for size in args.sizes}
+    processes = {(size, kind): build_process(size, kind == "secure") for size in args.sizes for kind in args.aggregators}
     for num_silos in args.silos:
         silo_ids = [f"silo{i:03d}" for i in range(num_silos)]
         arrays = simulation.emnist_like_client_arrays(num_silos, seed=0, min_examples=90, max_examples=110)
@@ -196,28 +225,32 @@ def main() -> None:
             np.savez(paths[silo], x=pixels, y=labels)
         local_data = [tf.data.Dataset.from_tensor_slices(collections.OrderedDict(x=p, y=labels)).batch(20) for p, labels in arrays]
         # The baseline first, on a quiet machine (no stack, no silo processes yet).
-        baselines = {size: local_seconds(processes[size], local_data, args.rounds) for size in args.sizes}
-        lower_bounds = {size: raw_seconds(size, processes[size], arrays, args.rounds) for size in args.sizes}
+        baselines = {key: local_seconds(process, local_data, args.rounds) for key, process in processes.items()}
+        lower_bounds = {size: raw_seconds(size, processes[(size, args.aggregators[0])], arrays, args.rounds) for size in args.sizes}
         with aws.LocalStack(silo_ids, silo_visibility_timeout=600) as stack:
             clock = HandlerClock(stack)
-            rounds_per_silo = len(args.sizes) * (args.rounds + 1)
+            rounds_per_silo = len(processes) * (args.rounds + 1)
+            identities = {silo: crypto.identity_key() for silo in silo_ids}
+            pinned = {silo: base64.b64encode(crypto.public_bytes(key)).decode() for silo, key in identities.items()}
             silo_specs = []
             for silo in silo_ids:
                 config = os.path.join(workdir, f"stack{num_silos}-{silo}.json")
                 with open(config, "w") as stream:
                     stream.write(stack.silo_config(silo).to_json())  # each silo its own credentials
-                silo_specs.append({"id": silo, "config": config, "data": paths[silo]})
+                silo_specs.append({"id": silo, "config": config, "data": paths[silo],
+                                   "identity": base64.b64encode(crypto.identity_private_bytes(identities[silo])).decode()})
             workers = []
             for index in range(min(args.agent_processes, num_silos)):
                 spec = os.path.join(workdir, f"agents{num_silos}-{index}.json")
                 with open(spec, "w") as stream:
-                    json.dump({"rounds": rounds_per_silo, "silos": silo_specs[index::args.agent_processes]}, stream)
+                    json.dump({"rounds": rounds_per_silo, "silos": silo_specs[index::args.agent_processes], "pinned": pinned}, stream)
                 workers.append(subprocess.Popen([sys.executable, __file__, "--serve-silos", spec],
                                                 env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
                                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
             try:
-                for size in args.sizes:
-                    run_size(size, processes[size], lower_bounds[size], baselines[size], stack, clock, silo_ids, args.rounds)
+                for (size, kind), process in processes.items():
+                    print(f"  [{kind}]", end=" ", flush=True)
+                    run_size(size, process, lower_bounds[size], baselines[(size, kind)], stack, clock, silo_ids, args.rounds)
             finally:
                 for worker in workers:
                     worker.wait(timeout=600) if worker.poll() is None else None

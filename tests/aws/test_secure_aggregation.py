@@ -43,7 +43,7 @@ def short_phases(monkeypatch):
 
 
 def _start(stack, arrays, silos, agent_class=aws.SiloAgent):
-    agents, errors = [], []
+    agents, errors, threads = [], [], []
     for silo in silos:
         agent = agent_class(stack.silo_config(silo), silo, tf.data.Dataset.from_tensor_slices(arrays[silo]),
                             identity=IDENTITIES[silo], pinned_identities=PINNED)
@@ -54,9 +54,11 @@ def _start(stack, arrays, silos, agent_class=aws.SiloAgent):
             except BaseException as error:  # noqa: BLE001 - a killed silo (SiloKilled) too
                 errors.append((agent.silo_id, error))
 
-        threading.Thread(target=run, daemon=True).start()
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
         agents.append(agent)
-    return agents, errors
+        threads.append(thread)
+    return agents, errors, threads
 
 
 def _uploads(stack, run_id):
@@ -72,12 +74,14 @@ def _uploads(stack, run_id):
 
 def test_a_secure_round_equals_the_simulation_and_no_upload_reveals_an_update(fresh, arrays, secure_process):
     stack = fresh
-    agents, errors = _start(stack, arrays, SILOS)
+    agents, errors, threads = _start(stack, arrays, SILOS)
     with aws.execution_context(stack, silos=SILOS, preprocess=batch, round_deadline_seconds=120) as context:
         state = secure_process.initialize()
         output = secure_process.next(state, SILOS)
         run_id = context.last_report.run_id
         form = context.form(secure_process.next)
+    for thread in threads:  # each silo returns once it sees the step closed
+        thread.join(timeout=60)
     assert not errors, errors
     assert [agent.outcomes[-1] for agent in agents] == ["reported"] * 3
     assert_close(simulate(secure_process, state, arrays, SILOS), output)
@@ -122,12 +126,13 @@ class _DiesBeforeSigning(aws.SiloAgent):
 
 def test_a_silo_lost_after_its_masked_input_is_recovered_from_the_others_shares(fresh, arrays, secure_process):
     stack = fresh
-    agents, errors = _start(stack, arrays, ["a", "b"])
-    dying, dying_errors = _start(stack, arrays, ["c"], agent_class=_DiesBeforeSigning)
+    _, errors, _ = _start(stack, arrays, ["a", "b"])
+    _, dying_errors, dying = _start(stack, arrays, ["c"], agent_class=_DiesBeforeSigning)
     with aws.execution_context(stack, silos=SILOS, quorum=2, preprocess=batch, round_deadline_seconds=120) as context:
         state = secure_process.initialize()
         output = secure_process.next(state, SILOS)
         report = context.last_report.rounds[0]
+    dying[0].join(timeout=60)
     assert [e[0] for e in dying_errors] == ["c"] and not errors
     assert report["aggregated"] == SILOS  # c's masked input is in: its self-mask was rebuilt from a's and b's shares
     assert_close(simulate(secure_process, state, arrays, SILOS), output)

@@ -23,6 +23,7 @@ import attrs
 import numpy as np
 
 from fedsim.core import aggregations, structure
+from fedsim.core.secagg import simulation, vectors
 
 __all__ = ["ExactSecureSum", "SecureSumProtocol", "secure_sum_runtime"]
 
@@ -68,8 +69,6 @@ class _ProtocolAccumulator:
         self.inputs: list = []
 
     def add(self, client_input: Any) -> None:
-        from fedsim.core.secagg import vectors
-
         leaves = [np.asarray(leaf) for leaf in structure.flatten_value(client_input, self.definition.input_type)]
         for leaf, (largest, shown) in zip(leaves, self.definition._ranges()):
             if leaf.size and (leaf.min() < 0 or leaf.max() > largest):
@@ -77,8 +76,6 @@ class _ProtocolAccumulator:
         self.inputs.append(vectors.pack(leaves, max(self.definition.bitwidths)))
 
     def result(self) -> Any:
-        from fedsim.core.secagg import simulation, vectors
-
         shapes = [tuple(leaf.shape) for leaf in self.definition.leaves]
         if not self.inputs:
             total = np.zeros(sum(int(np.prod(s, dtype=np.int64)) for s in shapes), np.uint64)
