@@ -210,13 +210,12 @@ class SecurePhases:
         self.store, self.run_id, self.step, self.round_item, self.params = store, run_id, step, round_item, params
         self.silos = tuple(sorted(round_item["silos"]))
         self.threshold = params.threshold
-        records = store._query_all(IndexName="by_round", KeyConditionExpression="round_key = :r",
-                                   ExpressionAttributeValues={":r": {"S": protocol_round_key(run_id, step)}})
         self.items: dict = {}
-        for record in records:
+        for record in store.by_round_key(protocol_round_key(run_id, step)):
             phase = str(record.get("sk", "")).rsplit("#", 1)[-1]
-            if record.get("pk") in self.silos and isinstance(record.get("secagg"), str):
-                self.items[(record["pk"], phase)] = record["secagg"]
+            silo, text = record.get("pk"), record.get("secagg")
+            if silo in self.silos and isinstance(text, str) and _well_formed(phase, silo, text):
+                self.items[(silo, phase)] = text
 
     def _answered(self, phase: str, among) -> list:
         return [s for s in among if (s, phase) in self.items]
@@ -300,6 +299,25 @@ class SecurePhases:
             signatures={s: base64.b64decode(v) for s, v in unmask["signatures"].items()},
             unmask={s: self.items[(s, "unmask")] for s in answered},
         )
+
+
+def _well_formed(phase: str, silo: str, text: str) -> bool:
+    """Whether a silo's protocol item is a message of its phase, sent in its own name (a silo's
+    items are input: a malformed one counts as no answer and is never forwarded to other silos)."""
+    import base64
+    import binascii
+
+    from fedsim.core.secagg.messages import AdvertiseKeys, EncryptedShares, ProtocolError, UnmaskShares
+
+    kinds = {"advertise": AdvertiseKeys, "shares": EncryptedShares, "unmask": UnmaskShares}
+    try:
+        if phase in kinds:
+            return kinds[phase].from_json(text, f"{silo}'s {phase} item").sender == silo
+        if phase == "signature":
+            return len(base64.b64decode(text, validate=True)) == 64
+    except (ProtocolError, binascii.Error, ValueError):
+        return False
+    return phase.startswith(("wait-", "refusal"))
 
 
 def _too_few(phases: SecurePhases, count: int, what: str) -> Exception:

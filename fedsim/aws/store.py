@@ -334,8 +334,12 @@ class Store:
 
     def round_results(self, run_id: str, round_num: int) -> list:
         """Every silo record of a round (the by_round index: eventually consistent; the verdicts are not)."""
+        return self.by_round_key(protocol.round_key(run_id, round_num))
+
+    def by_round_key(self, round_key: str) -> list:
+        """Every silo item filed under `round_key` in the by_round index."""
         return self._query_all(IndexName="by_round", KeyConditionExpression="round_key = :r",
-                               ExpressionAttributeValues={":r": {"S": protocol.round_key(run_id, round_num)}})
+                               ExpressionAttributeValues={":r": {"S": round_key}})
 
 
 def _marshal(item: dict) -> dict:

@@ -136,3 +136,16 @@ def test_a_silo_lost_after_its_masked_input_is_recovered_from_the_others_shares(
     assert [e[0] for e in dying_errors] == ["c"] and not errors
     assert report["aggregated"] == SILOS  # c's masked input is in: its self-mask was rebuilt from a's and b's shares
     assert_close(simulate(secure_process, state, arrays, SILOS), output)
+
+
+def test_a_protocol_item_in_another_silos_name_or_malformed_is_no_answer():
+    """A silo's items are input: the server forwards only messages of the item's phase sent in
+    the item owner's own name."""
+    from fedsim.core.secagg.messages import AdvertiseKeys
+
+    advertised = AdvertiseKeys("b", bytes(32), bytes(32), bytes(64)).to_json()
+    assert secure_round._well_formed("advertise", "b", advertised)
+    assert not secure_round._well_formed("advertise", "a", advertised)  # a writing b's keys
+    assert not secure_round._well_formed("shares", "b", advertised)  # the wrong kind for the phase
+    assert not secure_round._well_formed("signature", "a", "not base64!")
+    assert not secure_round._well_formed("advertise", "a", "{" * 10)
