@@ -41,7 +41,6 @@ from fedsim.core.secagg import params as secagg_params
 __all__ = ["PHASE_SECONDS", "SecureLayout", "protocol_item_key", "protocol_round_key", "server_message_key"]
 
 PHASE_SECONDS = 20.0  # how long a protocol phase waits for silos that may have died
-PHASES = ("advertise", "shares", "signature", "unmask")  # what silos send (the masked input is the result)
 
 
 def protocol_round_key(run_id: str, step: str) -> str:
