@@ -260,7 +260,7 @@ class SiloAgent:
         item = dict(protocol.silo_item_key(self.silo_id, run_id, round_num))
         item.update({"round_key": protocol.round_key(run_id, round_num), "received_at": received_at})
         try:
-            if self.store.exists(key):  # a redelivered message after an upload: reuse it, never rewrite it
+            if self._own_object_exists(key):  # a redelivered message after an upload: reuse it, never rewrite it
                 output_bytes = self.store.get(key)[0]
                 digest = protocol.sha256(output_bytes)
             elif self._in_protocol(run_id, round_num):  # restarted mid-protocol: its session keys are gone
@@ -288,7 +288,16 @@ class SiloAgent:
     def _in_protocol(self, run_id: str, step: str) -> bool:
         """Whether this silo already began the step's secure protocol (a restarted agent, whose
         session keys are gone, cannot go on: it drops out and the others recover without it)."""
-        return self.store.exists(_protocol_marker_key(self.silo_id, run_id, step))
+        return self._own_object_exists(_protocol_marker_key(self.silo_id, run_id, step))
+
+    def _own_object_exists(self, key: str) -> bool:
+        """Whether an object under this silo's own prefix exists. The silo may read there but not
+        list the bucket, and S3 answers 403, not 404, for a missing object to such a reader: with
+        read access granted, a 403 means absent."""
+        try:
+            return self.store.exists(key)
+        except AccessDeniedError:
+            return False
 
     def _closed(self, run_id: str, round_num: str) -> bool:
         """Whether the server marked the step closed (a late silo skips it). A marker it may not
