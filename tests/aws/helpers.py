@@ -50,11 +50,13 @@ def assert_close(expected, got):
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-6, atol=1e-6)
 
 
-def start_agents(stack, arrays, silos, rounds=1, agent_class=aws.SiloAgent, **kwargs):
-    """Silo agents in threads (the fault tests); returns (agents, threads, errors)."""
+def start_agents(stack, arrays, silos, rounds=1, agent_class=aws.SiloAgent, options_for=None, **kwargs):
+    """Silo agents in threads (the fault tests); `options_for(silo)`: keyword arguments of that
+    silo's agent (e.g. its identity key). Returns (agents, threads, errors)."""
     agents, threads, errors = [], [], []
     for silo in silos:
-        agent = agent_class(stack.silo_config(silo), silo, tf.data.Dataset.from_tensor_slices(arrays[silo]), **kwargs)
+        options = dict(kwargs, **(options_for(silo) if options_for else {}))
+        agent = agent_class(stack.silo_config(silo), silo, tf.data.Dataset.from_tensor_slices(arrays[silo]), **options)
 
         def run(agent=agent):
             try:

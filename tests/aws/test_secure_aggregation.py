@@ -6,7 +6,6 @@ nothing about its update."""
 import collections
 import io
 import json
-import threading
 
 import keras
 import numpy as np
@@ -18,7 +17,7 @@ from fedsim.aws import secure_round, template
 from fedsim.core import phase_runner
 from fedsim.core.secagg import crypto
 from fedsim.learning import optimizers
-from tests.aws.helpers import SILOS, SiloKilled, assert_close, batch, simulate
+from tests.aws.helpers import SILOS, SiloKilled, assert_close, batch, simulate, start_agents
 
 IDENTITIES = {s: crypto.identity_key() for s in SILOS}
 PINNED = {s: crypto.public_bytes(key) for s, key in IDENTITIES.items()}
@@ -43,21 +42,9 @@ def short_phases(monkeypatch):
 
 
 def _start(stack, arrays, silos, agent_class=aws.SiloAgent):
-    agents, errors, threads = [], [], []
-    for silo in silos:
-        agent = agent_class(stack.silo_config(silo), silo, tf.data.Dataset.from_tensor_slices(arrays[silo]),
-                            identity=IDENTITIES[silo], pinned_identities=PINNED)
-
-        def run(agent=agent):
-            try:
-                agent.run(stop_after_rounds=1, idle_timeout=90)
-            except BaseException as error:  # noqa: BLE001 - a killed silo (SiloKilled) too
-                errors.append((agent.silo_id, error))
-
-        thread = threading.Thread(target=run, daemon=True)
-        thread.start()
-        agents.append(agent)
-        threads.append(thread)
+    """Agents with their identity keys and pins: `(agents, errors, threads)`."""
+    agents, threads, errors = start_agents(stack, arrays, silos, agent_class=agent_class, options_for=lambda silo: {
+        "identity": IDENTITIES[silo], "pinned_identities": PINNED})
     return agents, errors, threads
 
 
