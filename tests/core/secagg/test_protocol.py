@@ -97,14 +97,20 @@ def _session(clients=CLIENTS, threshold=3):
     return params, parties, SecAggServer(params)
 
 
-def _through_masking(drop=()):
+def _through_sharing():
+    """An honest session up to the forwarded shares: `(params, parties, server, forwarded)`."""
     params, parties, server = _session()
     for party in parties.values():
         server.receive_keys(party.advertise())
     directory = server.close_advertising()
     for party in parties.values():
         server.receive_shares(party.share_keys(directory))
-    for c, shares in server.close_sharing().items():
+    return params, parties, server, server.close_sharing()
+
+
+def _through_masking(drop=()):
+    params, parties, server, forwarded = _through_sharing()
+    for c, shares in forwarded.items():
         if c not in drop:
             server.receive_masked(parties[c].masked_input(shares, np.ones(4, np.uint64)))
     survivors = server.close_masking()
@@ -169,13 +175,8 @@ def test_replayed_reordered_and_other_session_messages_are_refused():
 
 
 def test_an_altered_share_ciphertext_is_refused():
-    _, parties, server = _session()
-    for party in parties.values():
-        server.receive_keys(party.advertise())
-    directory = server.close_advertising()
-    for party in parties.values():
-        server.receive_shares(party.share_keys(directory))
-    shares = server.close_sharing()["a"]
+    _, parties, _, forwarded = _through_sharing()
+    shares = forwarded["a"]
     tampered = bytearray(shares.ciphertexts["b"])
     tampered[-1] ^= 1
     shares = type(shares)("a", dict(shares.ciphertexts, b=bytes(tampered)))
