@@ -17,7 +17,26 @@ __all__ = ["dp_epsilon"]
 
 
 def dp_epsilon(noise_multiplier: float, sampling_rate: float, rounds: int, target_delta: float) -> float:
-    """The epsilon after `rounds` rounds that each sample clients with probability `sampling_rate`."""
+    """The epsilon after `rounds` rounds that each sample clients with probability `sampling_rate`.
+
+    Poisson-sampled Gaussian mechanism, composed with dp-accounting's RDP accountant.
+
+    Args:
+        noise_multiplier: the noise's standard deviation over the clip norm (> 0).
+        sampling_rate: the probability a client takes part in a round, in (0, 1].
+        rounds: the number of rounds (>= 1).
+        target_delta: delta, in (0, 1).
+
+    Returns:
+        Epsilon at `target_delta`.
+
+    Raises:
+        ValueError: if an argument is out of range.
+        ImportError: if dp-accounting is not installed.
+
+    Example:
+        >>> fedsim.aggregators.dp_epsilon(1.0, 0.01, 1000, 1e-5)
+    """
     if not (isinstance(noise_multiplier, (int, float)) and noise_multiplier > 0 and math.isfinite(noise_multiplier)):
         raise ValueError(f"dp_epsilon: noise_multiplier must be positive and finite, got {noise_multiplier!r}")
     if not 0 < sampling_rate <= 1:

@@ -48,7 +48,21 @@ class DifferentiallyPrivateFactory(UnweightedAggregationFactory):
     """Clip, sum, add Gaussian noise, divide by `clients_per_round` (if given).
 
     Measurements: `clip` (the norm this round), `noise_stddev` (of each coordinate of the
-    result), `clipped_count`. State: `<clip, noise_seed>`.
+    result), `clipped_count`. State: `<clip, noise_seed>`. The class methods `gaussian_fixed`,
+    `gaussian_adaptive` and `adaptive_clip_average` are TFF's constructors.
+
+    Args:
+        noise_multiplier: the noise's standard deviation over the clip norm (>= 0).
+        clip: the L2 clip norm, or an `AdaptiveNorm` that follows a quantile of clients' norms.
+        clients_per_round: divide the noised sum by this (the mean's denominator), if given.
+        noise_seed: a seed for reproducible noise (tests); None draws fresh noise each round.
+
+    Raises:
+        ValueError: if a number is negative or not finite.
+
+    Example:
+        >>> factory = fedsim.aggregators.DifferentiallyPrivateFactory.gaussian_fixed(
+        ...     noise_multiplier=1.0, clients_per_round=10, clip=0.5)
     """
 
     def __init__(
@@ -133,6 +147,17 @@ class DifferentiallyPrivateFactory(UnweightedAggregationFactory):
         return cls(noise_multiplier, clip, clients_per_round, noise_seed)
 
     def create(self, value_type: ft.Type) -> AggregationProcess:
+        """Builds the aggregation process for values of `value_type`: `next(state, value@CLIENTS)`.
+
+        Args:
+            value_type: the type of one client's value (a structure of tensors).
+
+        Returns:
+            An `AggregationProcess`.
+
+        Raises:
+            AggregationFactoryError: if the factory cannot aggregate values of this type.
+        """
         value_type = check_value_type(value_type, "DifferentiallyPrivateFactory", floating=True)
         norm_process = build_norm_process(self._clip)
         make_seed = seed_computation(self._noise_seed)

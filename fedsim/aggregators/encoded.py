@@ -30,7 +30,18 @@ __all__ = ["EncodedSumFactory"]
 
 
 class EncodedSumFactory(UnweightedAggregationFactory):
-    """A sum of values encoded on the clients and decoded at the server (stateless)."""
+    """A sum of values encoded on the clients and decoded at the server (stateless).
+
+    Args:
+        quantization_bits: bits per coordinate of a quantized leaf.
+        threshold: leaves with more elements than this are quantized; smaller ones go as they are.
+
+    Raises:
+        ValueError: if `threshold` is negative or `quantization_bits` out of range.
+
+    Example:
+        >>> factory = fedsim.aggregators.EncodedSumFactory.quantize_above_threshold(8, 20000)
+    """
 
     def __init__(self, quantization_bits: int, threshold: int):
         self._bits = check_bits(quantization_bits, "EncodedSumFactory")
@@ -44,6 +55,17 @@ class EncodedSumFactory(UnweightedAggregationFactory):
         return cls(quantization_bits, threshold)
 
     def create(self, value_type: ft.Type) -> AggregationProcess:
+        """Builds the aggregation process for values of `value_type`: `next(state, value@CLIENTS)`.
+
+        Args:
+            value_type: the type of one client's value (a structure of tensors).
+
+        Returns:
+            An `AggregationProcess`.
+
+        Raises:
+            AggregationFactoryError: if the factory cannot aggregate values of this type.
+        """
         value_type = check_value_type(value_type, "EncodedSumFactory", floating=True)
         leaves = ft.flatten_type(value_type)
         compressed = [int(np.prod(leaf.shape)) > self._threshold for leaf in leaves]

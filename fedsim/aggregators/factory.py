@@ -41,13 +41,34 @@ class AggregationFactoryError(TypeError):
 class UnweightedAggregationFactory(abc.ABC):
     @abc.abstractmethod
     def create(self, value_type: ft.Type) -> AggregationProcess:
-        """`next(state, value@CLIENTS)`."""
+        """Builds the aggregation process for values of `value_type`: `next(state, value@CLIENTS)`.
+
+        Args:
+            value_type: the type of one client's value (a structure of tensors).
+
+        Returns:
+            An `AggregationProcess`.
+
+        Raises:
+            AggregationFactoryError: if the factory cannot aggregate values of this type.
+        """
 
 
 class WeightedAggregationFactory(abc.ABC):
     @abc.abstractmethod
     def create(self, value_type: ft.Type, weight_type: ft.Type) -> AggregationProcess:
-        """`next(state, value@CLIENTS, weight@CLIENTS)`."""
+        """Builds the aggregation process: `next(state, value@CLIENTS, weight@CLIENTS)`.
+
+        Args:
+            value_type: the type of one client's value (a structure of tensors).
+            weight_type: the type of one client's weight (a floating-point scalar).
+
+        Returns:
+            An `AggregationProcess`.
+
+        Raises:
+            AggregationFactoryError: if the factory cannot aggregate values or weights of these types.
+        """
 
 
 def check_value_type(value_type: ft.Type, factory: str, floating: bool) -> ft.Type:

@@ -62,6 +62,17 @@ def stochastic_quantization_factory(bits: int, inner_agg_factory: Factory) -> Fa
 
     Measurements: `bits`, `compression_ratio` (bits of the raw value over bits sent), and the
     inner measurements under `agg_process`. State: the inner state.
+
+    Args:
+        bits: bits per coordinate, 1 to 16.
+        inner_agg_factory: the factory that aggregates the dequantized values.
+
+    Returns:
+        A factory of the same kind as `inner_agg_factory`.
+
+    Raises:
+        ValueError: if `bits` is out of range.
+        TypeError: if `inner_agg_factory` is not an aggregation factory.
     """
     check_bits(bits, "stochastic_quantization_factory")
     check_inner(inner_agg_factory, "stochastic_quantization_factory")

@@ -50,6 +50,13 @@ class RobustMeanFactory(UnweightedAggregationFactory):
     """`method="median"` or `"trimmed_mean"` (dropping `floor(trim_fraction * clients)` per side).
 
     Measurements: `num_clients` and `trimmed_per_side` (0 for the median).
+
+    Args:
+        method: `"median"` (coordinate-wise) or `"trimmed_mean"`.
+        trim_fraction: the fraction of clients dropped on each side, in [0, 0.5).
+
+    Raises:
+        ValueError: if `method` or `trim_fraction` is invalid.
     """
 
     def __init__(self, method: str = "median", trim_fraction: float = 0.1):
@@ -61,6 +68,17 @@ class RobustMeanFactory(UnweightedAggregationFactory):
         self._trim_fraction = float(trim_fraction)
 
     def create(self, value_type: ft.Type) -> AggregationProcess:
+        """Builds the aggregation process for values of `value_type`: `next(state, value@CLIENTS)`.
+
+        Args:
+            value_type: the type of one client's value (a structure of tensors).
+
+        Returns:
+            An `AggregationProcess`.
+
+        Raises:
+            AggregationFactoryError: if the factory cannot aggregate values of this type.
+        """
         value_type = check_value_type(value_type, "RobustMeanFactory", floating=True)
         leaves = ft.flatten_type(value_type)
         stacked_types = [ft.TensorType(leaf.dtype, (None,) + tuple(leaf.shape)) for leaf in leaves]

@@ -120,8 +120,21 @@ def _bounding_factory(norm: Norm, inner: Factory, bound_fn: Callable, name: str,
 def clipping_factory(clipping_norm: Norm, inner_agg_factory: Factory) -> Factory:
     """Scales each client's value down to global L2 norm `clipping_norm` (if it is above it).
 
-    `clipping_norm` is a number or an `AdaptiveNorm`. Measurements: `clipping_norm`,
-    `clipped_count`, and the inner ones under `agg_process`.
+    Measurements: `clipping_norm`, `clipped_count`, and the inner ones under `agg_process`.
+
+    Args:
+        clipping_norm: a positive number or an `AdaptiveNorm`.
+        inner_agg_factory: the factory that aggregates the clipped values (weighted or not).
+
+    Returns:
+        A factory of the same kind (weighted or unweighted) as `inner_agg_factory`.
+
+    Raises:
+        ValueError: if `clipping_norm` is not a positive finite number or an `AdaptiveNorm`.
+        TypeError: if `inner_agg_factory` is not an aggregation factory.
+
+    Example:
+        >>> factory = fedsim.aggregators.clipping_factory(1.0, fedsim.aggregators.MeanFactory())
     """
     norm = _check_norm(clipping_norm, "clipping_norm")
     return _bounding_factory(norm, inner_agg_factory, clip_by_global_l2, "clipping_factory", "clipping_norm", "clipped_count")
@@ -130,9 +143,20 @@ def clipping_factory(clipping_norm: Norm, inner_agg_factory: Factory) -> Factory
 def zeroing_factory(zeroing_norm: Norm, inner_agg_factory: Factory, norm_order: float = math.inf) -> Factory:
     """Replaces by zeros each client's value whose norm (L-inf by default, or L2) exceeds `zeroing_norm`.
 
-    `zeroing_norm` is a number or an `AdaptiveNorm` (typically a high quantile with a
-    multiplier and increment as margin). Measurements: `zeroing_norm`, `zeroed_count`, and the
-    inner ones under `agg_process`.
+    Measurements: `zeroing_norm`, `zeroed_count`, and the inner ones under `agg_process`.
+
+    Args:
+        zeroing_norm: a positive number or an `AdaptiveNorm` (typically a high quantile with a
+            multiplier and increment as margin).
+        inner_agg_factory: the factory that aggregates the values (weighted or not).
+        norm_order: `math.inf` (default) or 2.0.
+
+    Returns:
+        A factory of the same kind as `inner_agg_factory`.
+
+    Raises:
+        ValueError: if `zeroing_norm` or `norm_order` is invalid.
+        TypeError: if `inner_agg_factory` is not an aggregation factory.
     """
     norm = _check_norm(zeroing_norm, "zeroing_norm")
     if norm_order not in (2.0, math.inf):

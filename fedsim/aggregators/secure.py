@@ -59,11 +59,23 @@ def _decode(total: Any, encoded_type: ft.Type, value_type: ft.Type, clients: tf.
 class SecureSumFactory(UnweightedAggregationFactory):
     """Secure sum of values clipped to `[lower_bound_threshold, upper_bound_threshold]`.
 
-    `lower_bound_threshold` defaults to `-upper_bound_threshold` for floats and 0 for integers.
+    Values are quantized into the range and summed with `federated_secure_sum_bitwidth`; on the
+    AWS executor the silos run the secure aggregation protocol, so the server reads only the sum.
     `upper_bound_threshold` may be an `AdaptiveNorm` (TFF's `PrivateQuantileEstimationProcess`):
     the bound then follows a quantile of the clients' largest absolute values, the lower bound
     is its negative, and the estimate is the process state. Measurements: the thresholds and
     how many clients had values clipped at either bound.
+
+    Args:
+        upper_bound_threshold: the upper bound, or an `AdaptiveNorm`.
+        lower_bound_threshold: the lower bound (default: `-upper` for floats, 0 for integers).
+        bitwidth: bits per quantized coordinate, 1 to 62.
+
+    Raises:
+        ValueError: if the bounds or `bitwidth` are invalid.
+
+    Example:
+        >>> factory = fedsim.aggregators.MeanFactory(fedsim.aggregators.SecureSumFactory(1.0))
     """
 
     def __init__(self, upper_bound_threshold: Union[float, AdaptiveNorm], lower_bound_threshold: Optional[float] = None,
@@ -84,6 +96,17 @@ class SecureSumFactory(UnweightedAggregationFactory):
         self._bitwidth = bitwidth
 
     def create(self, value_type: ft.Type) -> AggregationProcess:
+        """Builds the aggregation process for values of `value_type`: `next(state, value@CLIENTS)`.
+
+        Args:
+            value_type: the type of one client's value (a structure of tensors).
+
+        Returns:
+            An `AggregationProcess`.
+
+        Raises:
+            AggregationFactoryError: if the factory cannot aggregate values of this type.
+        """
         value_type = check_value_type(value_type, "SecureSumFactory", floating=False)
         floating = {leaf.dtype.is_floating for leaf in ft.flatten_type(value_type)}
         if len(floating) != 1:

@@ -37,6 +37,17 @@ class SumFactory(UnweightedAggregationFactory):
     """The plain sum at the server. Stateless; no measurements."""
 
     def create(self, value_type: ft.Type) -> AggregationProcess:
+        """Builds the aggregation process for values of `value_type`: `next(state, value@CLIENTS)`.
+
+        Args:
+            value_type: the type of one client's value (a structure of tensors).
+
+        Returns:
+            An `AggregationProcess`.
+
+        Raises:
+            AggregationFactoryError: if the factory cannot aggregate values of this type.
+        """
         value_type = check_value_type(value_type, "SumFactory", floating=False)
 
         @federated_computation(no_state.type_signature.result, ft.FederatedType(value_type, CLIENTS))
@@ -55,7 +66,17 @@ class MeanFactory(WeightedAggregationFactory):
     """The weighted mean: sum(w * v) / sum(w), each sum by its own (nestable) factory.
 
     State: `<value_sum_process, weight_sum_process>`; measurements: `<mean_value, mean_weight>`.
-    `no_nan_division=True` gives 0 instead of NaN when the weights sum to 0.
+
+    Args:
+        value_sum_factory: sums the weighted values (`SumFactory` by default), e.g. a `SecureSumFactory`.
+        weight_sum_factory: sums the weights (`SumFactory` by default).
+        no_nan_division: give 0 instead of NaN when the weights sum to 0.
+
+    Raises:
+        TypeError: if a sum factory is not an `UnweightedAggregationFactory`.
+
+    Example:
+        >>> process = fedsim.aggregators.MeanFactory().create(value_type, tf.float32)
     """
 
     def __init__(
@@ -72,6 +93,18 @@ class MeanFactory(WeightedAggregationFactory):
         self._no_nan_division = no_nan_division
 
     def create(self, value_type: ft.Type, weight_type: ft.Type) -> AggregationProcess:
+        """Builds the aggregation process: `next(state, value@CLIENTS, weight@CLIENTS)`.
+
+        Args:
+            value_type: the type of one client's value (a structure of tensors).
+            weight_type: the type of one client's weight (a floating-point scalar).
+
+        Returns:
+            An `AggregationProcess`.
+
+        Raises:
+            AggregationFactoryError: if the factory cannot aggregate values or weights of these types.
+        """
         value_type = check_value_type(value_type, "MeanFactory", floating=True)
         weight_type = check_weight_type(weight_type, "MeanFactory")
         value_sum = self._value_sum_factory.create(value_type)
@@ -108,7 +141,14 @@ class MeanFactory(WeightedAggregationFactory):
 
 
 class UnweightedMeanFactory(UnweightedAggregationFactory):
-    """The mean over clients, each counting once: sum(v) / number of clients."""
+    """The mean over clients, each counting once: sum(v) / number of clients.
+
+    Args:
+        value_sum_factory: sums the values (`SumFactory` by default).
+
+    Raises:
+        TypeError: if `value_sum_factory` is not an `UnweightedAggregationFactory`.
+    """
 
     def __init__(self, value_sum_factory: Optional[UnweightedAggregationFactory] = None):
         if value_sum_factory is not None and not isinstance(value_sum_factory, UnweightedAggregationFactory):
@@ -116,6 +156,17 @@ class UnweightedMeanFactory(UnweightedAggregationFactory):
         self._value_sum_factory = value_sum_factory or SumFactory()
 
     def create(self, value_type: ft.Type) -> AggregationProcess:
+        """Builds the aggregation process for values of `value_type`: `next(state, value@CLIENTS)`.
+
+        Args:
+            value_type: the type of one client's value (a structure of tensors).
+
+        Returns:
+            An `AggregationProcess`.
+
+        Raises:
+            AggregationFactoryError: if the factory cannot aggregate values of this type.
+        """
         value_type = check_value_type(value_type, "UnweightedMeanFactory", floating=True)
         value_sum = self._value_sum_factory.create(value_type)
         divide_fn = _divide(False)

@@ -85,13 +85,30 @@ class AggregationHandler:
         self._running_lock = threading.Lock()
 
     def manifest(self, key: str) -> dict:
-        """A run's manifest (read once per process)."""
+        """A run's manifest (read once per process).
+
+        Args:
+            key: the manifest's S3 key.
+
+        Returns:
+            The manifest document.
+        """
         if key not in self._manifests:
             self._manifests[key] = self.store.get_json(key)
         return self._manifests[key]
 
     def form(self, section: dict) -> CanonicalForm:
-        """The phases of a manifest section as a checked canonical form (built once per section)."""
+        """The phases of a manifest section as a checked canonical form (built once per section).
+
+        Args:
+            section: a manifest section (`train` or an evaluation), naming its phases' computations.
+
+        Returns:
+            The `CanonicalForm`, its computations vetted against the op allowlist.
+
+        Raises:
+            SerializationError: if a phase's bytes fail the checks.
+        """
         key = json.dumps(section["phases"], sort_keys=True)
         if key not in self._forms:
             phases = {name: self.store.get_computation(ref) for name, ref in section["phases"].items()}
@@ -389,7 +406,7 @@ class AggregationHandler:
     def _training_state(self, run_id: str, round_num: int, manifest: dict) -> Any:
         """The server state after round `round_num`'s training (from its stored result)."""
         form = self.form(manifest)
-        data = self.store.get_checked(f"{protocol.round_prefix(run_id, round_num)}/result.npz")
+        data = self.store.get_checked(f"{protocol.round_prefix(run_id, protocol.step_label(round_num))}/result.npz")
         return form.next_state(protocol.decode_value(data, form.result_type, f"round {round_num}'s result"))
 
     def _evaluation_state(self, run_id: str, round_num: int, evaluation: dict, form: CanonicalForm) -> Any:

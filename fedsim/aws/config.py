@@ -22,6 +22,25 @@ class StackUnreachableError(ConnectionError):
 
 @attrs.frozen
 class StackConfig:
+    """Where a deployed (or local) stack is and the credentials to reach it.
+
+    Written as JSON for silos (`--stack-config`) by the operator; each silo's holds its own
+    role's credentials and only its own queue.
+
+    Args:
+        region: the AWS region.
+        bucket: the S3 bucket of computations, broadcasts and results.
+        table: the DynamoDB table of round items.
+        stream_arn: the table's stream (the aggregation handler's trigger).
+        topic_arn: the SNS topic round messages go out on.
+        state_machine_arn: the Step Functions state machine that runs rounds.
+        silo_queues: silo id -> its SQS queue URL.
+        endpoint_url: the local stack's endpoint; None on AWS.
+        access_key: the access key id (None: boto3's default credential chain).
+        secret_key: the secret access key.
+        server_queue_url: the server's copy of the round messages (task tokens); not for silos.
+        session_token: with temporary (assumed-role) credentials.
+    """
     region: str
     bucket: str
     table: str
@@ -36,7 +55,15 @@ class StackConfig:
     session_token: Optional[str] = None  # with temporary (assumed-role) credentials
 
     def client(self, service: str, probe: bool = False) -> Any:
-        """A boto3 client for `service`; `probe=True`: short timeouts and one attempt, to check reachability."""
+        """A boto3 client for `service` with these credentials and endpoint.
+
+        Args:
+            service: a boto3 service name (`"s3"`, `"dynamodb"`, ...).
+            probe: short timeouts and one attempt, to check reachability.
+
+        Returns:
+            The client (standard retry mode, 5 attempts, unless probing).
+        """
         import boto3
         from botocore.config import Config
 
@@ -58,6 +85,12 @@ class StackConfig:
         """Raises `StackUnreachableError` (one line) if the stack's endpoint does not answer.
 
         Any answer counts, an access error included: only a connection that fails is unreachable.
+
+        Args:
+            queue_url: a queue to probe (default: the endpoint's SQS service).
+
+        Raises:
+            StackUnreachableError: if the connection fails.
         """
         from botocore.exceptions import ClientError, ConnectTimeoutError, EndpointConnectionError, ReadTimeoutError
 
@@ -74,6 +107,7 @@ class StackConfig:
             raise StackUnreachableError(f"the stack at {where} does not answer; is it running?") from None
 
     def to_json(self) -> str:
+        """The config as JSON, the form `--stack-config` files hold."""
         return json.dumps(attrs.asdict(self), sort_keys=True, indent=2)
 
     @classmethod

@@ -123,7 +123,21 @@ class AwsExecutionContext:
     # the context protocol ---------------------------------------------------------------------
 
     def invoke(self, computation: Any, argument: Any) -> Any:
-        """The context protocol: one serverless round for a computation over silos, else local."""
+        """The context protocol: one serverless round for a computation over silos, else local.
+
+        A computation with a CLIENTS-placed parameter is called as `next(state, silo_ids)`: one
+        round on the silos; any other runs in the local context.
+
+        Args:
+            computation: the computation being called.
+            argument: its argument; for a round, `(state, silo_ids)`.
+
+        Returns:
+            The computation's result, as the local context returns it.
+
+        Raises:
+            RoundFailedError: if the round fails or misses its deadline.
+        """
         if not _has_clients_parameter(computation):
             return self.local.invoke(computation, argument)
         state, silo_ids = structure.struct_elements(argument, computation.type_signature.parameter)
@@ -132,7 +146,17 @@ class AwsExecutionContext:
     # rounds -------------------------------------------------------------------------------------
 
     def form(self, computation: FederatedComputation) -> canonical_form.CanonicalForm:
-        """`computation`'s canonical form (compiled once per computation)."""
+        """`computation`'s canonical form (compiled once per computation).
+
+        Args:
+            computation: a federated computation `(state@SERVER, data@CLIENTS) -> ...`.
+
+        Returns:
+            Its `CanonicalForm`.
+
+        Raises:
+            CanonicalFormError: if it has none.
+        """
         key = id(computation)
         if key not in self._forms:
             self._forms[key] = (computation, compiler.compile_to_canonical_form(computation))

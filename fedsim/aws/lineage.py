@@ -47,6 +47,7 @@ class RunLineage:
         return [(r["round"], dict(r["metrics"])) for r in self.rounds]
 
     def to_json(self) -> str:
+        """The lineage as indented JSON: run, manifest, computations, every step's silos and results."""
         return json.dumps(attrs.asdict(self), indent=2, sort_keys=True)
 
     def to_csv(self) -> str:
@@ -70,14 +71,28 @@ class RunLineage:
         return stream.getvalue()
 
     def write_json(self, path: str) -> None:
+        """Writes `to_json()` to `path` atomically (a partial file never replaces the old one).
+
+        Args:
+            path: the file to write.
+        """
         _write_atomically(path, self.to_json())
 
     def write_csv(self, path: str) -> None:
+        """Writes `to_csv()` (one row per step and silo) to `path` atomically.
+
+        Args:
+            path: the file to write.
+        """
         _write_atomically(path, self.to_csv())
 
     def release_metrics(self, metrics_managers: Sequence[Any] = (), callbacks: Sequence[Any] = ()) -> None:
-        """Hands every round's metrics to `metrics_managers` (`release(metrics, round)`: CSV,
-        TensorBoard) and `callbacks` (`on_round_end`: `simulation.History`), as `run_training_process` does."""
+        """Hands every round's metrics to metrics managers and callbacks, as `run_training_process` does.
+
+        Args:
+            metrics_managers: objects with `release(metrics, round)` (CSV, TensorBoard).
+            callbacks: objects with `on_round_end(round, flattened_metrics)` (`simulation.History`).
+        """
         for round_num, metrics in self.history:
             for manager in metrics_managers:
                 manager.release(metrics, round_num)

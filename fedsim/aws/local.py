@@ -61,12 +61,22 @@ class LocalStack:
 
     def __init__(self, silo_ids: Sequence[str], stack_name: str = "fedsim", silo_visibility_timeout: int = 30,
                  poll_seconds: float = 0.05, enforce_iam: bool = True, silo_group_size: Optional[int] = None):
-        """`enforce_iam`: moto checks IAM policies (it does for S3 and SQS, not DynamoDB): the server
-        side uses an operator user's credentials, and each silo its own role's, assumed by its own
-        IAM user (`silo_config(silo_id)`), so a silo cannot act as another.
+        """Describes the stack; `start()` (or `with`) runs it.
 
-        `silo_group_size`: deploy the silos as nested stacks of this many (`template.render_nested`),
-        as a deployment beyond `template.MAX_RENDERED_SILOS` silos must; the default does so only then.
+        Args:
+            silo_ids: the silos' ids (unique, at least one).
+            stack_name: the CloudFormation stack's name.
+            silo_visibility_timeout: seconds a silo's round message stays hidden while it works.
+            poll_seconds: the stream loop's polling interval.
+            enforce_iam: moto checks IAM policies (it does for S3 and SQS, not DynamoDB): the server
+                side uses an operator user's credentials, and each silo its own role's, assumed by its
+                own IAM user (`silo_config(silo_id)`), so a silo cannot act as another.
+            silo_group_size: deploy the silos as nested stacks of this many
+                (`template.render_nested`), as a deployment beyond `template.MAX_RENDERED_SILOS` silos
+                must; the default does so only then.
+
+        Raises:
+            ValueError: if `silo_ids` is empty or has duplicates.
         """
         silo_ids = list(silo_ids)
         if not silo_ids:
@@ -104,6 +114,14 @@ class LocalStack:
         self.stop()
 
     def start(self) -> "LocalStack":
+        """Starts a moto server on loopback, deploys the template and starts the stream loop.
+
+        Returns:
+            The stack itself (`config` now holds the operator's `StackConfig`).
+
+        Raises:
+            RuntimeError: if the server does not come up or the stack does not deploy.
+        """
         self.port = _free_port()
         endpoint = f"http://127.0.0.1:{self.port}"
         env = dict(os.environ, MOTO_PORT=str(self.port), AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
@@ -129,6 +147,7 @@ class LocalStack:
         return self
 
     def stop(self) -> None:
+        """Stops the stream loop and the moto server (idempotent)."""
         self._stop.set()
         if self._loop is not None:
             self._loop.join(timeout=10)
@@ -158,8 +177,19 @@ class LocalStack:
     # deployment -----------------------------------------------------------------------------------
 
     def silo_config(self, silo_id: str) -> StackConfig:
-        """The stack as silo `silo_id` sees it: its own role's credentials (what its agent and
-        `--stack-config` file get). Without IAM enforcement, the operator's."""
+        """The stack as silo `silo_id` sees it: its own role's credentials.
+
+        What its agent and `--stack-config` file get. Without IAM enforcement, the operator's.
+
+        Args:
+            silo_id: one of the stack's silos.
+
+        Returns:
+            The silo's `StackConfig`.
+
+        Raises:
+            ValueError: if `silo_id` is not a silo of this stack.
+        """
         if silo_id not in self.silo_ids:
             raise ValueError(f"{silo_id!r} is not a silo of this stack ({self.silo_ids})")
         return self._silo_configs.get(silo_id, self.config)
@@ -296,10 +326,15 @@ class LocalStack:
             self._stop.wait(self.poll_seconds)
 
     def handle_records(self, records: list) -> None:
-        """Runs the aggregation handler on a batch of stream records, redelivering a batch whose
-        handler raised as the deployed event source mapping does (`template.STREAM_RETRY_ATTEMPTS`
-        more times). Errors of retried attempts are kept in `handler_retries`; a batch that failed
-        every attempt, in `handler_errors`."""
+        """Runs the aggregation handler on a batch of stream records.
+
+        A batch whose handler raised is redelivered as the deployed event source mapping does
+        (`template.STREAM_RETRY_ATTEMPTS` more times). Errors of retried attempts are kept in
+        `handler_retries`; a batch that failed every attempt, in `handler_errors`.
+
+        Args:
+            records: DynamoDB stream records, in the stream's shape.
+        """
         for attempt in range(1 + template.STREAM_RETRY_ATTEMPTS):
             try:
                 self.handler.handle({"Records": records})

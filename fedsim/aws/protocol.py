@@ -82,38 +82,40 @@ def parse_step(text: Any) -> tuple:
     return int(body), body != text
 
 
-def round_prefix(run_id: str, round_num: int) -> str:
-    return f"runs/{run_id}/round-{round_num}"
+def round_prefix(run_id: str, step: str) -> str:
+    """The S3 prefix of a step's server objects (broadcast, result, closed marker)."""
+    return f"runs/{run_id}/round-{step}"
 
 
-def closed_key(run_id: str, round_num: Any) -> str:
+def closed_key(run_id: str, step: str) -> str:
     """The server's marker that a step is over (done or failed); silos may read it."""
-    return f"{round_prefix(run_id, round_num)}/closed.json"
+    return f"{round_prefix(run_id, step)}/closed.json"
 
 
-def silo_result_key(silo_id: str, run_id: str, round_num: int) -> str:
-    return f"silos/{silo_id}/{run_id}/round-{round_num}/work.npz"
+def silo_result_key(silo_id: str, run_id: str, step: str) -> str:
+    """Where a silo uploads its work for a step (under its own prefix)."""
+    return f"silos/{silo_id}/{run_id}/round-{step}/work.npz"
 
 
-def round_item_key(run_id: str, round_num: int) -> dict:
-    return {"pk": f"round#{run_id}", "sk": str(round_num)}
+def round_item_key(run_id: str, step: str) -> dict:
+    return {"pk": f"round#{run_id}", "sk": str(step)}
 
 
-def silo_item_key(silo_id: str, run_id: str, round_num: int) -> dict:
-    return {"pk": silo_id, "sk": f"{run_id}#{round_num}"}
+def silo_item_key(silo_id: str, run_id: str, step: str) -> dict:
+    return {"pk": silo_id, "sk": f"{run_id}#{step}"}
 
 
-def verdict_partition(run_id: str, round_num: int) -> str:
-    return f"verdict#{run_id}#{round_num}"
+def verdict_partition(run_id: str, step: str) -> str:
+    return f"verdict#{run_id}#{step}"
 
 
-def verdict_item_key(run_id: str, round_num: int, silo_id: str) -> dict:
-    return {"pk": verdict_partition(run_id, round_num), "sk": silo_id}
+def verdict_item_key(run_id: str, step: str, silo_id: str) -> dict:
+    return {"pk": verdict_partition(run_id, step), "sk": silo_id}
 
 
-def round_key(run_id: str, round_num: int) -> str:
+def round_key(run_id: str, step: str) -> str:
     """The GSI partition of a round's silo results."""
-    return f"{run_id}#{round_num}"
+    return f"{run_id}#{step}"
 
 
 def _leaf_specs(value_type: ft.Type) -> list:

@@ -165,13 +165,26 @@ class SiloAgent:
                  accept: Optional[Any] = None,
                  allowed_ops: op_allowlist.OpAllowlist = op_allowlist.DEFAULT_OP_ALLOWLIST,
                  identity: Any = None, pinned_identities: Optional[dict] = None):
-        """`dataset`: a `tf.data.Dataset` (named `train`), or `{name: dataset}` (e.g. `train` and
-        `test`); a run's manifest says which step runs on which. `accept`: the hashes of the only
-        computations this silo runs (None: any that passes `allowed_ops`). `allowed_ops`: the ops a
-        computation's graphs may use here. `identity`: the silo's long-term Ed25519 identity key
-        (`fedsim.core.secagg.crypto.identity_key()`), which signs its keys in secure steps;
-        `pinned_identities`: silo id -> the raw public identity key pinned for it at onboarding.
-        Without them the silo refuses secure steps."""
+        """Connects the silo to its queue in the stack.
+
+        Args:
+            config: the stack as this silo sees it (its own role's credentials).
+            silo_id: the silo's id (it must have a queue in the stack).
+            dataset: a `tf.data.Dataset` (named `train`), or `{name: dataset}` (e.g. `train` and
+                `test`); a run's manifest says which step runs on which.
+            poll_seconds: the queue's long-poll wait.
+            accept: the hashes of the only computations this silo runs (None: any that passes
+                `allowed_ops`).
+            allowed_ops: the ops a computation's graphs may use here.
+            identity: the silo's long-term Ed25519 identity key
+                (`fedsim.core.secagg.crypto.identity_key()`), which signs its keys in secure steps.
+            pinned_identities: silo id -> the raw public identity key pinned for it at onboarding.
+                Without `identity` and these the silo refuses secure steps.
+
+        Raises:
+            ValueError: if the silo has no queue in the stack or no dataset.
+            StackUnreachableError: if the stack's endpoint does not answer.
+        """
         if silo_id not in config.silo_queues:
             raise ValueError(f"silo {silo_id!r} has no queue in this stack (silos: {sorted(config.silo_queues)})")
         config.check_reachable(config.silo_queues[silo_id])
@@ -237,33 +250,49 @@ class SiloAgent:
         return self.rounds_done
 
     def process(self, message: dict) -> str:
+        """Handles one round message: vets the computation, trains, uploads, records.
+
+        A message for another silo, a closed round or a malformed step is deleted; a refusal is
+        recorded as the silo's result with its reason.
+
+        Args:
+            message: an SQS message (its body the round request, possibly in an SNS envelope).
+
+        Returns:
+            The outcome: "reported", "refused", "duplicate" (a result was already recorded),
+            "not for this silo", "malformed" or "round already closed".
+
+        Raises:
+            botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError: an AWS error;
+                the run loop logs it and leaves the message for redelivery.
+        """
         body = json.loads(message["Body"])
         request = json.loads(body["Message"]) if "Message" in body else body  # SNS envelope on AWS
         if self.silo_id not in request.get("silos", []):
             self.sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=message["ReceiptHandle"])
             self.rounds_done += 1
             return "not for this silo"
-        run_id, round_num = str(request["run_id"]), str(request["round"])
+        run_id, step = str(request["run_id"]), str(request["round"])
         try:
-            protocol.parse_step(round_num)
+            protocol.parse_step(step)
         except ValueError as error:
             self.sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=message["ReceiptHandle"])
             logging.warning("silo %s: a message for run %s was dropped: %s", self.silo_id, run_id[:40], error)
             return "malformed"
-        if self._closed(run_id, round_num):
+        if self._closed(run_id, step):
             self.sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=message["ReceiptHandle"])
-            logging.info("silo %s, run %s round %s: already closed, skipped", self.silo_id, run_id, round_num)
+            logging.info("silo %s, run %s round %s: already closed, skipped", self.silo_id, run_id, step)
             self.rounds_done += 1
             return "round already closed"
-        key = protocol.silo_result_key(self.silo_id, run_id, round_num)
+        key = protocol.silo_result_key(self.silo_id, run_id, step)
         received_at = time.time()
-        item = dict(protocol.silo_item_key(self.silo_id, run_id, round_num))
-        item.update({"round_key": protocol.round_key(run_id, round_num), "received_at": received_at})
+        item = dict(protocol.silo_item_key(self.silo_id, run_id, step))
+        item.update({"round_key": protocol.round_key(run_id, step), "received_at": received_at})
         try:
             if self._own_object_exists(key):  # a redelivered message after an upload: reuse it, never rewrite it
                 output_bytes = self.store.get(key)[0]
                 digest = protocol.sha256(output_bytes)
-            elif self._in_protocol(run_id, round_num):  # restarted mid-protocol: its session keys are gone
+            elif self._in_protocol(run_id, step):  # restarted mid-protocol: its session keys are gone
                 self.sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=message["ReceiptHandle"])
                 self.rounds_done += 1
                 return "dropped (restarted during the secure protocol)"
@@ -273,7 +302,7 @@ class SiloAgent:
                 output_bytes = self.work(request)
                 digest = self.store.put_new(key, output_bytes)
         except (ComputationRefusedError, LocalDataError) as refusal:
-            logging.warning("silo %s, run %s round %s: %s", self.silo_id, run_id, round_num, refusal)
+            logging.warning("silo %s, run %s round %s: %s", self.silo_id, run_id, step, refusal)
             item.update({"refused": str(refusal)[:protocol.MAX_REASON_CHARS], "written_at": time.time()})
             outcome = "refused" if self.store.put_item_if_absent(item) else "duplicate"
         else:
@@ -282,7 +311,7 @@ class SiloAgent:
             outcome = "reported" if self.store.put_item_if_absent(item) else "duplicate"
         self.sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=message["ReceiptHandle"])
         self.rounds_done += 1
-        logging.info("silo %s, run %s round %s: %s", self.silo_id, run_id, round_num, outcome)
+        logging.info("silo %s, run %s round %s: %s", self.silo_id, run_id, step, outcome)
         return outcome
 
     def _in_protocol(self, run_id: str, step: str) -> bool:
@@ -299,11 +328,11 @@ class SiloAgent:
         except AccessDeniedError:
             return False
 
-    def _closed(self, run_id: str, round_num: str) -> bool:
+    def _closed(self, run_id: str, step: str) -> bool:
         """Whether the server marked the step closed (a late silo skips it). A marker it may not
         read (an older stack) counts as not closed: the silo works, the server ignores it."""
         try:
-            return self.store.exists(protocol.closed_key(run_id, round_num))
+            return self.store.exists(protocol.closed_key(run_id, step))
         except AccessDeniedError:
             return False
 

@@ -27,7 +27,20 @@ __all__ = ["StopWhen", "StopWhenNoImprovement", "first_stop_reason", "rule_from_
 
 @attrs.frozen
 class StopWhen:
-    """Stop once `metric`, in the round just finished, is below `below` or above `above`."""
+    """Stop once `metric`, in the round just finished, is below `below` or above `above`.
+
+    Args:
+        metric: a flattened metric name, e.g. `"client_work/train/loss"`.
+        below: stop when the metric is below this.
+        above: stop when the metric is above this.
+
+    Raises:
+        ValueError: if neither threshold is given.
+
+    Example:
+        >>> context.run_rounds(process.next, state, silo_ids, rounds=50,
+        ...                    stop_rules=[fedsim.aws.StopWhen("client_work/train/loss", below=0.1)])
+    """
 
     metric: str
     below: Optional[float] = None
@@ -38,6 +51,14 @@ class StopWhen:
             raise ValueError(f"StopWhen({self.metric!r}) needs a threshold: below=... or above=...")
 
     def reason(self, history: Sequence[tuple]) -> Optional[str]:
+        """Why the run should stop after the last round of `history`, or None to go on.
+
+        Args:
+            history: `(round, metrics)` pairs, oldest first; metrics flattened (`a/b`), None where absent.
+
+        Returns:
+            The reason, in words naming the metric and round, or None.
+        """
         if not history or self.metric not in history[-1][1] or history[-1][1][self.metric] is None:
             return None
         value = float(history[-1][1][self.metric])
@@ -48,12 +69,20 @@ class StopWhen:
         return None
 
     def to_json(self) -> dict:
+        """The rule as the manifest records it (read back by `rule_from_json`)."""
         return {"rule": "threshold", "metric": self.metric, "below": self.below, "above": self.above}
 
 
 @attrs.frozen
 class StopWhenNoImprovement:
-    """Stop when `metric` has not improved by `min_delta` for `patience` rounds (Keras' EarlyStopping rule)."""
+    """Stop when `metric` has not improved by `min_delta` for `patience` rounds (Keras' EarlyStopping rule).
+
+    Args:
+        metric: a flattened metric name.
+        patience: rounds without improvement tolerated.
+        mode: `"min"` or `"max"`.
+        min_delta: the smallest change that counts as an improvement.
+    """
 
     metric: str
     patience: int = 0
@@ -61,6 +90,14 @@ class StopWhenNoImprovement:
     min_delta: float = 0.0
 
     def reason(self, history: Sequence[tuple]) -> Optional[str]:
+        """Why the run should stop after the last round of `history`, or None to go on.
+
+        Args:
+            history: `(round, metrics)` pairs, oldest first; metrics flattened (`a/b`), None where absent.
+
+        Returns:
+            The reason, in words naming the metric and round, or None.
+        """
         watcher = EarlyStopping(self.metric, patience=self.patience, min_delta=self.min_delta, mode=self.mode)
         for round_num, metrics in history:
             watcher.on_round_end(round_num, {k: v for k, v in metrics.items() if v is not None})
@@ -69,6 +106,7 @@ class StopWhenNoImprovement:
         return None
 
     def to_json(self) -> dict:
+        """The rule as the manifest records it (read back by `rule_from_json`)."""
         return {"rule": "no_improvement", "metric": self.metric, "patience": self.patience, "mode": self.mode,
                 "min_delta": self.min_delta}
 

@@ -328,13 +328,13 @@ class Store:
         """Every item of one partition key, strongly consistent."""
         return self._query_all(KeyConditionExpression="pk = :p", ConsistentRead=True, ExpressionAttributeValues={":p": {"S": partition}})
 
-    def round_verdicts(self, run_id: str, round_num: int) -> dict:
+    def round_verdicts(self, run_id: str, step: str) -> dict:
         """silo -> the server's verdict item for that silo's result in the round."""
-        return {item["sk"]: item for item in self.query_partition(protocol.verdict_partition(run_id, round_num))}
+        return {item["sk"]: item for item in self.query_partition(protocol.verdict_partition(run_id, step))}
 
-    def round_results(self, run_id: str, round_num: int) -> list:
+    def round_results(self, run_id: str, step: str) -> list:
         """Every silo record of a round (the by_round index: eventually consistent; the verdicts are not)."""
-        return self.by_round_key(protocol.round_key(run_id, round_num))
+        return self.by_round_key(protocol.round_key(run_id, step))
 
     def by_round_key(self, round_key: str) -> list:
         """Every silo item filed under `round_key` in the by_round index."""

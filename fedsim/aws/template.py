@@ -44,6 +44,14 @@ TOPIC_PLACEHOLDER = "${GlobalModelReadyTopic}"
 
 
 def template_path() -> pathlib.Path:
+    """The path of the packaged CloudFormation template (`server.yaml`), as deployed.
+
+    Returns:
+        The template file's path.
+
+    Example:
+        >>> fedsim.aws.template_path().read_text()[:40]
+    """
     return pathlib.Path(__file__).with_name("server.yaml")
 
 

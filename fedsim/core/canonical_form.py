@@ -138,7 +138,17 @@ class CanonicalForm:
         return isinstance(result, ft.StructType) and len(result) >= 1 and result[0] == self.state_type
 
     def next_state(self, result: Any) -> Any:
-        """The next round's state in an `update` result (its first element)."""
+        """The next round's state in an `update` result (its first element).
+
+        Args:
+            result: what `update` returned.
+
+        Returns:
+            The state to pass to the next round.
+
+        Raises:
+            CanonicalFormError: if the result does not start with the state (the computation does not iterate).
+        """
         if not self.iterates:
             raise CanonicalFormError(f"canonical form: the result {self.result_type} does not start with the state {self.state_type}")
         return structure.struct_elements(result, self.result_type)[0]

@@ -255,7 +255,24 @@ def _check_signature(computation: Any, name: str) -> tuple:
 
 
 def compile_to_canonical_form(computation: Any) -> CanonicalForm:
-    """The canonical form of a federated computation, or a `CanonicalFormError` saying why not."""
+    """The canonical form of a federated computation, or a `CanonicalFormError` saying why not.
+
+    The canonical form splits one round into phases (prepare, work at clients, aggregations,
+    update), which is what the AWS executor and the phase runner execute.
+
+    Args:
+        computation: a `FederatedComputation` of type `(state@SERVER, data@CLIENTS) -> <state@SERVER, ...>`.
+
+    Returns:
+        A `CanonicalForm`.
+
+    Raises:
+        CanonicalFormError: if the computation cannot be put in canonical form, naming why.
+
+    Example:
+        >>> form = fedsim.compile_to_canonical_form(process.next)
+        >>> result = fedsim.run_canonical_form(form, state, client_datasets)
+    """
     if not isinstance(computation, FederatedComputation):
         raise CanonicalFormError(f"canonical form compiles a @fedsim.federated_computation, got {type(computation).__name__}")
     name = computation.name

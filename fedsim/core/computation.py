@@ -15,6 +15,11 @@ class Computation:
 
     Subclasses: `TensorFlowComputation` (from `tf_computation`) and `FederatedComputation`
     (from `federated_computation`).
+
+    Args:
+        type_signature: the computation's `FunctionType`.
+        name: a name for messages (the Python function's).
+        unpack: whether the Python function took the parameter's elements as separate arguments.
     """
 
     def __init__(self, type_signature: ft.FunctionType, name: str, unpack: bool):

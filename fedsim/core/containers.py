@@ -61,8 +61,25 @@ def register_container(name_or_class: Union[str, type, None] = None, name: Optio
     Forms: ``register_container(cls, "name")``, ``@register_container("name")`` and
     ``@register_container`` (the name is then ``module.QualifiedName``). The name is what
     travels on the wire; renaming the module later does not change a computation's bytes if
-    the name stays. Registering the same class under the same name twice is harmless; reusing a
-    name for another class is an error.
+    the name stays. A name read from the wire is only ever looked up here, never imported.
+
+    Args:
+        name_or_class: the class, or (as a decorator factory) the name.
+        name: the wire name, when the class is given.
+
+    Returns:
+        The class (so it works as a decorator), or a decorator.
+
+    Raises:
+        ValueError: if the name is already registered for another class.
+
+    Example::
+
+        @fedsim.register_container("myproject.Batch")
+        @attrs.define
+        class Batch:
+            x: Any
+            y: Any
     """
     if isinstance(name_or_class, type):
         return _register(name_or_class, name)

@@ -42,7 +42,11 @@ def install_default_context(context: Context) -> None:
 def set_default_context(context: Optional[Context]) -> None:
     """Makes `context` the context used outside any `execution_context` block.
 
-    `None` restores the local simulation context.
+    Args:
+        context: an execution context, or `None` to restore the local simulation context.
+
+    Example:
+        >>> fedsim.core.set_default_context(fedsim.aws.AwsExecutionContext(config))
     """
     global _default
     with _default_lock:
@@ -63,6 +67,12 @@ def get_context() -> Context:
 @contextlib.contextmanager
 def execution_context(context: Context) -> Iterator[Context]:
     """Runs the calls made inside the block in `context`.
+
+    Args:
+        context: an execution context (`LocalExecutionContext`, `AwsExecutionContext`, ...).
+
+    Yields:
+        `context`, current for the block's duration (restored afterwards, also on error).
 
     Example::
 

@@ -28,7 +28,15 @@ __all__ = ["FederatedComputation", "Value", "TracingContext", "current_tracer", 
 
 
 class FederatedComputation(computation_lib.Computation):
-    """A traced federated computation: `ir` is a `Lambda` building block."""
+    """A traced federated computation: `ir` is a `Lambda` building block.
+
+    Made by `federated_computation`; `deserialize_computation` rebuilds one.
+
+    Args:
+        ir: the computation's IR.
+        name: a name for messages.
+        unpack: whether the Python function took the parameter's elements as separate arguments.
+    """
 
     def __init__(self, ir: bb.Lambda, name: str, unpack: bool = False):
         super().__init__(ir.type_signature, name, unpack)
@@ -40,6 +48,9 @@ class Value:
 
     Structures support `value.name`, `value[i]` and unpacking; federated structures support
     `value.name` too (a member-wise selection); function values can be called.
+
+    Args:
+        block: the IR node the value stands for.
     """
 
     def __init__(self, block: bb.BuildingBlock):

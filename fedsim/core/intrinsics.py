@@ -154,7 +154,21 @@ def _check_leaves(value_type: ft.Type, name: str, allowed: str, what: str = "val
 
 
 def federated_value(value: Any, placement: Placement) -> fc.Value:
-    """Places an unplaced value (or Python constant) at `placement`, equal everywhere."""
+    """Places an unplaced value (or Python constant) at `placement`, equal everywhere.
+
+    Args:
+        value: an unplaced traced value or a Python/numpy constant.
+        placement: `fedsim.CLIENTS` or `fedsim.SERVER`.
+
+    Returns:
+        The value placed at `placement` (`T@SERVER`, or `T@CLIENTS` with one value for all clients).
+
+    Raises:
+        FederatedTypeError: if `placement` is not a placement or `value` is already placed.
+
+    Example:
+        >>> one = fedsim.federated_value(1.0, fedsim.SERVER)
+    """
     if not isinstance(placement, Placement):
         raise FederatedTypeError(f"fedsim.federated_value needs fedsim.CLIENTS or fedsim.SERVER, got {placement!r}")
     value = _value(value, defs.FEDERATED_VALUE, "value")
@@ -164,7 +178,20 @@ def federated_value(value: Any, placement: Placement) -> fc.Value:
 
 
 def federated_broadcast(value: Any) -> fc.Value:
-    """Sends a SERVER value to every client: `T@SERVER -> T@CLIENTS`."""
+    """Sends a SERVER value to every client: `T@SERVER -> T@CLIENTS`.
+
+    Args:
+        value: a traced value placed at the SERVER.
+
+    Returns:
+        The same value at CLIENTS, equal for every client.
+
+    Raises:
+        FederatedTypeError: if `value` is not placed at the SERVER.
+
+    Example:
+        >>> model_at_clients = fedsim.federated_broadcast(server_model)
+    """
     value = _value(value, defs.FEDERATED_BROADCAST, "value")
     value_type = _federated(value, defs.FEDERATED_BROADCAST)
     if value_type.placement is not SERVER:
@@ -191,6 +218,20 @@ def federated_map(fn: Any, arg: Any) -> fc.Value:
 
     `{T}@CLIENTS -> {U}@CLIENTS`, or `T@SERVER -> U@SERVER`. A structure of federated values is
     zipped first, as in TFF.
+
+    Args:
+        fn: a `tf_computation` (or `federated_computation`, or a Python function over tensors,
+            traced for the member type) from T to U.
+        arg: a federated value, or a tuple/list/dict of federated values at one placement.
+
+    Returns:
+        The results at the argument's placement.
+
+    Raises:
+        FederatedTypeError: if `arg` is not federated or `fn` does not accept its member type.
+
+    Example:
+        >>> updates = fedsim.federated_map(client_update, (model_at_clients, datasets))
     """
     value = _zip_if_structure(arg, defs.FEDERATED_MAP)
     value_type = _federated(value, defs.FEDERATED_MAP, "argument")
@@ -199,7 +240,18 @@ def federated_map(fn: Any, arg: Any) -> fc.Value:
 
 
 def federated_eval(fn: Any, placement: Placement) -> fc.Value:
-    """Runs a no-argument computation at `placement` (each client runs its own)."""
+    """Runs a no-argument computation at `placement` (each client runs its own).
+
+    Args:
+        fn: a computation (or Python function) that takes no argument.
+        placement: `fedsim.CLIENTS` or `fedsim.SERVER`.
+
+    Returns:
+        Its result placed at `placement` (`{U}@CLIENTS`: one per client).
+
+    Raises:
+        FederatedTypeError: if `placement` is not a placement or `fn` takes an argument.
+    """
     if not isinstance(placement, Placement):
         raise FederatedTypeError(f"fedsim.federated_eval needs fedsim.CLIENTS or fedsim.SERVER, got {placement!r}")
     function = _function(fn, None, defs.FEDERATED_EVAL, "evaluated computation")
@@ -210,6 +262,15 @@ def federated_zip(value: Any) -> fc.Value:
     """Turns a structure of federated values at one placement into a federated structure.
 
     `<a={A}@CLIENTS,b={B}@CLIENTS> -> {<a=A,b=B>}@CLIENTS`.
+
+    Args:
+        value: a non-empty structure (tuple, list, dict or traced struct) of federated values.
+
+    Returns:
+        One federated value whose member is the structure of the members.
+
+    Raises:
+        FederatedTypeError: if an element is not federated or the placements differ.
     """
     value = _value(value, defs.FEDERATED_ZIP, "value")
     value_type = value.type_signature
@@ -229,7 +290,20 @@ def federated_zip(value: Any) -> fc.Value:
 
 
 def federated_sum(value: Any) -> fc.Value:
-    """Sums a CLIENTS value at the SERVER: `{T}@CLIENTS -> T@SERVER` (numeric T)."""
+    """Sums a CLIENTS value at the SERVER: `{T}@CLIENTS -> T@SERVER` (numeric T).
+
+    Args:
+        value: a value at CLIENTS whose leaves are numeric tensors.
+
+    Returns:
+        The leaf-wise sum at the SERVER (zeros over zero clients).
+
+    Raises:
+        FederatedTypeError: if `value` is not at CLIENTS or has a non-numeric leaf.
+
+    Example:
+        >>> total = fedsim.federated_sum(counts)
+    """
     value = _value(value, defs.FEDERATED_SUM, "value")
     value_type = _at_clients(value, defs.FEDERATED_SUM)
     _check_leaves(value_type.member, defs.FEDERATED_SUM, "numeric")
@@ -247,19 +321,53 @@ def federated_min(value: Any) -> fc.Value:
     """The leaf-wise minimum of a CLIENTS value at the SERVER: `{T}@CLIENTS -> T@SERVER` (numeric T).
 
     Over zero clients each leaf is its dtype's largest value, as in TFF.
+
+    Args:
+        value: a value at CLIENTS whose leaves are numeric tensors.
+
+    Returns:
+        The leaf-wise minimum at the SERVER.
+
+    Raises:
+        FederatedTypeError: if `value` is not at CLIENTS or has a non-numeric leaf.
     """
     return _extremum(defs.FEDERATED_MIN, value)
 
 
 def federated_max(value: Any) -> fc.Value:
-    """The leaf-wise maximum of a CLIENTS value at the SERVER: `{T}@CLIENTS -> T@SERVER` (numeric T)."""
+    """The leaf-wise maximum of a CLIENTS value at the SERVER: `{T}@CLIENTS -> T@SERVER` (numeric T).
+
+    Over zero clients each leaf is its dtype's smallest value, as in TFF.
+
+    Args:
+        value: a value at CLIENTS whose leaves are numeric tensors.
+
+    Returns:
+        The leaf-wise maximum at the SERVER.
+
+    Raises:
+        FederatedTypeError: if `value` is not at CLIENTS or has a non-numeric leaf.
+    """
     return _extremum(defs.FEDERATED_MAX, value)
 
 
 def federated_mean(value: Any, weight: Any = None) -> fc.Value:
     """The (weighted) mean of a CLIENTS value at the SERVER: `{T}@CLIENTS -> T@SERVER`.
 
-    `weight`, if given, is a numeric scalar per client (`{float32}@CLIENTS`).
+    Args:
+        value: a value at CLIENTS whose leaves are floating-point tensors.
+        weight: optional numeric scalar per client (`{float32}@CLIENTS`); without it every
+            client counts equally.
+
+    Returns:
+        The (weighted) leaf-wise mean at the SERVER.
+
+    Raises:
+        FederatedTypeError: if `value` is not at CLIENTS, has a non-floating leaf, or `weight` is
+            not a numeric scalar at CLIENTS.
+
+    Example:
+        >>> mean_model = fedsim.federated_mean(client_models, weight=num_examples)
     """
     value = _value(value, defs.FEDERATED_MEAN, "value")
     value_type = _at_clients(value, defs.FEDERATED_MEAN)
@@ -283,6 +391,20 @@ def federated_aggregate(value: Any, zero: Any, accumulate: Any, merge: Any, repo
     Starting from `zero` (U), clients' values are folded in with `accumulate: <U,T> -> U`,
     partial accumulators combined with `merge: <U,U> -> U`, and the total turned into the
     result with `report: U -> R`.
+
+    Args:
+        value: a value at CLIENTS (a tuple of CLIENTS values is zipped first, as in TFF).
+        zero: the unplaced initial accumulator (U).
+        accumulate: computation `<U,T> -> U`.
+        merge: computation `<U,U> -> U`.
+        report: computation `U -> R`.
+
+    Returns:
+        The reported result at the SERVER.
+
+    Raises:
+        FederatedTypeError: if `value` is not at CLIENTS or `zero` is placed.
+        TypeSignatureMismatchError: if `accumulate` or `merge` does not return U.
     """
     name = defs.FEDERATED_AGGREGATE
     value = _zip_if_structure(value, name)  # a tuple of CLIENTS values is zipped, as in TFF
@@ -338,9 +460,20 @@ def _secure_sum(name: str, value: Any, constant: Any, what: str, low: int, high:
 def federated_secure_sum_bitwidth(value: Any, bitwidth: Any) -> fc.Value:
     """A secure sum of integer CLIENTS values, each in `[0, 2**bitwidth)`: `{T}@CLIENTS -> T@SERVER`.
 
-    `bitwidth` is a Python int (or a structure of ints matching T). The local context checks
-    the range of every client's value and sums exactly; a real deployment replaces this by a
-    secure aggregation protocol over the same range.
+    The local context checks each client's range and sums exactly (or runs the secure
+    aggregation protocol among simulated clients with `secure_aggregation="protocol"`); on the
+    AWS executor it runs as the secure aggregation protocol among the silos.
+
+    Args:
+        value: a value at CLIENTS whose leaves are integer tensors.
+        bitwidth: a Python int from 1 to 62, or a structure of them matching T.
+
+    Returns:
+        The leaf-wise sum at the SERVER.
+
+    Raises:
+        FederatedTypeError: if `value` is not integer at CLIENTS or `bitwidth` is out of range or
+            does not match T.
     """
     return _secure_sum(defs.FEDERATED_SECURE_SUM_BITWIDTH, value, bitwidth, "bitwidth", 1, 62)
 
@@ -348,7 +481,18 @@ def federated_secure_sum_bitwidth(value: Any, bitwidth: Any) -> fc.Value:
 def federated_secure_sum(value: Any, max_input: Any) -> fc.Value:
     """A secure sum of integer CLIENTS values, each in `[0, max_input]`: `{T}@CLIENTS -> T@SERVER`.
 
-    TFF's spelling; `max_input` is a Python int or a structure of them matching T.
+    TFF's spelling; runs as `federated_secure_sum_bitwidth` does.
+
+    Args:
+        value: a value at CLIENTS whose leaves are integer tensors.
+        max_input: a Python int from 0 to 2**62, or a structure of them matching T.
+
+    Returns:
+        The leaf-wise sum at the SERVER.
+
+    Raises:
+        FederatedTypeError: if `value` is not integer at CLIENTS or `max_input` is out of range or
+            does not match T.
     """
     return _secure_sum(defs.FEDERATED_SECURE_SUM, value, max_input, "max_input", 0, 2**62)
 
@@ -356,11 +500,21 @@ def federated_secure_sum(value: Any, max_input: Any) -> fc.Value:
 def federated_select(client_keys: Any, max_key: Any, server_val: Any, select_fn: Any) -> fc.Value:
     """Each client receives `select_fn(server_val, key)` for each of its keys, as a sequence.
 
-    `client_keys` is `{int32[n]}@CLIENTS`, `max_key` an int32 at the SERVER (keys must be in
-    `[0, max_key)`), `server_val` a SERVER value and `select_fn` a computation (or a Python
-    function over tensors) `(server_val member, int32) -> U`; the result is `{U*}@CLIENTS`.
     It is a broadcast of the server value and a client-side selection, so it compiles to the
     canonical form like any other broadcast and map.
+
+    Args:
+        client_keys: `{int32[n]}@CLIENTS`, each key in `[0, max_key)`.
+        max_key: an integer scalar at the SERVER.
+        server_val: a value at the SERVER.
+        select_fn: a `tf_computation` (or a Python function over tensors)
+            `(server_val member, int32) -> U`.
+
+    Returns:
+        `{U*}@CLIENTS`: one sequence per client, one element per key.
+
+    Raises:
+        FederatedTypeError: if an argument has the wrong placement or type.
     """
     name = "federated_select"
     keys = _value(client_keys, name, "client_keys")
@@ -414,7 +568,18 @@ def _sequence_operand(value: Any, name: str) -> tuple:
 
 
 def sequence_map(fn: Any, value: Any) -> fc.Value:
-    """Maps a computation over a sequence's elements: `(T -> U), T* -> U*` (also pointwise at a placement)."""
+    """Maps a computation over a sequence's elements: `(T -> U), T* -> U*` (also pointwise at a placement).
+
+    Args:
+        fn: a `tf_computation` from T to U.
+        value: a sequence `T*` (or a federated sequence).
+
+    Returns:
+        The mapped sequence `U*` (at the same placement).
+
+    Raises:
+        FederatedTypeError: if `value` is not a sequence or `fn` is not a `tf_computation`.
+    """
     value, element = _sequence_operand(value, defs.SEQUENCE_MAP)
     function = _function(fn, element, defs.SEQUENCE_MAP, "mapped computation")
     _require_tensorflow(function, defs.SEQUENCE_MAP)
@@ -422,7 +587,20 @@ def sequence_map(fn: Any, value: Any) -> fc.Value:
 
 
 def sequence_reduce(value: Any, zero: Any, op: Any) -> fc.Value:
-    """Folds a sequence: `T*, U, (<U,T> -> U) -> U` (also pointwise at a placement)."""
+    """Folds a sequence: `T*, U, (<U,T> -> U) -> U` (also pointwise at a placement).
+
+    Args:
+        value: a sequence `T*` (or a federated sequence).
+        zero: the unplaced initial accumulator (U).
+        op: a `tf_computation` `<U,T> -> U`.
+
+    Returns:
+        The folded value U (at the sequence's placement).
+
+    Raises:
+        FederatedTypeError: if `value` is not a sequence or `op` is not a `tf_computation`.
+        TypeSignatureMismatchError: if `op` does not return U.
+    """
     value, element = _sequence_operand(value, defs.SEQUENCE_REDUCE)
     zero = _value(zero, defs.SEQUENCE_REDUCE, "zero")
     zero_type = _unplaced(zero, defs.SEQUENCE_REDUCE, "zero")
@@ -433,7 +611,17 @@ def sequence_reduce(value: Any, zero: Any, op: Any) -> fc.Value:
 
 
 def sequence_sum(value: Any) -> fc.Value:
-    """Sums a sequence's elements: `T* -> T` (numeric T; also pointwise at a placement)."""
+    """Sums a sequence's elements: `T* -> T` (numeric T; also pointwise at a placement).
+
+    Args:
+        value: a sequence of numeric elements (or a federated sequence).
+
+    Returns:
+        The element-wise sum T (at the sequence's placement).
+
+    Raises:
+        FederatedTypeError: if `value` is not a sequence of numeric elements.
+    """
     value, element = _sequence_operand(value, defs.SEQUENCE_SUM)
     _check_leaves(element, defs.SEQUENCE_SUM, "numeric", "sequence element")
     return _call(defs.SEQUENCE_SUM, [value])

@@ -361,6 +361,14 @@ class LocalExecutionContext:
 
         With `read_ahead`, `read_ahead(i)` runs first on producer threads, started in order a
         bounded window ahead, and its result is passed on: `fn(i, read_ahead(i))`.
+
+        Args:
+            fn: the task, `fn(i)` or `fn(i, read)`.
+            count: the number of tasks.
+            read_ahead: an optional reader run ahead on producer threads.
+
+        Yields:
+            The tasks' results in index order.
         """
         pool, reader = self._executors()
         window = 2 * self.max_parallel_clients
@@ -401,6 +409,22 @@ class LocalExecutionContext:
             concurrent.futures.wait([read for read in reads if not read.cancel()])
 
     def invoke(self, computation: Any, argument: Any) -> Any:
+        """Runs `computation` on `argument` in this process.
+
+        The execution-context entry point: calling a computation ends here.
+
+        Args:
+            computation: a `TensorFlowComputation` or `FederatedComputation`.
+            argument: its argument (CLIENTS-placed values are lists, one item per client), or None.
+
+        Returns:
+            The result; CLIENTS-placed results are lists, one item per client.
+
+        Raises:
+            TypeError: if `computation` is not a fedsim computation.
+            ValueError: if CLIENTS-placed arguments have different numbers of clients.
+            structure.TypeSignatureMismatchError: if the argument does not fit the parameter type.
+        """
         if isinstance(computation, tfc.TensorFlowComputation):
             parameter = computation.type_signature.parameter
             value = None if parameter is None else structure.check_and_normalize(

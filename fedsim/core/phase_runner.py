@@ -84,7 +84,21 @@ def update(update_phase: tfc.TensorFlowComputation, carry: Any, aggregates: Any)
 
 
 def run_round(form: CanonicalForm, server_state: Any, client_inputs: Iterable, merge_every: int = 0) -> Any:
-    """Runs the phases in order on one machine: what any executor of the form must reproduce."""
+    """Runs the phases in order on one machine: what any executor of the form must reproduce.
+
+    Args:
+        form: a `CanonicalForm`.
+        server_state: the round's server state.
+        client_inputs: one input per client (e.g. its dataset).
+        merge_every: merge partial aggregates every this many clients (0: one accumulator),
+            to exercise `merge` as distributed executors do.
+
+    Returns:
+        The round's result, as the original computation returns it.
+
+    Raises:
+        ValueError: if `client_inputs` is empty.
+    """
     client_inputs = list(client_inputs)
     if not client_inputs:
         raise ValueError("run_canonical_form: the list of client inputs is empty")

@@ -39,7 +39,14 @@ MAX_GRAPHS = 10_000
 
 
 def computation_hash(data: bytes) -> str:
-    """The SHA-256 of serialized bytes: what a silo pins (`--accept`) and S3 keys name."""
+    """The SHA-256 of serialized bytes: what a silo pins (`--accept`) and S3 keys name.
+
+    Args:
+        data: serialized computation bytes.
+
+    Returns:
+        The hex digest.
+    """
     return hashlib.sha256(bytes(data)).hexdigest()
 
 
@@ -61,7 +68,24 @@ def _tf_header(computation: tfc.TensorFlowComputation, add_blob: Callable[[bytes
 
 
 def serialize_computation(computation: computation_lib.Computation) -> bytes:
-    """Serializes a `tf_computation` or `federated_computation` to bytes."""
+    """Serializes a `tf_computation` or `federated_computation` to bytes.
+
+    The bytes hold the type signatures, the IR and each TensorFlow graph with a checksum; they
+    carry no Python code, so a silo can vet and run them.
+
+    Args:
+        computation: a fedsim computation.
+
+    Returns:
+        The serialized bytes (deterministic for a given computation).
+
+    Raises:
+        TypeError: if `computation` is not a fedsim computation.
+
+    Example:
+        >>> data = fedsim.serialize_computation(process.next)
+        >>> fedsim.computation_hash(data)  # what a silo pins
+    """
     blobs: list = []
     blob_index: dict = {}
 
@@ -101,8 +125,19 @@ def deserialize_computation(
     """Rebuilds a computation from `serialize_computation` bytes.
 
     The bytes are untrusted: every checksum, field and type is checked, and every graph (with
-    its function library) must use only ops of `allowed_ops`. Problems raise
-    `SerializationError` (`op_allowlist.DisallowedOpError` for a refused op) naming the place.
+    its function library) must use only ops of `allowed_ops`.
+
+    Args:
+        data: the serialized bytes.
+        allowed_ops: the op allowlist the graphs must keep to (fedsim's default allowlist).
+
+    Returns:
+        The computation, callable in any execution context.
+
+    Raises:
+        TypeError: if `data` is not bytes.
+        SerializationError: if the bytes are malformed, truncated or corrupt, naming the place.
+        op_allowlist.DisallowedOpError: if a graph uses an op outside `allowed_ops`.
 
     Example::
 

@@ -383,7 +383,21 @@ def to_mapping(value: Any, type_spec: ft.Type) -> Any:
 
 
 def flatten_metrics(metrics: Mapping[str, Any], prefix: str = "") -> dict:
-    """`{"a": {"b": 1.0}}` -> `{"a/b": 1.0}`, keeping numeric scalars only."""
+    """`{"a": {"b": 1.0}}` -> `{"a/b": 1.0}`, keeping numeric scalars only.
+
+    The names `run_training_process`, History, CSV and TensorBoard use.
+
+    Args:
+        metrics: nested mappings of metrics.
+        prefix: prepended to every name.
+
+    Returns:
+        A flat dict of name -> Python number.
+
+    Example:
+        >>> fedsim.simulation.flatten_metrics({"train": {"loss": np.float32(0.5)}})
+        {'train/loss': 0.5}
+    """
     flat = {}
     for key, value in metrics.items():
         name = f"{prefix}{key}"

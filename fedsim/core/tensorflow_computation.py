@@ -104,6 +104,19 @@ class TensorFlowComputation(computation_lib.Computation):
     variant tensor holding a dataset). A computation whose parameter holds sequences may also
     have a *fast form* (see `sequences`): traced on first use from the Python function (or
     read with the serialized bytes), it takes each dataset as the tensors of one iteration.
+    Users make these with `tf_computation`; `deserialize_computation` rebuilds them.
+
+    Args:
+        graph_def: the serialized graph.
+        parameter_names: the graph's input tensor names, one per parameter leaf.
+        result_names: the graph's output tensor names, one per result leaf.
+        type_signature: the computation's `FunctionType`.
+        name: a name for messages.
+        unpack: whether the Python function took the parameter's elements as separate arguments.
+        source: returns the fast form's imported graph (or None), when there is one.
+
+    Raises:
+        TypeError: if the type signature holds federated or function types.
     """
 
     def __init__(
@@ -168,9 +181,13 @@ class TensorFlowComputation(computation_lib.Computation):
     def call_flat(self, leaves: list, as_numpy: bool = True) -> list:
         """Runs the graph on flattened parameter leaves; returns flattened result leaves.
 
-        Tensor leaves come back as numpy values (or, with `as_numpy=False`, as the eager tensors
-        the graph produced, for a runtime that feeds them to the next graph without copies);
-        sequence leaves as `tf.data.Dataset`s.
+        Args:
+            leaves: the parameter's leaves in type order (tensors, arrays or datasets).
+            as_numpy: return tensor leaves as numpy values; `False` returns the eager tensors the
+                graph produced, for a runtime that feeds them to the next graph without copies.
+
+        Returns:
+            The result's leaves in type order; sequence leaves as `tf.data.Dataset`s.
         """
         outputs = None
         graph = self.fast_graph() if self._trace_fast is not None else None
@@ -191,7 +208,15 @@ class TensorFlowComputation(computation_lib.Computation):
         return results
 
     def call_value(self, argument: Any, as_numpy: bool = True) -> Any:
-        """Runs the computation on a value already of the parameter type (no checks)."""
+        """Runs the computation on a value already of the parameter type (no checks).
+
+        Args:
+            argument: the parameter value (already checked and normalized), or None.
+            as_numpy: as in `call_flat`.
+
+        Returns:
+            The result, packed in the result type's containers.
+        """
         parameter = self.type_signature.parameter
         leaves = [] if parameter is None else structure.flatten_value(argument, parameter)
         return structure.unflatten_value(self.type_signature.result, self.call_flat(leaves, as_numpy))
@@ -208,6 +233,15 @@ class TensorFlowComputation(computation_lib.Computation):
 
         An `Elements` argument (the caller is being traced in fast form) calls this
         computation's fast form; a dataset argument, its dataset form.
+
+        Args:
+            argument: the parameter value as symbolic tensors (or `Elements`/datasets for sequences).
+
+        Returns:
+            The result as symbolic tensors, packed in the result type's containers.
+
+        Raises:
+            sequences.UnsupportedSequenceUse: if called with `Elements` and it has no fast form.
         """
         parameter = self.type_signature.parameter
         leaves = [] if parameter is None else structure.flatten_value(argument, parameter)

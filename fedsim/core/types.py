@@ -45,6 +45,11 @@ class Type:
     """Base class of fedsim types."""
 
     def to_json(self) -> dict:
+        """The type as a JSON-able dict, the form computations carry on the wire.
+
+        Returns:
+            A dict read back by `type_from_json`.
+        """
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -145,9 +150,15 @@ class TensorType(Type):
         return tf.TensorShape(None if self.shape is None else list(self.shape))
 
     def to_spec(self) -> tf.TensorSpec:
+        """The `tf.TensorSpec` of this tensor type.
+
+        Returns:
+            `tf.TensorSpec(shape, dtype)`, with unknown dimensions as `None`.
+        """
         return tf.TensorSpec(self.tensor_shape, self.dtype)
 
     def to_json(self) -> dict:
+        """The type as a JSON-able dict (see `Type.to_json`)."""
         return {
             "tensor": {
                 "dtype": self.dtype.name,
@@ -186,9 +197,25 @@ class StructType(Type):
         return iter(t for _, t in self.elements)
 
     def names(self) -> list:
+        """The element names in order, `None` for an unnamed element.
+
+        Returns:
+            A list with one name (or `None`) per element.
+        """
         return [n for n, _ in self.elements]
 
     def index_of(self, name: str) -> int:
+        """The position of the element named `name`.
+
+        Args:
+            name: an element name.
+
+        Returns:
+            Its index in `elements`.
+
+        Raises:
+            AttributeError: if no element has that name.
+        """
         for i, (n, _) in enumerate(self.elements):
             if n == name:
                 return i
@@ -213,6 +240,7 @@ class StructType(Type):
         return bool(self.elements) and all(n is not None for n, _ in self.elements)
 
     def to_json(self) -> dict:
+        """The type as a JSON-able dict (see `Type.to_json`); the container goes by its registered name."""
         return {
             "struct": [[n, t.to_json()] for n, t in self.elements],
             "container": containers.wire_name(self.container),
@@ -229,6 +257,7 @@ class SequenceType(Type):
         return f"{self.element}*"
 
     def to_json(self) -> dict:
+        """The type as a JSON-able dict (see `Type.to_json`)."""
         return {"sequence": self.element.to_json()}
 
 
@@ -244,6 +273,7 @@ class FunctionType(Type):
         return f"({param} -> {self.result})"
 
     def to_json(self) -> dict:
+        """The type as a JSON-able dict (see `Type.to_json`)."""
         return {
             "function": {
                 "parameter": None if self.parameter is None else self.parameter.to_json(),
@@ -282,6 +312,7 @@ class FederatedType(Type):
         return f"{{{self.member}}}@{placement}"
 
     def to_json(self) -> dict:
+        """The type as a JSON-able dict (see `Type.to_json`)."""
         return {
             "federated": {
                 "member": self.member.to_json(),
@@ -433,9 +464,20 @@ def contains_sparse(type_spec: Type) -> bool:
 def to_type(spec: Any) -> Type:
     """Converts a type-like Python object into a fedsim `Type`.
 
-    Accepts fedsim types, dtypes (`tf.float32`, `np.int32`, `"float32"`, `float`),
-    `(dtype, shape)` pairs, `tf.TensorSpec`, `tf.SparseTensorSpec`, `tf.data.DatasetSpec`, and dicts, lists, tuples,
-    namedtuples and attrs classes of those.
+    Args:
+        spec: a fedsim type; a dtype (`tf.float32`, `np.int32`, `"float32"`, `float`); a
+            `(dtype, shape)` pair; a `tf.TensorSpec`, `tf.SparseTensorSpec` or
+            `tf.data.DatasetSpec`; or a dict, list, tuple, namedtuple or attrs class of those.
+
+    Returns:
+        The fedsim `Type`; structures remember their Python container.
+
+    Raises:
+        TypeError: if `spec` is none of the above.
+
+    Example:
+        >>> fedsim.to_type(collections.OrderedDict(x=(tf.float32, [None, 784]), y=tf.int32))
+        <x=float32[?,784],y=int32>
     """
     if isinstance(spec, Type):
         return spec
@@ -475,6 +517,20 @@ def infer_type(value: Any) -> Type:
     """The type of a Python value: numpy arrays, tensors, scalars, datasets and structures.
 
     Python `float` infers as float32 and `int` as int32, as in TFF.
+
+    Args:
+        value: a tensor, variable, numpy value, Python scalar or string, dataset, sparse tensor,
+            computation, or a structure of those.
+
+    Returns:
+        Its fedsim `Type`.
+
+    Raises:
+        TypeError: if no type can be inferred for `value`.
+
+    Example:
+        >>> fedsim.infer_type([1.0, np.zeros([2], np.int64)])
+        <float32,int64[2]>
     """
     if isinstance(getattr(value, "type_signature", None), FunctionType):  # a computation
         return value.type_signature
@@ -573,17 +629,53 @@ def find_type_difference(target: Type, source: Type, path: str = "") -> Optional
 
 
 def type_at_clients(type_spec: Any, all_equal: bool = False) -> FederatedType:
-    """`{T}@CLIENTS` (or `T@CLIENTS` with `all_equal`), as TFF's `tff.types.type_at_clients`."""
+    """`{T}@CLIENTS` (or `T@CLIENTS` with `all_equal`), as TFF's `tff.types.type_at_clients`.
+
+    Args:
+        type_spec: anything `to_type` accepts.
+        all_equal: whether every client holds the same value.
+
+    Returns:
+        The `FederatedType` at CLIENTS.
+
+    Raises:
+        TypeError: if `type_spec` is not type-like or is already federated.
+
+    Example:
+        >>> fedsim.type_at_clients(tf.float32)
+        {float32}@CLIENTS
+    """
     return FederatedType(type_spec, CLIENTS, all_equal)
 
 
 def type_at_server(type_spec: Any) -> FederatedType:
-    """`T@SERVER`, as TFF's `tff.types.type_at_server`."""
+    """`T@SERVER`, as TFF's `tff.types.type_at_server`.
+
+    Args:
+        type_spec: anything `to_type` accepts.
+
+    Returns:
+        The `FederatedType` at the SERVER.
+
+    Raises:
+        TypeError: if `type_spec` is not type-like or is already federated.
+    """
     return FederatedType(type_spec, SERVER)
 
 
 def is_assignable_from(target: Type, source: Type) -> bool:
-    """Whether a value of type `source` may be used where `target` is expected."""
+    """Whether a value of type `source` may be used where `target` is expected.
+
+    `find_type_difference` says why not.
+
+    Args:
+        target: the expected type.
+        source: the given type.
+
+    Returns:
+        True if every value of `source` is a valid `target` (unknown dimensions in `target`
+        accept any size).
+    """
     return find_type_difference(target, source) is None
 
 

@@ -97,7 +97,19 @@ def tf_computation(*args: Any) -> Any:
 
     Forms: ``@tf_computation`` / ``@tf_computation()`` (no parameter, or types inferred on the
     first call), ``@tf_computation(type, ...)``, and ``tf_computation(fn, type, ...)``.
-    The function is traced exactly once per parameter type.
+    The function is traced exactly once per parameter type into a pure, serializable graph.
+
+    Args:
+        *args: the function and/or its parameter types (anything `to_type` accepts, one per
+            parameter, or a single structure type).
+
+    Returns:
+        A `TensorFlowComputation` (or, without declared types, a polymorphic computation that
+        traces on first call), or a decorator that makes one.
+
+    Raises:
+        TypeError: if the types are not type-like, or a polymorphic computation is called with
+            keyword arguments.
 
     Example::
 
@@ -127,7 +139,19 @@ def federated_computation(*args: Any) -> Any:
     """Decorates a Python function over federated values as a traced, serializable computation.
 
     Forms as for `tf_computation`: ``@federated_computation(type, ...)``,
-    ``@federated_computation`` for no parameter, ``federated_computation(fn, type, ...)``.
+    ``@federated_computation`` for no parameter, ``federated_computation(fn, type, ...)``. The
+    body is traced once into an IR over intrinsics; calling the result runs it in the current
+    execution context.
+
+    Args:
+        *args: the function and/or its parameter types.
+
+    Returns:
+        A `FederatedComputation`, or a decorator that makes one.
+
+    Raises:
+        TypeError: if the types are not type-like.
+        FederatedTypeError: if an intrinsic in the body is given a value of the wrong placement or type.
 
     Example::
 

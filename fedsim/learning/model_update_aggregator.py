@@ -46,7 +46,19 @@ def _mean(weighted: bool, value_sum_factory=None):
 
 
 def robust_aggregator(*, zeroing: bool = True, clipping: bool = True, weighted: bool = True):
-    """The mean inside adaptive clipping and adaptive zeroing."""
+    """The mean inside adaptive clipping and adaptive zeroing.
+
+    Args:
+        zeroing: wrap in adaptive zeroing (updates far above the 98th percentile norm become zero).
+        clipping: wrap in adaptive clipping to the 80th percentile norm.
+        weighted: a weighted mean (for `build_weighted_fed_avg`) or an unweighted one.
+
+    Returns:
+        An aggregation factory for `model_aggregator=`.
+
+    Example:
+        >>> process = build_weighted_fed_avg(model_fn, opt_fn, model_aggregator=robust_aggregator())
+    """
     return _bounded(_mean(weighted), zeroing, clipping)
 
 
@@ -55,19 +67,57 @@ def dp_aggregator(noise_multiplier: float, clients_per_round: float, zeroing: bo
 
     As TFF's: the value noise is `noise_multiplier` times the clip and the unclipped count has
     its own noise (`DifferentiallyPrivateFactory.adaptive_clip_average`), so small cohorts work.
+
+    Args:
+        noise_multiplier: the Gaussian noise's standard deviation over the clip norm.
+        clients_per_round: the expected cohort size (the mean's denominator).
+        zeroing: wrap in adaptive zeroing.
+
+    Returns:
+        An unweighted aggregation factory (use with `build_unweighted_fed_avg`).
+
+    Raises:
+        ValueError: if `noise_multiplier` is negative or `clients_per_round` not positive.
+
+    Example:
+        >>> process = build_unweighted_fed_avg(model_fn, opt_fn, model_aggregator=dp_aggregator(1.0, 10))
     """
     factory = aggregators.DifferentiallyPrivateFactory.adaptive_clip_average(noise_multiplier, clients_per_round)
     return _zeroing(factory) if zeroing else factory
 
 
 def compression_aggregator(*, zeroing: bool = True, clipping: bool = True, weighted: bool = True):
-    """The mean of 8-bit quantized updates (leaves above 20,000 elements), clipped and zeroed."""
+    """The mean of 8-bit quantized updates (leaves above 20,000 elements), clipped and zeroed.
+
+    Args:
+        zeroing: wrap in adaptive zeroing (updates far above the 98th percentile norm become zero).
+        clipping: wrap in adaptive clipping to the 80th percentile norm.
+        weighted: a weighted mean (for `build_weighted_fed_avg`) or an unweighted one.
+
+    Returns:
+        An aggregation factory for `model_aggregator=`.
+    """
     encoded = aggregators.EncodedSumFactory.quantize_above_threshold(quantization_bits=8, threshold=20000)
     return _bounded(_mean(weighted, encoded), zeroing, clipping)
 
 
 def secure_aggregator(*, zeroing: bool = True, clipping: bool = True, weighted: bool = True):
-    """The mean by secure sum, its bound adapting to twice the 95th percentile, clipped and zeroed."""
+    """The mean by secure sum, its bound adapting to twice the 95th percentile, clipped and zeroed.
+
+    Updates are quantized into the bound and summed with `federated_secure_sum_bitwidth`: on the
+    AWS executor the silos run the secure aggregation protocol, so the server reads only the sum.
+
+    Args:
+        zeroing: wrap in adaptive zeroing (updates far above the 98th percentile norm become zero).
+        clipping: wrap in adaptive clipping to the 80th percentile norm.
+        weighted: a weighted mean (for `build_weighted_fed_avg`) or an unweighted one.
+
+    Returns:
+        An aggregation factory for `model_aggregator=`.
+
+    Example:
+        >>> process = build_weighted_fed_avg(model_fn, opt_fn, model_aggregator=secure_aggregator())
+    """
     bound = aggregators.PrivateQuantileEstimationProcess.no_noise(
         initial_estimate=50.0, target_quantile=0.95, learning_rate=1.0, multiplier=2.0)
     return _bounded(_mean(weighted, aggregators.SecureSumFactory(bound)), zeroing, clipping)

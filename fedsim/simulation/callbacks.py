@@ -29,7 +29,12 @@ class Callback:
     stop_training = False
 
     def on_round_end(self, round_num: int, metrics: Mapping[str, Any]) -> None:
-        """Called after each round with its flattened metrics."""
+        """Called after each round with its flattened metrics.
+
+        Args:
+            round_num: the round that ended (1-based).
+            metrics: its metrics flattened to `"a/b": number` (training and, when evaluated, `evaluation/...`).
+        """
 
 
 class History(Callback):
@@ -40,6 +45,12 @@ class History(Callback):
         self.history: dict = {}
 
     def on_round_end(self, round_num: int, metrics: Mapping[str, Any]) -> None:
+        """Appends the round's metrics (see `Callback.on_round_end`).
+
+        Args:
+            round_num: the round that ended.
+            metrics: its flattened metrics.
+        """
         self.rounds.append(round_num)
         for name, value in metrics.items():
             self.history.setdefault(name, [None] * (len(self.rounds) - 1)).append(value)
@@ -51,8 +62,21 @@ class History(Callback):
 class EarlyStopping(Callback):
     """Stops when `monitor` has not improved by `min_delta` for `patience` rounds (Keras' rule).
 
-    `mode` is "min" or "max"; rounds where the metric is absent (not evaluated) are not counted.
-    `stopped_round` and `reason` say when and why it stopped.
+    Rounds where the metric is absent (not evaluated) are not counted. `stopped_round` and
+    `reason` say when and why it stopped.
+
+    Args:
+        monitor: a flattened metric name, e.g. `"evaluation/eval/loss"`.
+        patience: rounds without improvement tolerated before stopping.
+        min_delta: the smallest change that counts as an improvement.
+        mode: `"min"` (lower is better) or `"max"`.
+
+    Raises:
+        ValueError: if `mode` or `patience` is invalid.
+
+    Example:
+        >>> stop = fedsim.simulation.EarlyStopping("evaluation/eval/loss", patience=3)
+        >>> fedsim.simulation.run_training_process(process, select, 100, callbacks=[stop])
     """
 
     def __init__(self, monitor: str, patience: int = 0, min_delta: float = 0.0, mode: str = "min"):
@@ -71,6 +95,12 @@ class EarlyStopping(Callback):
         return value < self.best - self.min_delta if self.mode == "min" else value > self.best + self.min_delta
 
     def on_round_end(self, round_num: int, metrics: Mapping[str, Any]) -> None:
+        """Counts the round and sets `stop_training` when patience runs out.
+
+        Args:
+            round_num: the round that ended.
+            metrics: its flattened metrics.
+        """
         if self.monitor not in metrics:
             return
         value = float(metrics[self.monitor])

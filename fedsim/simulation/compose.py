@@ -29,7 +29,25 @@ __all__ = ["compose_dataset_computation_with_iterative_process", "compose_datase
 
 
 def compose_dataset_computation_with_iterative_process(dataset_computation: Computation, process: IterativeProcess) -> IterativeProcess:
-    """A process of the same class whose `next` takes the dataset computation's argument at CLIENTS."""
+    """A process of the same class whose `next` takes the dataset computation's argument at CLIENTS.
+
+    Clients then build their own datasets (e.g. from a client id), as in TFF.
+
+    Args:
+        dataset_computation: a `tf_computation` `arg -> dataset`.
+        process: an `IterativeProcess` whose `next` takes `{dataset}@CLIENTS` as its second argument.
+
+    Returns:
+        The composed process, of the same class as `process`.
+
+    Raises:
+        TypeError: if `dataset_computation` takes no argument, returns no dataset, or its
+            dataset type does not match the process's.
+
+    Example:
+        >>> process = compose_dataset_computation_with_iterative_process(client_dataset_from_id, process)
+        >>> state = process.next(state, ["client_0", "client_1"]).state
+    """
     if not isinstance(dataset_computation, Computation) or dataset_computation.type_signature.parameter is None:
         raise TypeError(f"dataset_computation must be a computation taking an argument, got {dataset_computation!r}")
     dataset_type = dataset_computation.type_signature.result
@@ -62,5 +80,16 @@ def compose_dataset_computation_with_iterative_process(dataset_computation: Comp
 
 
 def compose_dataset_computation_with_learning_process(dataset_computation: Computation, process: Any) -> Any:
-    """The same composition for a `LearningProcess` (its `get_model_weights` etc. carry over)."""
+    """The same composition for a `LearningProcess` (its `get_model_weights` etc. carry over).
+
+    Args:
+        dataset_computation: a `tf_computation` `arg -> dataset`.
+        process: a `LearningProcess`.
+
+    Returns:
+        The composed `LearningProcess`.
+
+    Raises:
+        TypeError: as `compose_dataset_computation_with_iterative_process`.
+    """
     return compose_dataset_computation_with_iterative_process(dataset_computation, process)

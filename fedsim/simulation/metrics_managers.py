@@ -26,7 +26,17 @@ ROUND_KEY = "round_num"
 
 
 class CSVMetricsManager:
-    """One row per round; the header grows when a new metric appears (the file is rewritten)."""
+    """One row per round; the header grows when a new metric appears (the file is rewritten).
+
+    Args:
+        csv_filepath: the CSV file; rows already in it are kept (a resumed run continues it).
+
+    Raises:
+        ValueError: if the file exists and is not a metrics CSV (no round column).
+
+    Example:
+        >>> run_training_process(process, select, 10, metrics_managers=[CSVMetricsManager("metrics.csv")])
+    """
 
     def __init__(self, csv_filepath: str):
         self.path = os.fspath(csv_filepath)
@@ -54,6 +64,12 @@ class CSVMetricsManager:
         os.replace(partial, self.path)
 
     def release(self, metrics: Mapping[str, Any], round_num: int) -> None:
+        """Appends one round's row (a new metric name adds a column and rewrites the file).
+
+        Args:
+            metrics: the round's metrics (nested; flattened to `a/b` columns).
+            round_num: the round.
+        """
         row = {ROUND_KEY: round_num, **flatten_metrics(metrics)}
         new_fields = [name for name in row if name not in self._fields]
         self._rows.append({k: str(v) for k, v in row.items()})
@@ -65,6 +81,11 @@ class CSVMetricsManager:
                 csv.DictWriter(stream, fieldnames=self._fields, restval="").writerow(self._rows[-1])
 
     def clear_metrics(self, round_num: int) -> None:
+        """Drops the rows of rounds >= `round_num` (a resumed run rewrites them).
+
+        Args:
+            round_num: the first round to drop.
+        """
         self._rows = [row for row in self._rows if int(row[ROUND_KEY]) < round_num]
         self._rewrite()
 
@@ -81,21 +102,39 @@ _SCALAR_METADATA = summary_pb2.SummaryMetadata(
 
 
 class TensorBoardMetricsManager:
-    """Scalars through `tf.summary`, one step per round, readable by TensorBoard's scalar dashboard."""
+    """Scalars through `tf.summary`, one step per round, readable by TensorBoard's scalar dashboard.
+
+    Args:
+        summary_dir: the directory of the event files.
+
+    Example:
+        >>> run_training_process(process, select, 10, metrics_managers=[TensorBoardMetricsManager("logs")])
+    """
 
     def __init__(self, summary_dir: str):
         self.summary_dir = os.fspath(summary_dir)
         self._writer = tf.summary.create_file_writer(self.summary_dir)
 
     def release(self, metrics: Mapping[str, Any], round_num: int) -> None:
+        """Writes one round's numeric metrics as scalars at step `round_num`.
+
+        Args:
+            metrics: the round's metrics (nested; flattened to `a/b` tags).
+            round_num: the round (the step).
+        """
         with self._writer.as_default():
             for name, value in flatten_metrics(metrics).items():
                 tf.summary.write(name, tf.constant(value, tf.float32), step=round_num, metadata=_SCALAR_METADATA)
         self._writer.flush()
 
     def clear_metrics(self, round_num: int) -> None:
-        """Drops the events of rounds >= `round_num` (a run resumed from an earlier saved state
-        rewrites them), so TensorBoard shows each round once. Event files are rewritten whole."""
+        """Drops the events of rounds >= `round_num`, so TensorBoard shows each round once.
+
+        A run resumed from an earlier saved state rewrites them. Event files are rewritten whole.
+
+        Args:
+            round_num: the first round to drop.
+        """
         self._writer.close()
         for name in sorted(os.listdir(self.summary_dir)):
             if "tfevents" not in name:

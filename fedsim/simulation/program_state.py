@@ -32,7 +32,22 @@ class ProgramStateError(ValueError):
 
 
 class FileProgramStateManager:
-    """Versions of a program state in `root_dir`; keeps the newest `keep_total` (0 keeps all)."""
+    """Versions of a program state in `root_dir`; keeps the newest `keep_total` (0 keeps all).
+
+    Values are written as one `.npz` archive per version with fedsim's value codec: no pickle,
+    so a saved state cannot run code when loaded.
+
+    Args:
+        root_dir: the directory of the saves (created if needed).
+        keep_total: how many versions to keep (0 keeps all).
+
+    Raises:
+        ValueError: if `keep_total` is negative.
+
+    Example:
+        >>> manager = fedsim.simulation.FileProgramStateManager("/tmp/run1")
+        >>> run_training_process(process, select, 10, program_state_manager=manager)
+    """
 
     def __init__(self, root_dir: str, keep_total: int = 5):
         if keep_total < 0:
@@ -50,6 +65,12 @@ class FileProgramStateManager:
         return os.path.join(self.root_dir, f"program_state_{version}.npz")
 
     def save(self, program_state: Any, version: int) -> None:
+        """Saves `program_state` as `version`, then drops versions beyond `keep_total`.
+
+        Args:
+            program_state: a structure of tensors or arrays (e.g. a process state).
+            version: the version number (the round).
+        """
         leaves = [np.asarray(leaf) for leaf in tf.nest.flatten(program_state)]
         partial = os.path.join(self.root_dir, f".partial-{version}-{os.getpid()}.npz")
         with open(partial, "wb") as stream:
@@ -62,7 +83,18 @@ class FileProgramStateManager:
                 os.remove(self._path(old))
 
     def load(self, version: int, structure: Any) -> Any:
-        """The state saved as `version`, packed like `structure` (e.g. `process.initialize()`)."""
+        """The state saved as `version`, packed like `structure` (e.g. `process.initialize()`).
+
+        Args:
+            version: a saved version.
+            structure: a value of the state's structure and types.
+
+        Returns:
+            The saved state in `structure`'s containers.
+
+        Raises:
+            ProgramStateError: if the file cannot be read or does not fit `structure`.
+        """
         path = self._path(version)
         expected = tf.nest.flatten(structure)
         specs = []
@@ -81,7 +113,17 @@ class FileProgramStateManager:
         return tf.nest.pack_sequence_as(structure, leaves)
 
     def load_latest(self, structure: Any) -> Tuple[Optional[Any], int]:
-        """`(state, version)` of the newest save, or `(None, 0)` when there is none."""
+        """`(state, version)` of the newest save, or `(None, 0)` when there is none.
+
+        Args:
+            structure: a value of the state's structure and types.
+
+        Returns:
+            `(state, version)`.
+
+        Raises:
+            ProgramStateError: if the newest save does not fit `structure`.
+        """
         versions = self.versions()
         if not versions:
             return None, 0

@@ -22,6 +22,22 @@ def build_uniform_sampling_fn(
 
     With `random_seed` the draw depends only on `(random_seed, round_num)`, so a resumed run
     samples exactly the cohorts an uninterrupted one would have.
+
+    Args:
+        sample_range: the population (e.g. `client_data.client_ids`).
+        replace: draw with replacement.
+        random_seed: makes the draw deterministic per round; `None` draws fresh randomness.
+
+    Returns:
+        A function `(round_num, size) -> list` of drawn elements; it raises `ValueError` when
+        asked for more distinct elements than the population holds.
+
+    Raises:
+        ValueError: if `sample_range` is empty.
+
+    Example:
+        >>> sample = fedsim.simulation.build_uniform_sampling_fn(client_data.client_ids, random_seed=1)
+        >>> cohort = sample(3, 10)
     """
     population = list(sample_range)
     if not population:

@@ -61,13 +61,35 @@ def run_training_process(
 ) -> Any:
     """Runs rounds `1..total_rounds` (or resumes after the last saved one); returns the final state.
 
-    `training_selection_fn(round_num)` gives the `next` argument for that round (e.g. a list
-    of client datasets). `evaluation_fn(state, data)` gives evaluation metrics for
-    `evaluation_selection_fn(round_num)`; they are released under `evaluation`.
-    `callbacks` get `on_round_end(round_num, flattened_metrics)` (a `History` keeps them all,
-    `EarlyStopping` ends the run). `verbose`: 1 a Keras progress bar with ETA (updated in place
-    in notebooks), 2 one line per round, 0 silent. The return value is the final state, as in
-    TFF; the metrics history comes through a `History` callback.
+    TFF's `tff.simulation.run_training_process`, with Keras-style callbacks and progress.
+
+    Args:
+        training_process: an `IterativeProcess` or `LearningProcess`.
+        training_selection_fn: `round_num -> next argument` (e.g. a list of client datasets).
+        total_rounds: the number of rounds to run (>= 1).
+        evaluation_fn: `(state, data) -> metrics`, released under `evaluation`.
+        evaluation_selection_fn: `round_num -> data` for `evaluation_fn`; give both or neither.
+        rounds_per_evaluation: evaluate every this many rounds (and after the last).
+        program_state_manager: a `FileProgramStateManager`; the run resumes from its newest save.
+        rounds_per_saving_program_state: save every this many rounds (and after the last).
+        metrics_managers: objects with `release(metrics, round_num)` (CSV, TensorBoard, ...).
+        callbacks: objects with `on_round_end(round_num, flattened_metrics)`; `History` keeps them
+            all, `EarlyStopping` ends the run.
+        verbose: 1 a Keras progress bar with ETA (updated in place in notebooks), 2 one line per
+            round, 0 silent.
+
+    Returns:
+        The final state, as in TFF (the metrics history comes through a `History` callback).
+
+    Raises:
+        ValueError: if `total_rounds` or a period is not a positive int, or only one of the
+            evaluation functions is given.
+
+    Example::
+
+        history = fedsim.simulation.History()
+        state = fedsim.simulation.run_training_process(
+            process, lambda round_num: sample_datasets(round_num), total_rounds=10, callbacks=[history])
     """
     if not isinstance(total_rounds, int) or total_rounds < 1:
         raise ValueError(f"total_rounds must be a positive int, got {total_rounds!r}")

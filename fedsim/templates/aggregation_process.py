@@ -17,7 +17,17 @@ __all__ = ["AggregationProcess"]
 
 
 class AggregationProcess(MeasuredProcess):
-    """A `MeasuredProcess` whose `next` aggregates a CLIENTS value (optionally weighted)."""
+    """A `MeasuredProcess` whose `next` aggregates a CLIENTS value (optionally weighted).
+
+    Made by aggregation factories' `create`; write one to build your own aggregator.
+
+    Args:
+        initialize_fn: a no-argument computation returning the state at SERVER.
+        next_fn: `(state@SERVER, value@CLIENTS[, weight@CLIENTS]) -> MeasuredProcessOutput` at SERVER.
+
+    Raises:
+        ProcessTypeError: if the parameters or results are placed elsewhere.
+    """
 
     def __init__(self, initialize_fn: computation_lib.Computation, next_fn: computation_lib.Computation):
         super().__init__(initialize_fn, next_fn)

@@ -52,7 +52,22 @@ def next_result_state_type(next_fn: computation_lib.Computation, state_type: ft.
 
 
 class IterativeProcess:
-    """A stateful process: `initialize() -> state` and `next(state, ...) -> state or <state, ...>`."""
+    """A stateful process: `initialize() -> state` and `next(state, ...) -> state or <state, ...>`.
+
+    Args:
+        initialize_fn: a no-argument computation returning the initial state.
+        next_fn: a computation whose first parameter and first result (or whole result) is the state.
+
+    Raises:
+        TypeError: if an argument is not a computation.
+        ProcessTypeError: if the state types of the two computations do not match.
+
+    Example::
+
+        process = fedsim.templates.IterativeProcess(initialize_fn=init, next_fn=step)
+        state = process.initialize()
+        state = process.next(state, client_data)
+    """
 
     def __init__(self, initialize_fn: computation_lib.Computation, next_fn: computation_lib.Computation):
         self._initialize_fn = _check_computation(initialize_fn, "initialize_fn")

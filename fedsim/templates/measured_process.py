@@ -34,7 +34,15 @@ _OUTPUT_NAMES = ["state", "result", "measurements"]
 
 
 class MeasuredProcess(IterativeProcess):
-    """An `IterativeProcess` whose `next` returns a `MeasuredProcessOutput`."""
+    """An `IterativeProcess` whose `next` returns a `MeasuredProcessOutput`.
+
+    Args:
+        initialize_fn: a no-argument computation returning the initial state.
+        next_fn: `(state, ...) -> MeasuredProcessOutput(state, result, measurements)`.
+
+    Raises:
+        ProcessTypeError: if `next_fn` does not return a `MeasuredProcessOutput` of the state.
+    """
 
     def __init__(self, initialize_fn: computation_lib.Computation, next_fn: computation_lib.Computation):
         result = next_fn.type_signature.result

@@ -79,11 +79,31 @@ class SecAggParams:
         return np.dtype("<u4") if self.modulus_bits <= 32 else np.dtype("<u8")
 
     def point(self, client: str) -> int:
-        """The client's Shamir evaluation point."""
+        """The client's Shamir evaluation point (its 1-based position among the participants).
+
+        Args:
+            client: a participant's id.
+
+        Returns:
+            Its evaluation point.
+
+        Raises:
+            ValueError: if `client` is not a participant.
+        """
         return self.participants.index(client) + 1
 
     def neighbourhood(self, client: str, present: Sequence[str]) -> frozenset:
-        """The clients among `present` that `client` shares keys and masks with (itself included)."""
+        """The clients among `present` that `client` shares keys and masks with (itself included).
+
+        All of `present` for SecAgg; SecAgg+'s Harary-graph neighbours when `neighbours` is set.
+
+        Args:
+            client: a participant's id.
+            present: the participants taking part in this step.
+
+        Returns:
+            The neighbourhood, a frozenset of ids.
+        """
         present = sorted(set(present))
         if self.neighbours is None or self.neighbours + 1 >= len(present):
             return frozenset(present)

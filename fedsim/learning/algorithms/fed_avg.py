@@ -193,6 +193,31 @@ def build_weighted_fed_avg(
 ) -> LearningProcess:
     """FedAvg with clients weighted by their number of examples (or uniformly).
 
+    Each round broadcasts the model, trains it on every selected client with the client
+    optimizer, averages the model deltas (weighted), and applies the average as a pseudo-gradient
+    with the server optimizer.
+
+    Args:
+        model_fn: a no-argument function that builds a fresh `fedsim.learning.models.VariableModel`
+            (for example `from_keras_model(...)` around a new Keras model), or a
+            `FunctionalModel`. It is called inside computations, so it must create new variables.
+        client_optimizer_fn: builds the client optimizer: a `fedsim.learning.optimizers`
+            optimizer or a Keras optimizer (a new one per client).
+        server_optimizer_fn: builds the server optimizer (default: SGD with learning rate 1.0, which
+            is plain FedAvg).
+        client_weighting: `ClientWeighting.NUM_EXAMPLES` (default) or `ClientWeighting.UNIFORM`.
+        model_distributor: a `DistributionProcess` replacing the broadcast.
+        model_aggregator: an aggregation factory for the updates (`MeanFactory` by default), for
+            example `fedsim.learning.robust_aggregator()` or `secure_aggregator()`.
+        metrics_aggregator: replaces the sum-then-finalize aggregation of the model's metrics.
+
+    Returns:
+        A `LearningProcess`: `initialize() -> state`, `next(state, client_datasets) ->
+        LearningProcessOutput(state, metrics)`, `get_model_weights`, `set_model_weights`.
+
+    Raises:
+        TypeError: if `client_weighting` is not a `ClientWeighting` or `model_fn` does not build a model.
+
     Example::
 
         process = fedsim.learning.algorithms.build_weighted_fed_avg(
@@ -214,7 +239,29 @@ def build_unweighted_fed_avg(
     model_aggregator: Optional[Any] = None,
     metrics_aggregator: Optional[Any] = None,
 ) -> LearningProcess:
-    """FedAvg with every client's update weighted equally."""
+    """FedAvg with every client's update weighted equally.
+
+    Args:
+        model_fn: a no-argument function that builds a fresh `fedsim.learning.models.VariableModel`
+            (for example `from_keras_model(...)` around a new Keras model), or a
+            `FunctionalModel`. It is called inside computations, so it must create new variables.
+        client_optimizer_fn: builds the client optimizer (a new one per client).
+        server_optimizer_fn: builds the server optimizer (default: SGD with learning rate 1.0).
+        model_distributor: a `DistributionProcess` replacing the broadcast.
+        model_aggregator: an unweighted aggregation factory (`UnweightedMeanFactory` by default).
+        metrics_aggregator: replaces the sum-then-finalize aggregation of the model's metrics.
+
+    Returns:
+        A `LearningProcess` (see `build_weighted_fed_avg`).
+
+    Raises:
+        TypeError: if `model_fn` does not build a model.
+
+    Example::
+
+        process = fedsim.learning.algorithms.build_unweighted_fed_avg(
+            model_fn, client_optimizer_fn=lambda: tf.keras.optimizers.SGD(0.1))
+    """
     return _build_process(
         model_fn, client_optimizer_fn, server_optimizer_fn, ClientWeighting.UNIFORM,
         model_distributor=model_distributor, model_aggregator=model_aggregator, metrics_aggregator=metrics_aggregator,
@@ -228,7 +275,28 @@ def build_weighted_fed_prox(
     server_optimizer_fn: Callable[[], Any] = _default_server_optimizer,
     client_weighting: ClientWeighting = ClientWeighting.NUM_EXAMPLES,
 ) -> LearningProcess:
-    """FedProx: FedAvg whose client loss adds `proximal_strength / 2 * ||w - w_global||^2`."""
+    """FedProx: FedAvg whose client loss adds `proximal_strength / 2 * ||w - w_global||^2`.
+
+    Args:
+        model_fn: a no-argument function that builds a fresh `fedsim.learning.models.VariableModel`
+            (for example `from_keras_model(...)` around a new Keras model), or a
+            `FunctionalModel`. It is called inside computations, so it must create new variables.
+        client_optimizer_fn: builds the client optimizer (a new one per client).
+        proximal_strength: the weight of the proximal term (0 is FedAvg).
+        server_optimizer_fn: builds the server optimizer (default: SGD with learning rate 1.0).
+        client_weighting: `ClientWeighting.NUM_EXAMPLES` (default) or `ClientWeighting.UNIFORM`.
+
+    Returns:
+        A `LearningProcess` (see `build_weighted_fed_avg`).
+
+    Raises:
+        ValueError: if `proximal_strength` is negative.
+
+    Example::
+
+        process = fedsim.learning.algorithms.build_weighted_fed_prox(
+            model_fn, lambda: fedsim.learning.optimizers.build_sgdm(0.1), proximal_strength=0.01)
+    """
     return _build_process(model_fn, client_optimizer_fn, server_optimizer_fn, client_weighting, proximal_strength)
 
 
@@ -241,5 +309,19 @@ def build_fed_sgd(
 
     With NUM_EXAMPLES weighting a round equals one centralized step on the pooled data's
     gradient (batch gradients weighted by batch size).
+
+    Args:
+        model_fn: a no-argument function that builds a fresh `fedsim.learning.models.VariableModel`
+            (for example `from_keras_model(...)` around a new Keras model), or a
+            `FunctionalModel`. It is called inside computations, so it must create new variables.
+        server_optimizer_fn: builds the server optimizer (default: SGD with learning rate 0.1).
+        client_weighting: `ClientWeighting.NUM_EXAMPLES` (default) or `ClientWeighting.UNIFORM`.
+
+    Returns:
+        A `LearningProcess` (see `build_weighted_fed_avg`).
+
+    Example::
+
+        process = fedsim.learning.algorithms.build_fed_sgd(model_fn)
     """
     return _build_process(model_fn, None, server_optimizer_fn, client_weighting)

@@ -39,6 +39,18 @@ def _build_client_eval(model_fn: Callable[[], VariableModel], info: ModelInfo) -
 def build_federated_evaluation(model_fn: Callable[[], VariableModel], metrics_aggregator: Optional[Callable] = None) -> FederatedComputation:
     """`(model_weights@SERVER, datasets@CLIENTS) -> metrics@SERVER`: metrics summed, then finalized.
 
+    TFF's older evaluation API; `build_fed_eval` is the process form.
+
+    Args:
+        model_fn: a no-argument function that builds a fresh `VariableModel` (or a `FunctionalModel`).
+        metrics_aggregator: replaces the sum-then-finalize aggregation of the model's metrics.
+
+    Returns:
+        A federated computation whose result is `{"eval": finalized metrics}`.
+
+    Raises:
+        TypeError: if `model_fn` does not build a model.
+
     Example::
 
         evaluate = fedsim.learning.algorithms.build_federated_evaluation(model_fn)
@@ -65,6 +77,15 @@ def build_fed_eval(model_fn: Callable[[], VariableModel]) -> LearningProcess:
     does, `client_work/eval/current_round_metrics` (this round's clients) and
     `client_work/eval/total_rounds_metrics` (every client evaluated since `initialize`: the
     state's `client_work` holds the running sums of the unfinalized metrics).
+
+    Args:
+        model_fn: a no-argument function that builds a fresh `VariableModel` (or a `FunctionalModel`).
+
+    Returns:
+        A `LearningProcess` whose `next` evaluates and never trains.
+
+    Raises:
+        TypeError: if `model_fn` does not build a model.
 
     Example::
 

@@ -19,7 +19,18 @@ __all__ = ["finalize_metrics", "sum_then_finalize"]
 
 
 def finalize_metrics(metric_finalizers: dict[str, Callable], summed: Any) -> collections.OrderedDict:
-    """Each metric's finalizer applied to its summed unfinalized values (inside a computation)."""
+    """Each metric's finalizer applied to its summed unfinalized values (inside a computation).
+
+    Args:
+        metric_finalizers: metric name -> finalizer (from `model.metric_finalizers()`).
+        summed: metric name -> summed unfinalized values.
+
+    Returns:
+        An OrderedDict of metric name -> finalized value.
+
+    Raises:
+        ValueError: if a metric has no finalizer.
+    """
     return collections.OrderedDict((name, metric_finalizers[name](values)) for name, values in summed.items())
 
 
@@ -29,6 +40,13 @@ def sum_then_finalize(metric_finalizers: dict[str, Callable], local_unfinalized_
     For Keras metrics and fedsim's counters this equals the metric on the pooled data. Without
     `local_unfinalized_metrics_type` (as TFF allows) the result is a polymorphic computation,
     traced for the type of the first value it is given.
+
+    Args:
+        metric_finalizers: metric name -> finalizer (from `model.metric_finalizers()`).
+        local_unfinalized_metrics_type: the type of one client's unfinalized metrics.
+
+    Returns:
+        A federated computation `metrics@CLIENTS -> finalized metrics@SERVER`.
 
     Example::
 

@@ -58,10 +58,22 @@ def _no_metrics_finalize(state):
 class FunctionalModel:
     """A model parameterized by its weights (TFF's `tff.learning.models.FunctionalModel`).
 
-    `initial_weights` is `(trainable, non_trainable)`, each a sequence of numpy-convertible
-    values; `predict_on_batch_fn(model_weights, x, training)`; `loss_fn(output, label,
-    sample_weight=None)`; `metrics_fns = (initialize, update, finalize)` over a mapping of
-    metric name -> tuple of tensors; `input_spec` the specs of a batch `(x, y)` or `{x, y}`.
+    Keyword-only arguments, as TFF's.
+
+    Args:
+        initial_weights: `(trainable, non_trainable)`, each a sequence of numpy-convertible values.
+        predict_on_batch_fn: `(model_weights, x, training) -> predictions`.
+        loss_fn: `(output, label, sample_weight=None) -> loss`.
+        metrics_fns: `(initialize, update, finalize)` over a mapping of metric name -> tuple of
+            tensors (see `create_functional_metric_fns`); default: no metrics.
+        input_spec: the specs of a batch, `(x, y)` or `{"x", "y"}`.
+
+    Raises:
+        TypeError: if `initial_weights` is not a pair of sequences of numpy values or
+            `metrics_fns` not a triple of callables.
+
+    Example:
+        >>> model = fedsim.learning.models.functional_model_from_keras(keras_model, loss_fn, input_spec)
     """
 
     def __init__(
@@ -96,18 +108,58 @@ class FunctionalModel:
         return self._input_spec
 
     def predict_on_batch(self, model_weights: Any, x: Any, training: bool = True) -> Any:
+        """The predictions for inputs `x` under `model_weights`.
+
+        Args:
+            model_weights: `(trainable, non_trainable)` tensors.
+            x: a batch's inputs.
+            training: whether this is a training step.
+
+        Returns:
+            The predictions.
+        """
         return self._predict_on_batch_fn(model_weights, x, training)
 
     def loss(self, output: Any, label: Any, sample_weight: Any = None) -> Any:
+        """The loss of `output` against `label`.
+
+        Args:
+            output: predictions.
+            label: labels.
+            sample_weight: optional per-example weights.
+
+        Returns:
+            A scalar loss.
+        """
         return self._loss_fn(output, label, sample_weight)
 
     def initialize_metrics_state(self) -> Any:
+        """The metrics' initial state (name -> tuple of zero tensors)."""
         return self._metrics_fns[0]()
 
     def update_metrics_state(self, state: Any, labels: Any, batch_output: Any, sample_weight: Any = None) -> Any:
+        """The metrics' state after one batch.
+
+        Args:
+            state: the current metrics state.
+            labels: the batch's labels.
+            batch_output: the batch's `BatchOutput` (its predictions are used).
+            sample_weight: optional per-example weights.
+
+        Returns:
+            The new metrics state.
+        """
         return self._metrics_fns[1](state, labels, batch_output, sample_weight)
 
     def finalize_metrics(self, state: Any) -> Any:
+        """The metrics' values from their state (or from a state summed over clients).
+
+        Args:
+            state: a metrics state.
+
+        Returns:
+            Metric name -> value.
+        """
         return self._metrics_fns[2](state)
 
 
@@ -139,6 +191,19 @@ def create_functional_metric_fns(metrics_constructor: MetricsConstructor) -> tup
 
     The state is name -> tuple of the metric's variable values; `update(state, labels,
     batch_output)` uses Keras' `stateless_update_state` on `batch_output.predictions`.
+
+    Args:
+        metrics_constructor: a no-argument function returning a Keras metric, or a list of
+            such functions, or a dict name -> such function.
+
+    Returns:
+        `(initialize, update, finalize)`.
+
+    Raises:
+        TypeError: if a constructor is not callable.
+
+    Example:
+        >>> fns = create_functional_metric_fns([keras.metrics.SparseCategoricalAccuracy])
     """
     constructors = _metric_constructors(metrics_constructor)
     templates = collections.OrderedDict((name, c()) for name, c in constructors.items())
@@ -172,6 +237,18 @@ def functional_model_from_keras(
     The Keras model (or the one `keras_model()` builds) is a template: its weights at this call
     are the initial weights, and its layers run through `stateless_call`. Random layers get a
     fresh seed at each training call.
+
+    Args:
+        keras_model: a Keras model, or a no-argument function building one.
+        loss_fn: a Keras loss `(y_true, y_pred, sample_weight=None) -> loss`.
+        input_spec: the specs of a batch.
+        metrics_constructor: as `create_functional_metric_fns` takes.
+
+    Returns:
+        The `FunctionalModel`.
+
+    Raises:
+        TypeError: if `keras_model` is neither a model nor a function building one.
     """
     template = keras_model() if not isinstance(keras_model, keras.Model) and callable(keras_model) else keras_model
     if not isinstance(template, keras.Model):
@@ -298,8 +375,17 @@ class _FunctionalVariableModel(VariableModel):
 def model_from_functional(functional_model: FunctionalModel, metric_constructors: tuple = ()) -> VariableModel:
     """A `VariableModel` with the functional model's forward pass and loss (TFF's name).
 
-    `metric_constructors` (Keras metric constructors) replace the functional model's metrics.
     Call it inside a `model_fn`: the variables it makes belong to the computation being traced.
+
+    Args:
+        functional_model: a `FunctionalModel`.
+        metric_constructors: Keras metric constructors that replace the functional model's metrics.
+
+    Returns:
+        A `VariableModel`.
+
+    Raises:
+        TypeError: if `functional_model` is not a `FunctionalModel`.
     """
     if not isinstance(functional_model, FunctionalModel):
         raise TypeError(f"model_from_functional needs a FunctionalModel, got {functional_model!r}")

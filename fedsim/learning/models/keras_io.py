@@ -24,7 +24,19 @@ __all__ = ["save_keras_model", "load_model_weights"]
 def save_keras_model(model_weights: ModelWeights, keras_model: keras.Model, path: Union[str, os.PathLike]) -> str:
     """Writes `model_weights` into `keras_model` (of the same architecture) and saves it to `path`.
 
-    `path` must end in `.keras` (Keras 3's format). Returns the path.
+    Args:
+        model_weights: e.g. `process.get_model_weights(state)`.
+        keras_model: a Keras model of the trained architecture.
+        path: the file to write; must end in `.keras` (Keras 3's format).
+
+    Returns:
+        The path.
+
+    Raises:
+        ValueError: if `path` does not end in `.keras`.
+
+    Example:
+        >>> save_keras_model(process.get_model_weights(state), build_keras_model(), "model.keras")
     """
     path = os.fspath(path)
     if not path.endswith(".keras"):
@@ -35,7 +47,17 @@ def save_keras_model(model_weights: ModelWeights, keras_model: keras.Model, path
 
 
 def load_model_weights(path: Union[str, os.PathLike]) -> ModelWeights:
-    """The weights of a saved Keras model, as numpy `ModelWeights`."""
+    """The weights of a saved Keras model, as numpy `ModelWeights`.
+
+    Args:
+        path: a `.keras` file.
+
+    Returns:
+        Its `ModelWeights`, ready for `LearningProcess.set_model_weights`.
+
+    Raises:
+        FileNotFoundError: if there is no saved model at `path`.
+    """
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"no saved Keras model at {path!r}")

@@ -101,7 +101,22 @@ def _sum_variables(metric: keras.metrics.Metric) -> bool:
 
 
 class KerasVariableModel(VariableModel):
-    """A `VariableModel` around a Keras 3 model, a loss and Keras metrics."""
+    """A `VariableModel` around a Keras 3 model, a loss and Keras metrics.
+
+    Made by `from_keras_model`, which takes TFF's spellings; construct it directly only with
+    checked arguments.
+
+    Args:
+        keras_model: an uncompiled `keras.Model`.
+        loss: a Keras loss, or a list of them (one per output).
+        input_spec: the specs of a batch, `{"x", "y"}` or `(x, y)`.
+        metrics: Keras metrics whose variables can be summed across clients.
+        loss_weights: one weight per loss, or None.
+
+    Raises:
+        TypeError: if the model, loss or a metric is unsuitable.
+        ValueError: if the model is compiled or the numbers of losses, weights and outputs differ.
+    """
 
     def __init__(self, keras_model: keras.Model, loss: Any, input_spec: Any, metrics: Sequence[Any], loss_weights: Optional[Sequence[float]]):
         if not isinstance(keras_model, keras.Model):
@@ -226,6 +241,33 @@ def from_keras_model(
     loss_weights, metrics)` (positionally or by keyword), and the learning-API overview's
     `from_keras_model(keras_model, sample_batch, loss=...)`, where a batch of values stands for
     `input_spec` (its specs keep the dtypes and leave the batch dimension unknown).
+
+    Args:
+        keras_model: a new, uncompiled `keras.Model` (built inside `model_fn`).
+        *positional: TFF's positional arguments, in order `loss, input_spec, loss_weights, metrics`,
+            or a sample batch as the second argument.
+        loss: a Keras loss (or a list of them, one per output).
+        input_spec: the `tf.TensorSpec` structure of one batch: `{"x": ..., "y": ...}` or `(x, y)`.
+        loss_weights: one weight per loss.
+        metrics: Keras metric objects (or their constructors); their variables must be summable.
+        sample_batch: a batch of values, instead of `input_spec`.
+
+    Returns:
+        A `VariableModel` over the Keras model's variables.
+
+    Raises:
+        TypeError: if the model is not a Keras model, the loss or input spec is missing, or a
+            metric cannot be summed across clients.
+        ValueError: if the model is compiled or the numbers of losses, weights and outputs differ.
+
+    Example::
+
+        def model_fn():
+            keras_model = keras.Sequential([keras.Input((784,)), keras.layers.Dense(10)])
+            return fedsim.learning.models.from_keras_model(
+                keras_model, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                input_spec=train_datasets[0].element_spec,
+                metrics=[keras.metrics.SparseCategoricalAccuracy()])
     """
     if positional:
         if len(positional) > 4:

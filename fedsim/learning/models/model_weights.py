@@ -16,6 +16,12 @@ def model_variables(model: Any) -> tuple:
 
     For a Keras 3 model these are its *weights*: the RNG state of `Dropout` and other random
     layers (`seed_generator_state`) is a Keras variable but not a model weight, as in TFF.
+
+    Args:
+        model: a `VariableModel` or a `keras.Model`.
+
+    Returns:
+        `(trainable, non_trainable)`, two lists of variables.
     """
     if hasattr(model, "trainable_weights") and hasattr(model, "non_trainable_weights"):
         return list(model.trainable_weights), list(model.non_trainable_weights)
@@ -39,7 +45,14 @@ class ModelWeights:
         return cls(trainable, non_trainable)
 
     def assign_weights_to(self, model: Any) -> None:
-        """Writes these weights into a `VariableModel` or a Keras model's variables."""
+        """Writes these weights into a `VariableModel` or a Keras model's variables.
+
+        Args:
+            model: a `VariableModel` or a `keras.Model` with the same variables.
+
+        Example:
+            >>> process.get_model_weights(state).assign_weights_to(keras_model)
+        """
         trainable, non_trainable = model_variables(model)
         for variables, values, kind in ((trainable, self.trainable, "trainable"), (non_trainable, self.non_trainable, "non-trainable")):
             if len(variables) != len(values):

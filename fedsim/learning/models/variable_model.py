@@ -48,10 +48,28 @@ class VariableModel(abc.ABC):
         """The `tf.TensorSpec` structure of one batch."""
 
     @abc.abstractmethod
-    def forward_pass(self, batch_input: Any, training: bool = True) -> BatchOutput: ...
+    def forward_pass(self, batch_input: Any, training: bool = True) -> BatchOutput:
+        """Runs the model on one batch, updates its metric variables, and returns the loss.
+
+        Args:
+            batch_input: one batch of the client's data, of `input_spec`'s structure.
+            training: whether this is a training step (dropout, batch norm).
+
+        Returns:
+            `BatchOutput(loss, predictions, num_examples)`.
+        """
 
     @abc.abstractmethod
-    def predict_on_batch(self, x: Any, training: bool = True) -> Any: ...
+    def predict_on_batch(self, x: Any, training: bool = True) -> Any:
+        """The model's predictions for the inputs `x` of one batch.
+
+        Args:
+            x: the batch's inputs (without labels).
+            training: whether this is a training step.
+
+        Returns:
+            The predictions.
+        """
 
     @abc.abstractmethod
     def report_local_unfinalized_metrics(self) -> dict:
@@ -62,4 +80,5 @@ class VariableModel(abc.ABC):
         """Metric name -> function from summed unfinalized values to the metric's result."""
 
     @abc.abstractmethod
-    def reset_metrics(self) -> None: ...
+    def reset_metrics(self) -> None:
+        """Sets the metric variables back to their initial values (zero counts and sums)."""

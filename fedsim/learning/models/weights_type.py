@@ -23,6 +23,15 @@ def weights_type_from_model(model: Any) -> ft.StructType:
 
     A function is called in a throwaway graph, so its variables leave nothing behind.
 
+    Args:
+        model: a `VariableModel`, or a no-argument function building one.
+
+    Returns:
+        The `StructType` of `ModelWeights(trainable, non_trainable)`.
+
+    Raises:
+        TypeError: if `model` is neither.
+
     Example::
 
         model_weights_type = fedsim.learning.models.weights_type_from_model(model_fn)

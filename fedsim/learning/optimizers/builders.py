@@ -109,22 +109,61 @@ class _Yogi(Optimizer):
 
 
 def build_sgdm(learning_rate: LearningRate = 0.01, momentum: float = 0.0) -> Optimizer:
-    """SGD with optional momentum (Keras `SGD`, non-Nesterov)."""
+    """SGD with optional momentum (Keras `SGD`, non-Nesterov).
+
+    Args:
+        learning_rate: a float or a Keras `LearningRateSchedule` (called with the step count).
+        momentum: the momentum (0: plain SGD, no slot).
+
+    Returns:
+        A functional `Optimizer` (`initialize(specs)`, `next(state, weights, gradients)`).
+
+    Example:
+        >>> process = build_weighted_fed_avg(model_fn, lambda: fedsim.learning.optimizers.build_sgdm(0.1))
+    """
     return _SGDM(learning_rate, momentum)
 
 
 def build_adam(learning_rate: LearningRate = 0.001, beta_1: float = 0.9, beta_2: float = 0.999, epsilon: float = 1e-7) -> Optimizer:
-    """Adam, as Keras 3's `Adam` (no AMSGrad)."""
+    """Adam, as Keras 3's `Adam` (no AMSGrad).
+
+    Args:
+        learning_rate: a float or a Keras `LearningRateSchedule` (called with the step count).
+        beta_1: the first moment's decay.
+        beta_2: the second moment's decay.
+        epsilon: added to the denominator.
+
+    Returns:
+        A functional `Optimizer` (`initialize(specs)`, `next(state, weights, gradients)`).
+    """
     return _Adam(learning_rate, beta_1, beta_2, epsilon)
 
 
 def build_adagrad(learning_rate: LearningRate = 0.001, initial_accumulator_value: float = 0.1, epsilon: float = 1e-7) -> Optimizer:
-    """Adagrad, as Keras 3's `Adagrad`."""
+    """Adagrad, as Keras 3's `Adagrad`.
+
+    Args:
+        learning_rate: a float or a Keras `LearningRateSchedule` (called with the step count).
+        initial_accumulator_value: the accumulator's start.
+        epsilon: added to the denominator.
+
+    Returns:
+        A functional `Optimizer` (`initialize(specs)`, `next(state, weights, gradients)`).
+    """
     return _Adagrad(learning_rate, initial_accumulator_value, epsilon)
 
 
 def build_rmsprop(learning_rate: LearningRate = 0.001, rho: float = 0.9, epsilon: float = 1e-7) -> Optimizer:
-    """RMSprop, as Keras 3's `RMSprop` (no momentum, not centered)."""
+    """RMSprop, as Keras 3's `RMSprop` (no momentum, not centered).
+
+    Args:
+        learning_rate: a float or a Keras `LearningRateSchedule` (called with the step count).
+        rho: the moving average's decay.
+        epsilon: added to the denominator.
+
+    Returns:
+        A functional `Optimizer` (`initialize(specs)`, `next(state, weights, gradients)`).
+    """
     return _RMSprop(learning_rate, rho, epsilon)
 
 
@@ -135,5 +174,16 @@ def build_yogi(
     epsilon: float = 1e-3,
     initial_accumulator_value: float = 1e-6,
 ) -> Optimizer:
-    """Yogi; Keras has none, so tests check it against a numpy transcription of the paper."""
+    """Yogi (Zaheer et al. 2018); Keras has none, so tests check it against a numpy transcription of the paper.
+
+    Args:
+        learning_rate: a float or a Keras `LearningRateSchedule` (called with the step count).
+        beta_1: the first moment's decay.
+        beta_2: the second moment's decay.
+        epsilon: added to the denominator.
+        initial_accumulator_value: the moments' start.
+
+    Returns:
+        A functional `Optimizer` (`initialize(specs)`, `next(state, weights, gradients)`).
+    """
     return _Yogi(learning_rate, beta_1, beta_2, epsilon, initial_accumulator_value)

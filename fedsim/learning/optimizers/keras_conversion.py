@@ -40,6 +40,19 @@ def from_keras_optimizer(optimizer: keras.optimizers.Optimizer) -> Optimizer:
 
     Supports Keras' `SGD` (with momentum), `Adam`, `Adagrad` and `RMSprop` (no momentum), with a
     float learning rate or a `LearningRateSchedule`.
+
+    Args:
+        optimizer: a Keras 3 optimizer.
+
+    Returns:
+        The equivalent functional `Optimizer`.
+
+    Raises:
+        TypeError: if `optimizer` is not a Keras optimizer.
+        ValueError: if it or one of its options has no functional counterpart, naming it.
+
+    Example:
+        >>> server_optimizer = fedsim.learning.optimizers.from_keras_optimizer(keras.optimizers.Adam(0.01))
     """
     if not isinstance(optimizer, keras.optimizers.Optimizer):
         raise TypeError(f"expected a Keras optimizer, got {optimizer!r}")

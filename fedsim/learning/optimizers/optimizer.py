@@ -29,7 +29,13 @@ def _zeros_like_specs(specs: Sequence[Any], value: float = 0.0) -> tuple:
 
 
 class Optimizer:
-    """An init/next pair; subclasses give `_slots` (names and initial values) and `_update`."""
+    """An init/next pair; subclasses give `_slots` (names and initial values) and `_update`.
+
+    TFF's functional optimizer: its state is a dict of tensors, so it can live in a process state.
+
+    Args:
+        learning_rate: a float or a Keras `LearningRateSchedule`.
+    """
 
     def __init__(self, learning_rate: LearningRate):
         if not callable(learning_rate) and learning_rate < 0:
@@ -40,6 +46,14 @@ class Optimizer:
         return {}
 
     def initialize(self, specs: Sequence[Any]) -> dict:
+        """The optimizer's first state for weights of `specs`.
+
+        Args:
+            specs: one `tf.TensorSpec` (or tensor) per weight.
+
+        Returns:
+            A dict: the step count and, per slot kind, one tensor per weight.
+        """
         state = {"step": tf.constant(0, tf.int64)}
         for name, initial in self._slots().items():
             state[name] = _zeros_like_specs(specs, initial)
@@ -50,7 +64,16 @@ class Optimizer:
         return tf.cast(rate, tf.float32)
 
     def next(self, state: dict, weights: Sequence[Any], gradients: Sequence[Any]) -> tuple:
-        """`(new_state, new_weights)`, the new weights in the structure `weights` came in (as TFF's)."""
+        """`(new_state, new_weights)`, the new weights in the structure `weights` came in (as TFF's).
+
+        Args:
+            state: the optimizer's state.
+            weights: the weights, a sequence of tensors.
+            gradients: their gradients, in the same order.
+
+        Returns:
+            `(new_state, new_weights)`.
+        """
         structure_of_weights = weights
         weights, gradients = list(tf.nest.flatten(weights)), list(tf.nest.flatten(gradients))
         if len(weights) != len(gradients):
@@ -72,7 +95,16 @@ class Optimizer:
         return new_state, tf.nest.pack_sequence_as(structure_of_weights, new_weights)
 
     def apply(self, state: dict, variables: Sequence[Any], gradients: Sequence[Any]) -> dict:
-        """`next` on variables in place: reads them, updates, assigns; returns the new state."""
+        """`next` on variables in place: reads them, updates, assigns; returns the new state.
+
+        Args:
+            state: the optimizer's state.
+            variables: `tf.Variable`s.
+            gradients: their gradients.
+
+        Returns:
+            The new state.
+        """
         new_state, new_weights = self.next(state, [tf.convert_to_tensor(v) for v in variables], gradients)
         for variable, value in zip(variables, new_weights):
             variable.assign(value)

@@ -79,10 +79,20 @@ def compose_learning_process(
 ) -> LearningProcess:
     """Wires the four parts into one `LearningProcess` (one federated `next`).
 
-    `initial_model_weights_fn` is a no-argument tf_computation returning the first `ModelWeights`.
-    The parts are checked to be of their kind (`DistributorProcess`, `ClientWorkProcess`,
-    an aggregation process, `FinalizerProcess`) and to fit each other; `ProcessTypeError` names
-    the part and the types that do not fit.
+    Args:
+        initial_model_weights_fn: a no-argument tf_computation returning the first `ModelWeights`.
+        model_weights_distributor: a `DistributorProcess`.
+        client_work: a `ClientWorkProcess`.
+        model_update_aggregator: an aggregation process.
+        model_finalizer: a `FinalizerProcess`.
+
+    Returns:
+        The `LearningProcess`; its metrics hold each part's under `distributor`, `client_work`,
+        `aggregator` and `finalizer`.
+
+    Raises:
+        ProcessTypeError: if a part is not of its kind or the parts' types do not fit, naming the
+            part and the types.
 
     Example::
 

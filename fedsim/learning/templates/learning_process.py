@@ -32,12 +32,20 @@ class LearningAlgorithmState:
 @register_container("fedsim.learning.templates.LearningProcessOutput")
 @attrs.frozen
 class LearningProcessOutput:
+    """What `LearningProcess.next` returns: the new `state` and the round's `metrics` (nested dicts)."""
     state: Any
     metrics: Any
 
 
 class LearningProcess(IterativeProcess):
     """An `IterativeProcess` whose state holds a global model.
+
+    Args:
+        initialize_fn: a no-argument computation returning the initial `LearningAlgorithmState` at SERVER.
+        next_fn: `(state@SERVER, data@CLIENTS) -> LearningProcessOutput(state, metrics)@SERVER`.
+
+    Raises:
+        ProcessTypeError: if the computations' types do not fit a learning process.
 
     Example::
 
@@ -52,9 +60,30 @@ class LearningProcess(IterativeProcess):
         super().__init__(initialize_fn, next_fn)
 
     def get_model_weights(self, state: LearningAlgorithmState) -> Any:
-        """The global `ModelWeights` held in `state`."""
+        """The global `ModelWeights` held in `state`.
+
+        Args:
+            state: a state of this process.
+
+        Returns:
+            Its `ModelWeights(trainable, non_trainable)`, as numpy values.
+        """
         return state.global_model_weights
 
     def set_model_weights(self, state: LearningAlgorithmState, model_weights: Any) -> LearningAlgorithmState:
-        """A copy of `state` holding `model_weights` (e.g. weights loaded from a Keras model)."""
+        """A copy of `state` holding `model_weights` (e.g. weights loaded from a Keras model).
+
+        Args:
+            state: a state of this process.
+            model_weights: `ModelWeights` (or a structure of the same types) to hold.
+
+        Returns:
+            The new state; `state` itself is unchanged.
+
+        Raises:
+            structure.TypeSignatureMismatchError: if the weights do not fit the model's types.
+
+        Example:
+            >>> state = process.set_model_weights(state, ModelWeights.from_model(pretrained_keras_model))
+        """
         return attrs.evolve(state, global_model_weights=model_weights)

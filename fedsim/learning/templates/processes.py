@@ -43,7 +43,15 @@ def _parameters(next_fn: Computation, count: int, part: str, names: str) -> list
 
 
 class DistributorProcess(MeasuredProcess):
-    """Sends the global model weights from the server to the clients (TFF's name)."""
+    """Sends the global model weights from the server to the clients (TFF's name).
+
+    Args:
+        initialize_fn: a no-argument computation returning the state at SERVER.
+        next_fn: `(state@SERVER, weights@SERVER) -> MeasuredProcessOutput(state, weights@CLIENTS, measurements)`.
+
+    Raises:
+        ProcessTypeError: if the computations do not have this kind of process's types.
+    """
 
     def __init__(self, initialize_fn: Computation, next_fn: Computation):
         super().__init__(initialize_fn, next_fn)
@@ -55,7 +63,15 @@ class DistributorProcess(MeasuredProcess):
 
 
 class ClientWorkProcess(MeasuredProcess):
-    """The clients' local work: weights and data at CLIENTS in, a `ClientResult` out (TFF's name)."""
+    """The clients' local work: weights and data at CLIENTS in, a `ClientResult` out (TFF's name).
+
+    Args:
+        initialize_fn: a no-argument computation returning the state at SERVER.
+        next_fn: `(state@SERVER, weights@CLIENTS, data@CLIENTS) -> MeasuredProcessOutput(state, ClientResult@CLIENTS, measurements)`.
+
+    Raises:
+        ProcessTypeError: if the computations do not have this kind of process's types.
+    """
 
     def __init__(self, initialize_fn: Computation, next_fn: Computation):
         super().__init__(initialize_fn, next_fn)
@@ -69,7 +85,15 @@ class ClientWorkProcess(MeasuredProcess):
 
 
 class FinalizerProcess(MeasuredProcess):
-    """Applies the aggregated update to the global weights at the server (TFF's name)."""
+    """Applies the aggregated update to the global weights at the server (TFF's name).
+
+    Args:
+        initialize_fn: a no-argument computation returning the state at SERVER.
+        next_fn: `(state@SERVER, weights@SERVER, update@SERVER) -> MeasuredProcessOutput(state, weights@SERVER, measurements)`.
+
+    Raises:
+        ProcessTypeError: if the computations do not have this kind of process's types.
+    """
 
     def __init__(self, initialize_fn: Computation, next_fn: Computation):
         super().__init__(initialize_fn, next_fn)

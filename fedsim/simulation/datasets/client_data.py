@@ -52,7 +52,21 @@ class ClientData(abc.ABC):
         return next(c.__name__ for c in type(self).__mro__ if not c.__name__.startswith("_"))
 
     def create_tf_dataset_for_client(self, client_id: str) -> tf.data.Dataset:
-        """The dataset of one client; an unknown id is an error naming it."""
+        """The dataset of one client.
+
+        Args:
+            client_id: one of `client_ids`.
+
+        Returns:
+            Its `tf.data.Dataset` (preprocessed, if this ClientData was made by `preprocess`).
+
+        Raises:
+            TypeError: if `client_id` is not a str.
+            ValueError: if `client_id` is unknown, naming it.
+
+        Example:
+            >>> dataset = client_data.create_tf_dataset_for_client(client_data.client_ids[0])
+        """
         self._check_client_id(client_id)
         return self._dataset_for_known_client(client_id)
 
@@ -84,7 +98,15 @@ class ClientData(abc.ABC):
         return computation
 
     def datasets(self, limit_count: Optional[int] = None, seed: Optional[int] = None) -> Iterator[tf.data.Dataset]:
-        """The clients' datasets one by one, in id order or shuffled by `seed`."""
+        """The clients' datasets one by one, in id order or shuffled by `seed`.
+
+        Args:
+            limit_count: at most this many clients.
+            seed: shuffles the order of the clients; None keeps id order.
+
+        Yields:
+            Each client's `tf.data.Dataset`, read when reached.
+        """
         ids = list(self.client_ids)
         if seed is not None:
             np.random.RandomState(seed).shuffle(ids)
@@ -92,13 +114,33 @@ class ClientData(abc.ABC):
             yield self._dataset_for_known_client(client_id)
 
     def preprocess(self, preprocess_fn: Callable[[tf.data.Dataset], tf.data.Dataset]) -> "ClientData":
-        """A ClientData whose datasets are `preprocess_fn(dataset)`; nothing is read until asked."""
+        """A ClientData whose datasets are `preprocess_fn(dataset)`; nothing is read until asked.
+
+        Args:
+            preprocess_fn: `tf.data.Dataset -> tf.data.Dataset` (shuffle, batch, map, ...).
+
+        Returns:
+            The preprocessed ClientData, with the same client ids.
+
+        Raises:
+            TypeError: if `preprocess_fn` is not callable.
+
+        Example:
+            >>> train = client_data.preprocess(lambda d: d.shuffle(100, seed=1).batch(20))
+        """
         if not callable(preprocess_fn):
             raise TypeError(f"preprocess_fn must be callable, got {preprocess_fn!r}")
         return _PreprocessedClientData(self, preprocess_fn)
 
     def create_tf_dataset_from_all_clients(self, seed: Optional[int] = None) -> tf.data.Dataset:
-        """All clients' examples in one dataset, client after client (clients shuffled by `seed`)."""
+        """All clients' examples in one dataset, client after client (clients shuffled by `seed`).
+
+        Args:
+            seed: shuffles the order of the clients; None keeps id order.
+
+        Returns:
+            One `tf.data.Dataset` (for centralized baselines and evaluation).
+        """
         ids = np.array(self.client_ids, dtype=object)
         if seed is not None:
             np.random.RandomState(seed).shuffle(ids)
@@ -220,6 +262,16 @@ class TestClientData(ClientData):
     (`dataset_computation`, `create_tf_dataset_from_all_clients`) embeds every client's arrays
     in the graph as one constant per leaf plus an id -> (start, length) table, so keep it for
     data that fits comfortably in memory.
+
+    Args:
+        tensor_slices_dict: client id -> that client's arrays (one row per example).
+
+    Raises:
+        TypeError: if the argument is not a dict or the ids are not str.
+        ValueError: if a client's arrays differ in length or structure from the others'.
+
+    Example:
+        >>> data = TestClientData({"a": {"x": np.zeros([3, 2])}, "b": {"x": np.ones([1, 2])}})
     """
 
     __test__ = False  # not a pytest test class, despite the TFF name

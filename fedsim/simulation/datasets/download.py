@@ -41,7 +41,21 @@ def download_requested(download: Optional[bool]) -> bool:
 
 
 def download_file(url: str, destination: str, expected_sha256: Optional[str] = None, timeout: float = 60.0) -> str:
-    """Downloads `url` to `destination` (resuming `destination.partial`); returns `destination`."""
+    """Downloads `url` to `destination` (resuming `destination.partial`); returns `destination`.
+
+    Args:
+        url: an http(s) URL.
+        destination: the file to write (written whole, then renamed).
+        expected_sha256: checked before the rename, if given.
+        timeout: seconds per connection attempt.
+
+    Returns:
+        `destination`.
+
+    Raises:
+        DownloadError: on an HTTP error, no connection, a short body (call again to resume) or
+            a checksum mismatch, naming the URL.
+    """
     partial = destination + ".partial"
     os.makedirs(os.path.dirname(os.path.abspath(destination)), exist_ok=True)
     offset = os.path.getsize(partial) if os.path.exists(partial) else 0

@@ -41,8 +41,23 @@ def public_url(name: str) -> str:
 
 
 def locate_database(name: str, cache_dir: Optional[str] = None, download_missing: Optional[bool] = None) -> str:
-    """The path of `<name>.sqlite`, decompressing `<name>.sqlite.lzma` if that is what is there,
-    and downloading it first if it is missing and a download was asked for."""
+    """The path of `<name>.sqlite`, decompressing `<name>.sqlite.lzma` if that is what is there.
+
+    A missing file is downloaded first if a download was asked for.
+
+    Args:
+        name: the dataset's file stem (e.g. `"emnist_digitsonly"`).
+        cache_dir: where the files are (default: `$FEDSIM_DATA_DIR`, else `~/.fedsim/datasets`).
+        download_missing: download a missing file from TFF's published location (None: as
+            `FEDSIM_DOWNLOAD=1` says).
+
+    Returns:
+        The `.sqlite` file's path.
+
+    Raises:
+        FileNotFoundError: if the file is missing and no download was asked for, saying where to put it.
+        ValueError: if the compressed file is corrupt or not a TFF database.
+    """
     directory = data_dir(cache_dir)
     database = os.path.join(directory, f"{name}.sqlite")
     compressed = database + ".lzma"

@@ -105,8 +105,16 @@ def _parse_problem(proto: bytes, features: Mapping[str, Any]) -> Optional[str]:
 class SqlClientData(ClientData):
     """Clients of one split (or all rows when `split_name` is None) of a TFF-format SQLite file.
 
-    `features` maps names to `tf.io.FixedLenFeature`s; an integer feature may be declared int32
-    (tf.train.Example stores int64; the parsed values are cast, so a client's dataset needs no map).
+    Args:
+        database_filepath: the `.sqlite` file (tables `examples` and `client_metadata`).
+        split_name: the split (`"train"`, `"test"`, ...), or None for all rows.
+        features: feature name -> `tf.io.FixedLenFeature`; an integer feature may be declared
+            int32 (tf.train.Example stores int64; the parsed values are cast, so a client's
+            dataset needs no map). None: every example is returned serialized.
+
+    Raises:
+        FileNotFoundError: if the file does not exist.
+        MalformedDatasetError: if it is not a TFF-format database or the split has no clients.
     """
 
     def __init__(self, database_filepath: str, split_name: Optional[str] = None, features: Optional[Mapping[str, Any]] = None):
@@ -139,7 +147,17 @@ class SqlClientData(ClientData):
         return self._path
 
     def num_examples(self, client_id: str) -> int:
-        """The client's example count, from `client_metadata` (no example is read)."""
+        """The client's example count, from `client_metadata` (no example is read).
+
+        Args:
+            client_id: one of `client_ids`.
+
+        Returns:
+            The number of examples.
+
+        Raises:
+            KeyError: if `client_id` is unknown.
+        """
         self._check_client_id(client_id)
         return self._num_examples[client_id]
 

@@ -21,7 +21,17 @@ __all__ = ["compress_lzma", "to_example", "write_sqlite"]
 
 
 def to_example(features: Mapping[str, Any]) -> tf.train.Example:
-    """A tf.train.Example from one example's arrays: floats, ints and strings, any shape."""
+    """A tf.train.Example from one example's arrays: floats, ints and strings, any shape.
+
+    Args:
+        features: feature name -> one example's value.
+
+    Returns:
+        The `tf.train.Example`.
+
+    Raises:
+        TypeError: if a feature's dtype is not float, int or string.
+    """
     feature = {}
     for name, value in features.items():
         array = np.asarray(value)
@@ -38,7 +48,22 @@ def to_example(features: Mapping[str, Any]) -> tf.train.Example:
 
 
 def write_sqlite(path: str, splits: Mapping[str, Mapping[str, Mapping[str, Any]]], index: bool = True) -> str:
-    """Writes `{split_name: {client_id: {feature: array with one row per example}}}` to `path`."""
+    """Writes `{split_name: {client_id: {feature: array with one row per example}}}` to `path`.
+
+    The file has TFF's layout (tables `examples` and `client_metadata`), so TFF's loaders and
+    `SqlClientData` read it; tests use it to write the datasets they load.
+
+    Args:
+        path: the `.sqlite` file to write.
+        splits: the data, split -> client -> feature -> rows.
+        index: create an index on `examples(client_id, split_name)`, so a client's read touches only its rows.
+
+    Returns:
+        `path`.
+
+    Example:
+        >>> write_sqlite("/tmp/tiny.sqlite", {"train": {"c0": {"label": np.array([1, 2])}}})
+    """
     partial = f"{path}.partial-{os.getpid()}"
     connection = sqlite3.connect(partial)
     try:
@@ -63,7 +88,14 @@ def write_sqlite(path: str, splits: Mapping[str, Mapping[str, Mapping[str, Any]]
 
 
 def compress_lzma(path: str) -> str:
-    """Writes `path + ".lzma"` (the published form) and returns its path."""
+    """Writes `path + ".lzma"` (the published form) and returns its path.
+
+    Args:
+        path: the file to compress.
+
+    Returns:
+        The compressed file's path.
+    """
     with open(path, "rb") as source, lzma.open(path + ".lzma", "wb") as target:
         shutil.copyfileobj(source, target, length=1 << 20)
     return path + ".lzma"
