@@ -31,6 +31,12 @@ _WHERE = {
     "emnist_like_client_arrays": "synthetic",
     "emnist_like_client_datasets": "synthetic",
     "run_training_process": "training_loop",
+    "AppliedUpdate": "asynchronous",
+    "AsyncTrainingResult": "asynchronous",
+    "ModelVersion": "asynchronous",
+    "RefusedUpdate": "asynchronous",
+    "run_async_training_process": "asynchronous",
+    "LatencyModel": "latency",
 }
 
 
@@ -53,6 +59,12 @@ def __dir__() -> list:
 
 
 __all__ = [
+    "AppliedUpdate",
+    "AsyncTrainingResult",
+    "LatencyModel",
+    "ModelVersion",
+    "RefusedUpdate",
+    "run_async_training_process",
     "Callback",
     "EarlyStopping",
     "History",
