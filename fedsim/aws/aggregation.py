@@ -3,6 +3,9 @@
 `AggregationHandler.handle` is what the results table's stream invokes (through the Lambda
 entry point, `fedsim.aws.handler.handler`). For each batch of silo records it
 
+In an asynchronous run (`fedsim.aws.asynchronous`) there is no quorum: the judged updates go
+to the run's buffer (`AsyncServer.advance`) instead of step 2.
+
 1. reads each round the batch names once, and has every result judged side by side
    (`verdicts.ResultJudge`: valid, rejected with its reason, or late; the first verdict
    stands); a valid result is folded into its round's running aggregate at once, so closing a
@@ -27,7 +30,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
-import math
 import threading
 import time
 import uuid
@@ -38,16 +40,16 @@ import numpy as np
 from absl import logging
 
 from fedsim.aws import lineage, protocol, rounds, secure_round, stopping
+from fedsim.aws.asynchronous import ASYNCHRONOUS, AsyncServer
 from fedsim.aws.config import StackConfig
 from fedsim.aws.lease import LEASE_SECONDS, Lease, claim_or_wait
-from fedsim.aws.store import ObjectExistsError, Store, TransientStoreError, unmarshal_image
+from fedsim.aws.store import Store, TransientStoreError, unmarshal_image
 from fedsim.aws.task_tokens import TaskTokens
 from fedsim.aws.verdicts import ResultJudge
 from fedsim.core import phase_runner, structure
 from fedsim.core import types as ft
 from fedsim.core.canonical_form import CanonicalForm
 from fedsim.core.secagg.messages import ProtocolError
-from fedsim.core.structure import flatten_metrics
 
 __all__ = ["AggregationHandler"]
 
@@ -83,6 +85,7 @@ class AggregationHandler:
         self._forms: dict = {}
         self._running: dict = {}
         self._running_lock = threading.Lock()
+        self.asynchronous = AsyncServer(self.store, self.tokens, self.manifest, self.form, self.judge.recall, lease_seconds)
 
     def manifest(self, key: str) -> dict:
         """A run's manifest (read once per process).
@@ -167,10 +170,15 @@ class AggregationHandler:
                 round_item = self.store.get_item(protocol.round_item_key(run_id, step))
                 if round_item is not None and round_item["status"] in ("open", "aggregating", "done"):
                     to_close[round_key] = round_item
-        outcomes = []
+        outcomes, asynchronous_steps = [], {}
         for round_key, round_item in to_close.items():
             run_id, step = round_key.rsplit("#", 1)
-            outcomes.append(self._maybe_close(run_id, step, round_item))
+            if round_item.get("mode") == ASYNCHRONOUS:  # no quorum: the run's buffer takes the updates
+                asynchronous_steps.setdefault(run_id, []).append(step)
+            else:
+                outcomes.append(self._maybe_close(run_id, step, round_item))
+        for run_id, steps in asynchronous_steps.items():
+            outcomes.append(self.asynchronous.advance(run_id, steps))
         return outcomes
 
     # Secure steps -------------------------------------------------------------------------------
@@ -216,7 +224,7 @@ class AggregationHandler:
     def _fold(self, round_item: dict, silo: str, value: Any) -> bool:
         """Folds a result whose valid verdict stands into its step's running aggregate (once);
         False for a secure step's (masked) result, which is kept for the protocol instead."""
-        if self._layout(self.manifest(round_item["manifest_key"]), round_item["sk"]) is not None:
+        if round_item.get("mode") == ASYNCHRONOUS or self._layout(self.manifest(round_item["manifest_key"]), round_item["sk"]) is not None:
             return False
         step_key = (round_item["run_id"], round_item["sk"])
         with self._running_lock:
@@ -330,12 +338,7 @@ class AggregationHandler:
         return "failed"
 
     def _close(self, run_id: str, step: str, status: str) -> None:
-        """Writes the step's closed marker, which silos may read: a late silo skips the work.
-        Best effort: without it a late silo only works for nothing."""
-        try:
-            self.store.put_new(protocol.closed_key(run_id, step), json.dumps({"status": status}).encode())
-        except (TransientStoreError, ObjectExistsError) as error:
-            logging.warning("round %s of run %s: the closed marker was not written (%s)", step, run_id, error)
+        rounds.write_closed_marker(self.store, run_id, step, status)
 
     def _aggregate(self, run_id: str, step: str, round_item: dict, results: list, rejected: dict,
                    aggregates: Any = None) -> dict:
@@ -359,7 +362,7 @@ class AggregationHandler:
         result_version = self.store.version_of(result_key)
         updated_at = time.time()
 
-        metrics = _round_metrics(result, form, "evaluation" if is_evaluation else "training")
+        metrics = rounds.result_metrics(result, form, "evaluation" if is_evaluation else "training")
         evaluate = (not is_evaluation and manifest.get("evaluation") is not None
                     and (round_num % int(manifest["evaluation"]["every"]) == 0 or round_num == int(manifest["total_rounds"])))
         stop_reason = None
@@ -418,12 +421,3 @@ class AggregationHandler:
                 return form.next_state(protocol.decode_value(self.store.get_checked(key), form.result_type, f"round {earlier}'s evaluation"))
         return protocol.decode_value(self.store.get_checked(evaluation["initial_state_key"]), form.state_type,
                                      "the evaluation's initial state")
-
-
-def _round_metrics(result: Any, form: CanonicalForm, prefix: str) -> dict:
-    """A step's scalar metrics, flattened as `run_training_process` names them (`training/...`,
-    `evaluation/...`); non-finite values become None (JSON has no NaN)."""
-    mapping = structure.to_mapping(result, form.result_type)
-    metrics = mapping.get("metrics", {}) if isinstance(mapping, dict) else (mapping[1] if len(mapping) > 1 else {})
-    flat = flatten_metrics(metrics, prefix + "/") if isinstance(metrics, dict) else {}
-    return {name: (value if math.isfinite(value) else None) for name, value in flat.items()}

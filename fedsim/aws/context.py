@@ -27,11 +27,13 @@ import attrs
 from absl import logging
 
 from fedsim.aws import protocol
+from fedsim.aws.asynchronous import open_async_run
 from fedsim.aws.config import StackConfig
 from fedsim.aws.rounds import open_round
 from fedsim.aws.lineage import RunLineage, read_lineage, read_step
 from fedsim.aws.store import Store, retrying
 from fedsim.core import canonical_form, compiler, context_stack, structure
+from fedsim.core import staleness as staleness_lib
 from fedsim.core.wrappers import federated_computation, tf_computation
 from fedsim.core import types as ft
 from fedsim.core.federated_tracing import FederatedComputation
@@ -191,32 +193,16 @@ class AwsExecutionContext:
           ValueError: a silo id, `rounds`, `evaluate_every` or a stop rule is invalid.
           fedsim.aws.store.TransientStoreError: AWS kept failing; nothing was started twice.
         """
-        silo_ids = list(silo_ids)
-        unknown = [s for s in silo_ids if s not in self.silos]
-        if not silo_ids or unknown:
-            raise ValueError(f"the clients of a round are silo ids from {self.silos}; got {silo_ids}")
+        silo_ids = self._check_silo_ids(silo_ids)
         if not isinstance(rounds, int) or rounds < 1:
             raise ValueError(f"rounds must be a positive int, got {rounds!r}")
         if not isinstance(evaluate_every, int) or evaluate_every < 1:
             raise ValueError(f"evaluate_every must be a positive int, got {evaluate_every!r}")
-        for rule in stop_rules:
-            if not hasattr(rule, "to_json") or not hasattr(rule, "reason"):
-                raise TypeError(f"stop_rules holds stopping rules (fedsim.aws.StopWhen, StopWhenNoImprovement), got {rule!r}")
         training = getattr(computation, "next", computation)
         form = self.form(training)
-        state_type = form.type_signature.parameter[0].member
-        state = structure.check_and_normalize(state, state_type, f"the server state given to {training.name}")
+        state = self._checked_state(training, form, state)
         run_id = uuid.uuid4().hex[:16]
-        manifest = {
-            "run_id": run_id,
-            "computation": training.name,
-            "phases": self._uploaded_phases(form),
-            "types": form.types_json(),
-            "dataset": train_dataset,
-            "max_result_bytes": self.max_result_bytes,
-            "total_rounds": rounds,
-            "stop_rules": [rule.to_json() for rule in stop_rules],
-        }
+        manifest = self._run_manifest(run_id, training, form, rounds, stop_rules, train_dataset)
         if any(bitwidths is not None for bitwidths in form.secure_bitwidths):  # the secure sums run as SecAgg on silos
             manifest["secure_sums"] = [None if b is None else list(b) for b in form.secure_bitwidths]
             manifest["secure_threshold"] = min(self.quorum, len(silo_ids))
@@ -232,6 +218,128 @@ class AwsExecutionContext:
         return run_id, self._start_execution(f"run-{run_id}", json.dumps({
             "run_id": run_id, "round": 1, "manifest_key": manifest_key, "silos": silo_ids,
             "round_deadline_seconds": self.round_deadline_seconds}))
+
+    def _checked_state(self, training: FederatedComputation, form: canonical_form.CanonicalForm, state: Any) -> Any:
+        state_type = form.type_signature.parameter[0].member
+        return structure.check_and_normalize(state, state_type, f"the server state given to {training.name}")
+
+    def _run_manifest(self, run_id: str, training: FederatedComputation, form: canonical_form.CanonicalForm, rounds: int,
+                      stop_rules: Sequence[Any], train_dataset: Optional[str]) -> dict:
+        """What every run's manifest says: its phases (uploaded once), types, dataset and limits."""
+        for rule in stop_rules:
+            if not hasattr(rule, "to_json") or not hasattr(rule, "reason"):
+                raise TypeError(f"stop_rules holds stopping rules (fedsim.aws.StopWhen, StopWhenNoImprovement), got {rule!r}")
+        return {
+            "run_id": run_id,
+            "computation": training.name,
+            "phases": self._uploaded_phases(form),
+            "types": form.types_json(),
+            "dataset": train_dataset,
+            "max_result_bytes": self.max_result_bytes,
+            "total_rounds": rounds,
+            "stop_rules": [rule.to_json() for rule in stop_rules],
+        }
+
+    def _check_silo_ids(self, silo_ids: Sequence[str]) -> list:
+        silo_ids = list(silo_ids)
+        unknown = [s for s in silo_ids if s not in self.silos]
+        if not silo_ids or unknown:
+            raise ValueError(f"the clients of a round are silo ids from {self.silos}; got {silo_ids}")
+        return silo_ids
+
+    # asynchronous runs ----------------------------------------------------------------------------
+
+    def start_async(self, computation: Any, state: Any, silo_ids: Sequence[str], total_versions: int, *,
+                    buffer_size: Optional[int] = None, staleness_weight: Any = None, max_staleness: Optional[int] = None,
+                    stop_rules: Sequence[Any] = (), train_dataset: Optional[str] = None,
+                    deadline_seconds: int = 3600) -> tuple:
+        """Starts an asynchronous (FedBuff) run: the silos work continuously on the newest model
+        version and the server publishes a version after every `buffer_size` accepted updates
+        (see `fedsim.aws.asynchronous`).
+
+        Args:
+          computation: a training process (or its `next`) whose aggregations are sums and means.
+          state: the server state of version 0.
+          silo_ids: the silos that take part.
+          total_versions: the run ends after this many versions (or a stopping rule).
+          buffer_size: K, accepted updates per version, at most the number of silos (a silo
+            trains at most once per version); default: half the silos, rounded up.
+          staleness_weight: `fedsim.core.staleness.polynomial_staleness(e)` (default, e=0.5) or
+            `constant_staleness()`.
+          max_staleness: updates staler than this are refused and recorded (None: none are).
+          stop_rules: `StopWhen` / `StopWhenNoImprovement` on the versions' metrics.
+          train_dataset: the silos' dataset to train on.
+          deadline_seconds: the whole run fails if it has not ended by then.
+
+        Returns:
+          `(run_id, execution_arn)`; pass them to `finish`.
+
+        Raises:
+          fedsim.core.staleness.AsyncUnsupportedError: the process's aggregation is not a
+            weighted sum or mean (the message says why).
+          ValueError: a silo id or setting is invalid.
+        """
+        silo_ids = self._check_silo_ids(silo_ids)
+        if not isinstance(total_versions, int) or total_versions < 1:
+            raise ValueError(f"total_versions must be a positive int, got {total_versions!r}")
+        buffer_size = -(-len(silo_ids) // 2) if buffer_size is None else buffer_size
+        if not isinstance(buffer_size, int) or not 1 <= buffer_size <= len(silo_ids):
+            raise ValueError(f"buffer_size must be from 1 to the {len(silo_ids)} silos (a silo trains at most once per "
+                             f"version, so a larger buffer never fills), got {buffer_size!r}")
+        training = getattr(computation, "next", computation)
+        form = self.form(training)
+        staleness_lib.check_bufferable(form, f"the process {training.name!r}")
+        weight = staleness_lib.polynomial_staleness() if staleness_weight is None else staleness_weight
+        staleness_lib.StalenessBuffer(form, buffer_size, weight, max_staleness)  # checks the settings here, not on the server
+        state = self._checked_state(training, form, state)
+        run_id = uuid.uuid4().hex[:16]
+        manifest = self._run_manifest(run_id, training, form, total_versions, stop_rules, train_dataset)
+        manifest.update({"mode": protocol.ASYNCHRONOUS, protocol.ASYNCHRONOUS: {
+            "buffer_size": buffer_size, "max_staleness": max_staleness, "aggregation_kinds": list(form.aggregation_kinds),
+            "staleness_weight": staleness_lib.staleness_weight_to_json(weight)}})
+        if self.preprocess is not None:
+            manifest["preprocess"] = self._preprocess()
+        manifest_key = f"runs/{run_id}/manifest.json"
+        self.store.put_new(manifest_key, protocol.dumps(manifest))
+        open_async_run(self.store, run_id, manifest_key)
+        template = {"silos": silo_ids, "quorum": 1, "manifest_key": manifest_key, "mode": protocol.ASYNCHRONOUS}
+        open_round(self.store, form, state, run_id, protocol.step_label(1), template)
+        return run_id, self._start_execution(f"run-{run_id}", json.dumps({
+            "run_id": run_id, "round": 1, "manifest_key": manifest_key, "silos": silo_ids,
+            "round_deadline_seconds": int(deadline_seconds)}))
+
+    def run_async(self, computation: Any, state: Any, silo_ids: Sequence[str], total_versions: int, *,
+                  metrics_managers: Sequence[Any] = (), callbacks: Sequence[Any] = (), **options: Any) -> Any:
+        """Runs an asynchronous (FedBuff) training run on the silos and waits for its end; the
+        serverless counterpart of `fedsim.simulation.run_async_training_process`.
+
+        Args:
+          computation, state, silo_ids, total_versions: as in `start_async`.
+          metrics_managers: receive each version's metrics (`training/...` and `async/...`:
+            updates, mean and max staleness, refused), as in `run_training_process`.
+          callbacks: Keras-style callbacks (e.g. `simulation.History`) given the same metrics.
+          **options: `start_async`'s keyword arguments (buffer size, staleness, stop rules...).
+
+        Returns:
+          The last version's result (`LearningProcessOutput`), as `run_rounds` returns the last
+          round's. `last_run` holds the lineage: per version, the updates applied (silo, base
+          version, staleness, weight) and those refused.
+
+        Raises:
+          RoundFailedError: the run failed or missed its deadline; the message says why.
+          fedsim.core.staleness.AsyncUnsupportedError: see `start_async`.
+
+        Example::
+
+            with fedsim.aws.execution_context(stack, silos=silos) as context:
+                output = context.run_async(process, process.initialize(), silos, total_versions=20, buffer_size=3)
+                context.last_run.rounds[-1]["updates"]   # who made version 20, from which versions
+        """
+        started = time.monotonic()
+        run_id, execution = self.start_async(computation, state, silo_ids, total_versions, **options)
+        return self.finish(getattr(computation, "next", computation), run_id, execution, 1, started,
+                           metrics_managers=metrics_managers, callbacks=callbacks,
+                           timeout=int(options.get("deadline_seconds", 3600)) + 60)
 
     def _start_execution(self, name: str, document: str) -> str:
         """Starts the state machine once, retrying AWS's transient failures. A retried start whose
@@ -301,7 +409,8 @@ class AwsExecutionContext:
                            metrics_managers=metrics_managers, callbacks=callbacks)
 
     def finish(self, computation: FederatedComputation, run_id: str, execution: str, rounds: int = 1,
-               started: Optional[float] = None, metrics_managers: Sequence[Any] = (), callbacks: Sequence[Any] = ()) -> Any:
+               started: Optional[float] = None, metrics_managers: Sequence[Any] = (), callbacks: Sequence[Any] = (),
+               timeout: Optional[float] = None) -> Any:
         """Waits for a run `start_rounds` started.
 
         Args:
@@ -310,6 +419,7 @@ class AwsExecutionContext:
           rounds: the rounds asked for (bounds the wait).
           started: `time.monotonic()` when the run was started (for the report's seconds).
           metrics_managers, callbacks: as in `run_rounds`.
+          timeout: seconds to wait at most (default: twice each round's deadline).
 
         Returns:
           The last round's result.
@@ -319,7 +429,9 @@ class AwsExecutionContext:
             rejected and why.
         """
         started = time.monotonic() if started is None else started
-        status = self.wait(execution, timeout=rounds * 2 * (self.round_deadline_seconds + 60), run_id=run_id)
+        if timeout is None:
+            timeout = rounds * 2 * (self.round_deadline_seconds + 60)
+        status = self.wait(execution, timeout=timeout, run_id=run_id)
         reports = self._round_reports(run_id)
         self.last_report = RoundReport(run_id, tuple(reports), time.monotonic() - started)
         self.last_run = read_lineage(self.store, run_id)

@@ -51,10 +51,14 @@ class RunLineage:
         return json.dumps(attrs.asdict(self), indent=2, sort_keys=True)
 
     def to_csv(self) -> str:
-        """One row per round: model version, contributors, rejected/late silos, timings, metrics."""
+        """One row per round: model version, contributors, rejected/late silos, timings, metrics
+        (and in an asynchronous run, each version's updates and refusals)."""
         metric_names = sorted({name for r in self.rounds for name in r["metrics"]})
+        asynchronous = any("updates" in r for r in self.rounds)
         columns = ["run_id", "round", "status", "model_key", "model_version_id", "model_sha256", "state_sha256",
-                   "contributors", "rejected", "late", "missing", "aggregate_seconds", "update_seconds", "stop_reason"] + metric_names
+                   "contributors", "rejected", "late", "missing", "aggregate_seconds", "update_seconds", "stop_reason"]
+        columns += ["updates", "refused"] if asynchronous else []
+        columns += metric_names
         stream = io.StringIO()
         writer = csv.DictWriter(stream, columns)
         writer.writeheader()
@@ -66,6 +70,9 @@ class RunLineage:
                    "late": " ".join(r["late"]), "missing": " ".join(r["missing"]),
                    "aggregate_seconds": r["timings"].get("aggregate_seconds"), "update_seconds": r["timings"].get("update_seconds"),
                    "stop_reason": r["stop_reason"] or ""}
+            if asynchronous:  # silo@base version:weight of each update; silo@base version of each refused
+                row["updates"] = " ".join(f"{u['silo']}@{u['base_version']}:{u['weight']:.4g}" for u in r.get("updates", []))
+                row["refused"] = " ".join(f"{u['silo']}@{u['base_version']}" for u in r.get("refused", []))
             row.update(r["metrics"])
             writer.writerow(row)
         return stream.getvalue()
@@ -180,7 +187,9 @@ def read_lineage(config_or_store: Any, run_id: str) -> RunLineage:
       A `RunLineage`. Each round's record: `round`, `status`, `model` (the result's S3 key,
       version id and sha256, and the sha256 of the state it holds), `contributors`, `verdicts`,
       `rejected` (silo -> reason), `late`, `missing`, `metrics` (training and evaluation),
-      `evaluation` (the evaluation step's own record, if any), `timings`, `stop_reason`.
+      `evaluation` (the evaluation step's own record, if any), `timings`, `stop_reason`; in an
+      asynchronous run, round r is model version r, with `updates` (silo, step, base version,
+      staleness, weight of each update applied) and `refused` (with the reason).
 
     Raises:
       fedsim.aws.store.ObjectAbsentError: there is no such run.
@@ -210,6 +219,8 @@ def read_lineage(config_or_store: Any, run_id: str) -> RunLineage:
             final = evaluation_outcome or outcome
         record = dict(training, round=round_num, model=_model(outcome), metrics=metrics, timings=outcome.get("timings", {}),
                       evaluation=evaluation, stop_reason=final.get("stop_reason"))
+        if "updates" in outcome:  # an asynchronous run's version: the updates it applied, and those refused
+            record.update(updates=outcome["updates"], refused=outcome["refused"])
         rounds.append(record)
         stop_reason = final.get("stop_reason") or stop_reason
     return RunLineage(run_id=run_id, computations=computations, rounds=tuple(rounds), stop_reason=stop_reason)

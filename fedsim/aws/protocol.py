@@ -18,6 +18,14 @@ DynamoDB (one table, stream of new images):
     pk="verdict#<run>#<r>", sk="<silo>"       the server's verdict on that result (valid / rejected / late, the
                                               key and sha256 it checked): only the server writes these (a silo's
                                               role may write items under its own partition key only)
+    pk="async#<run>",  sk="run"               an asynchronous run: its published version, its lease, the valid
+                                              updates not yet in a version (`fedsim.aws.asynchronous`)
+    pk="async#<run>",  sk="v<000000007>"      version 7's plan: the updates it applies (silo, base version,
+                                              staleness, weight) and those refused, written once
+
+In an asynchronous run, step r is "training from model version r-1": its broadcast is version
+r-1's, its silo results are updates based on version r-1, and its round item's outcome is
+version r (the buffer that published it may hold updates from earlier steps too).
 
 Values are `.npz` archives of a value's leaves in the order of its fedsim type (no pickle,
 members stored uncompressed); decoding checks every leaf's dtype and shape from its header
@@ -38,7 +46,11 @@ from fedsim.core import types as ft
 from fedsim.core.value_archive import InvalidValueError
 
 __all__ = [
+    "ASYNCHRONOUS",
     "InvalidValueError",
+    "async_partition",
+    "async_run_item_key",
+    "version_item_key",
     "computation_key",
     "decode_value",
     "encode_value",
@@ -54,6 +66,7 @@ __all__ = [
 ]
 
 
+ASYNCHRONOUS = "asynchronous"  # the manifest's and round items' `mode` of an asynchronous run
 MAX_REASON_CHARS = 2000  # a silo's refusal reason, as stored and shown
 
 
@@ -111,6 +124,21 @@ def verdict_partition(run_id: str, step: str) -> str:
 
 def verdict_item_key(run_id: str, step: str, silo_id: str) -> dict:
     return {"pk": verdict_partition(run_id, step), "sk": silo_id}
+
+
+def async_partition(run_id: str) -> str:
+    """The partition of an asynchronous run's records (its run item and version plans)."""
+    return f"async#{run_id}"
+
+
+def async_run_item_key(run_id: str) -> dict:
+    """The key of an asynchronous run's item (version, lease, updates waiting for a version)."""
+    return {"pk": async_partition(run_id), "sk": "run"}
+
+
+def version_item_key(run_id: str, version: int) -> dict:
+    """The key of version `version`'s plan in an asynchronous run."""
+    return {"pk": async_partition(run_id), "sk": f"v{int(version):09d}"}
 
 
 def round_key(run_id: str, step: str) -> str:

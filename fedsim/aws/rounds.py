@@ -10,15 +10,20 @@ Example::
 
 from __future__ import annotations
 
+import json
+import math
 import time
 from typing import Any
 
-from fedsim.aws import protocol
-from fedsim.aws.store import Store
-from fedsim.core import phase_runner
-from fedsim.core.canonical_form import CanonicalForm
+from absl import logging
 
-__all__ = ["open_round", "section_of"]
+from fedsim.aws import protocol
+from fedsim.aws.store import ObjectExistsError, Store, TransientStoreError
+from fedsim.core import phase_runner, structure
+from fedsim.core.canonical_form import CanonicalForm
+from fedsim.core.structure import flatten_metrics
+
+__all__ = ["open_round", "result_metrics", "section_of", "write_closed_marker"]
 
 
 def open_round(store: Store, form: CanonicalForm, state: Any, run_id: str, step: str, template: dict,
@@ -31,7 +36,8 @@ def open_round(store: Store, form: CanonicalForm, state: Any, run_id: str, step:
       state: the server state the step starts from.
       run_id: the run.
       step: the step label (`protocol.step_label`): "3" or "3.eval".
-      template: `silos`, `quorum` and `manifest_key` of the run's rounds.
+      template: `silos`, `quorum` and `manifest_key` of the run's rounds (and `mode`:
+        "asynchronous" for an asynchronous run's steps).
       resume: a handler taking over a dead one's claim: what was already written stays (objects
         and the round item are written once) instead of being an error.
 
@@ -56,6 +62,8 @@ def open_round(store: Store, form: CanonicalForm, state: Any, run_id: str, step:
         "manifest_key": template["manifest_key"],
         "opened_at": time.time(),
     })
+    if template.get("mode"):  # "asynchronous": the step keeps taking (stale) updates after its version
+        item["mode"] = template["mode"]
     if not store.put_item_if_absent(item):
         raise RuntimeError(f"step {step} of run {run_id} is already open; it is never reopened")
 
@@ -64,3 +72,38 @@ def section_of(manifest: dict, step: str) -> dict:
     """The part of the manifest a step runs: the training phases, or the evaluation's."""
     _, is_evaluation = protocol.parse_step(step)
     return manifest["evaluation"] if is_evaluation else manifest
+
+
+def write_closed_marker(store: Store, run_id: str, step: str, status: str) -> None:
+    """Writes the step's closed marker, which silos may read: a late silo skips the work (in an
+    asynchronous run, the marker after the last version ends the silos' loop). Best effort:
+    without it a late silo only works for nothing.
+
+    Args:
+      store: the stack's S3 and DynamoDB.
+      run_id: the run.
+      step: the step label.
+      status: "done" or "failed".
+    """
+    try:
+        store.put_new(protocol.closed_key(run_id, step), json.dumps({"status": status}).encode())
+    except (TransientStoreError, ObjectExistsError) as error:
+        logging.warning("round %s of run %s: the closed marker was not written (%s)", step, run_id, error)
+
+
+def result_metrics(result: Any, form: CanonicalForm, prefix: str) -> dict:
+    """A step's scalar metrics from its update's result, flattened as `run_training_process`
+    names them (`training/...`, `evaluation/...`); non-finite values become None (JSON has no NaN).
+
+    Args:
+      result: the update phase's result (next state first, then metrics).
+      form: the step's canonical form.
+      prefix: "training" or "evaluation".
+
+    Returns:
+      `{name: float or None}`.
+    """
+    mapping = structure.to_mapping(result, form.result_type)
+    metrics = mapping.get("metrics", {}) if isinstance(mapping, dict) else (mapping[1] if len(mapping) > 1 else {})
+    flat = flatten_metrics(metrics, prefix + "/") if isinstance(metrics, dict) else {}
+    return {name: (value if math.isfinite(value) else None) for name, value in flat.items()}

@@ -49,6 +49,9 @@ __all__ = ["DEFAULT_DATASET", "SiloAgent", "ComputationRefusedError", "LocalData
 DEFAULT_DATASET = "train"  # the name of a silo's only dataset, and what a run trains on unless its manifest says
 
 _HASH_LENGTH = 64
+ASYNC_POLL_SECONDS = 0.05  # first wait for a newer model version in an asynchronous run; grows to:
+ASYNC_MAX_POLL_SECONDS = 1.0
+ASYNC_VISIBILITY_SECONDS = 120  # how long the run's message stays invisible, renewed every third of it
 
 
 class ComputationRefusedError(RuntimeError):
@@ -205,6 +208,7 @@ class SiloAgent:
         self.last_work_seconds = 0.0
         self._stop = threading.Event()
         self._preprocessed: dict = {}
+        self._visible_again_soon = 0.0  # when the asynchronous run's message needs its visibility extended
 
     def stop(self) -> None:
         """Asks `run` to return after the message it is on (safe from another thread)."""
@@ -285,34 +289,108 @@ class SiloAgent:
             self.rounds_done += 1
             return "round already closed"
         key = protocol.silo_result_key(self.silo_id, run_id, step)
-        received_at = time.time()
-        item = dict(protocol.silo_item_key(self.silo_id, run_id, step))
-        item.update({"round_key": protocol.round_key(run_id, step), "received_at": received_at})
         try:
-            if self._own_object_exists(key):  # a redelivered message after an upload: reuse it, never rewrite it
-                output_bytes = self.store.get(key)[0]
-                digest = protocol.sha256(output_bytes)
-            elif self._in_protocol(run_id, step):  # restarted mid-protocol: its session keys are gone
-                self.sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=message["ReceiptHandle"])
-                self.rounds_done += 1
-                return "dropped (restarted during the secure protocol)"
-            elif self._step_section(request).get("secure_sums"):
-                return self._secure_step(message, request, item, key)
-            else:
-                output_bytes = self.work(request)
-                digest = self.store.put_new(key, output_bytes)
+            if self._manifest(request).get("mode") == protocol.ASYNCHRONOUS:
+                return self._asynchronous_run(message, request)
+            if not self._own_object_exists(key):
+                if self._in_protocol(run_id, step):  # restarted mid-protocol: its session keys are gone
+                    self.sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=message["ReceiptHandle"])
+                    self.rounds_done += 1
+                    return "dropped (restarted during the secure protocol)"
+                if self._step_section(request).get("secure_sums"):
+                    return self._secure_step(message, request, self._result_item(run_id, step), key)
         except (ComputationRefusedError, LocalDataError) as refusal:
-            logging.warning("silo %s, run %s round %s: %s", self.silo_id, run_id, step, refusal)
-            item.update({"refused": str(refusal)[:protocol.MAX_REASON_CHARS], "written_at": time.time()})
-            outcome = "refused" if self.store.put_item_if_absent(item) else "duplicate"
+            outcome = self._record_refusal(run_id, step, refusal)
         else:
-            item.update({"key": key, "sha256": digest, "size": len(output_bytes),
-                         "work_seconds": self.last_work_seconds, "written_at": time.time()})
-            outcome = "reported" if self.store.put_item_if_absent(item) else "duplicate"
+            outcome = self._report_update(request, run_id, step)
         self.sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=message["ReceiptHandle"])
         self.rounds_done += 1
         logging.info("silo %s, run %s round %s: %s", self.silo_id, run_id, step, outcome)
         return outcome
+
+    def _result_item(self, run_id: str, step: str) -> dict:
+        """The silo's record of a step's result, before its result fields are set."""
+        item = dict(protocol.silo_item_key(self.silo_id, run_id, step))
+        item.update({"round_key": protocol.round_key(run_id, step), "received_at": time.time()})
+        return item
+
+    def _record_refusal(self, run_id: str, step: str, refusal: Exception) -> str:
+        """Records that the silo would not (or could not) run the step, with the reason."""
+        logging.warning("silo %s, run %s round %s: %s", self.silo_id, run_id, step, refusal)
+        item = self._result_item(run_id, step)
+        item.update({"refused": str(refusal)[:protocol.MAX_REASON_CHARS], "written_at": time.time()})
+        return "refused" if self.store.put_item_if_absent(item) else "duplicate"
+
+    def _report_update(self, request: dict, run_id: str, step: str) -> str:
+        """Runs the step's work (or reuses an upload already made: never rewritten), uploads it
+        under the silo's own prefix and records it once; "reported", "refused" or "duplicate"."""
+        key = protocol.silo_result_key(self.silo_id, run_id, step)
+        item = self._result_item(run_id, step)
+        try:
+            if self._own_object_exists(key):  # a redelivered message after an upload: reuse it
+                output_bytes = self.store.get(key)[0]
+                digest = protocol.sha256(output_bytes)
+            else:
+                output_bytes = self.work(request)
+                digest = self.store.put_new(key, output_bytes)
+        except (ComputationRefusedError, LocalDataError) as refusal:
+            return self._record_refusal(run_id, step, refusal)
+        item.update({"key": key, "sha256": digest, "size": len(output_bytes),
+                     "work_seconds": self.last_work_seconds, "written_at": time.time()})
+        return "reported" if self.store.put_item_if_absent(item) else "duplicate"
+
+    def _asynchronous_run(self, message: dict, request: dict) -> str:
+        """Takes part in an asynchronous run until it ends: trains on the newest model version,
+        uploads, and starts again as soon as a newer version is published (at most one update per
+        version). Keeps the run's message invisible while it works; a stopped agent leaves the
+        message, and the one that takes it again goes on from the newest version (an update
+        already uploaded is reused)."""
+        run_id = str(request["run_id"])
+        step, done_step, updates = protocol.parse_step(request["round"])[0], None, 0
+        wait = ASYNC_POLL_SECONDS
+        while not self._stop.is_set():
+            self._keep_invisible(message)
+            newest = self._newest_step(run_id, step)
+            if newest is None:  # the run is over
+                break
+            if newest == done_step:  # no newer version yet
+                self._stop.wait(wait)
+                wait = min(wait * 1.5, ASYNC_MAX_POLL_SECONDS)
+                continue
+            wait, step = ASYNC_POLL_SECONDS, newest
+            label = protocol.step_label(step)
+            outcome = self._report_update(dict(request, round=label), run_id, label)
+            logging.info("silo %s, asynchronous run %s, update from version %d: %s", self.silo_id, run_id, step - 1, outcome)
+            if outcome == "refused":  # the same computation on the same data would be refused again
+                break
+            done_step, updates = step, updates + 1
+        else:
+            return "stopped during an asynchronous run"
+        self.sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=message["ReceiptHandle"])
+        self.rounds_done += 1
+        return f"asynchronous run over ({updates} updates)"
+
+    def _newest_step(self, run_id: str, step: int) -> Optional[int]:
+        """The newest open step of an asynchronous run from `step` on (the newest model version
+        plus one), or None when the server marked the run's end."""
+        while self.store.exists(f"{protocol.round_prefix(run_id, protocol.step_label(step + 1))}/broadcast.npz"):
+            step += 1
+        if self._closed(run_id, protocol.step_label(step)) or self._closed(run_id, protocol.step_label(step + 1)):
+            return None
+        return step
+
+    def _keep_invisible(self, message: dict) -> None:
+        """Extends the run message's visibility while the agent works on the run (best effort:
+        a message that reappears is taken again after the run and finds it over)."""
+        now = time.monotonic()
+        if now < self._visible_again_soon:
+            return
+        try:
+            self.sqs.change_message_visibility(QueueUrl=self.queue_url, ReceiptHandle=message["ReceiptHandle"],
+                                               VisibilityTimeout=ASYNC_VISIBILITY_SECONDS)
+            self._visible_again_soon = now + ASYNC_VISIBILITY_SECONDS / 3
+        except Exception as error:  # noqa: BLE001 - AWS's bad minute: tried again at the next update
+            logging.warning("silo %s: extending the run message's visibility failed (%s)", self.silo_id, error)
 
     def _in_protocol(self, run_id: str, step: str) -> bool:
         """Whether this silo already began the step's secure protocol (a restarted agent, whose

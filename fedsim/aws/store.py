@@ -313,6 +313,36 @@ class Store:
             ExpressionAttributeValues=_marshal({":aggregating": "aggregating", ":owner": owner, ":until": until}),
         )
 
+    def update_claimed(self, key: dict, owner: str, status: str = "aggregating", **values: Any) -> bool:
+        """Sets `values` (and `status`) on an item `owner` holds a claim on; False if the claim is
+        no longer its own. Idempotent: a retried write that finds its own values succeeded.
+
+        Args:
+            key: the claimed item.
+            owner: the claimant's id (as given to `claim`).
+            status: the status to leave (`"aggregating"` keeps the claim; `"open"` releases it).
+            **values: the attributes to set.
+
+        Returns:
+            Whether the write holds.
+        """
+        names = {"#s": "status", "#o": "owner"}
+        expression_values = {":aggregating": "aggregating", ":owner": owner, ":status": status}
+        sets = ["#s = :status"]
+        for index, (name, value) in enumerate(values.items()):
+            names[f"#v{index}"] = name
+            expression_values[f":v{index}"] = value
+            sets.append(f"#v{index} = :v{index}")
+        wrote = {"status": status, **values}
+
+        def applied(item: Optional[dict]) -> bool:
+            return (item is not None and item.get("owner") == owner
+                    and all(item.get(k) == _native(_plain(v)) for k, v in wrote.items()))
+
+        return self._update(key, applied, UpdateExpression="SET " + ", ".join(sets),
+                            ConditionExpression="#s = :aggregating AND #o = :owner",
+                            ExpressionAttributeNames=names, ExpressionAttributeValues=_marshal(expression_values))
+
     def _query_all(self, **request: Any) -> list:
         """Every item a query matches, across all its pages."""
         items, start = [], None

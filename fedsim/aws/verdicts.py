@@ -73,7 +73,9 @@ class ResultJudge:
             return None
         silo = item["pk"]
         judged = self.store.get_item(protocol.verdict_item_key(run_id, step, silo)) is not None
-        if round_item["status"] != "open":
+        # an asynchronous run's step stays open to (stale) updates after its version is published
+        taking = round_item["status"] == "open" or round_item["status"] == "done" and round_item.get("mode") == protocol.ASYNCHRONOUS
+        if not taking:
             if not judged:
                 self._verdict(run_id, step, silo, "late")
                 logging.info("late result of %s for round %s ignored (round %s)", silo, step, round_item["status"])

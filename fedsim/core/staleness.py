@@ -36,10 +36,15 @@ from fedsim.core.canonical_form import CanonicalForm
 
 __all__ = [
     "AsyncUnsupportedError",
+    "ConstantStaleness",
+    "PolynomialStaleness",
     "StalenessBuffer",
     "check_bufferable",
     "constant_staleness",
     "polynomial_staleness",
+    "staleness_refusal",
+    "staleness_weight_from_json",
+    "staleness_weight_to_json",
 ]
 
 MEAN_KINDS = ("mean", "weighted_mean")
@@ -50,14 +55,39 @@ class AsyncUnsupportedError(TypeError):
     """The process's aggregation cannot be run asynchronously; the message says why."""
 
 
-def polynomial_staleness(exponent: float = 0.5) -> Callable[[int], float]:
+@attrs.frozen
+class PolynomialStaleness:
+    """FedBuff's staleness weight `1 / (1 + staleness) ** exponent`, as data (it travels in a
+    run's manifest to the serverless handler)."""
+
+    exponent: float = 0.5
+
+    def __call__(self, staleness: int) -> float:
+        return 1.0 / (1.0 + staleness) ** self.exponent
+
+    def to_json(self) -> dict:
+        return {"kind": "polynomial", "exponent": float(self.exponent)}
+
+
+@attrs.frozen
+class ConstantStaleness:
+    """The weight 1 whatever the staleness (plain asynchronous buffering)."""
+
+    def __call__(self, staleness: int) -> float:
+        return 1.0
+
+    def to_json(self) -> dict:
+        return {"kind": "constant"}
+
+
+def polynomial_staleness(exponent: float = 0.5) -> PolynomialStaleness:
     """FedBuff's staleness weight `1 / (1 + staleness) ** exponent`.
 
     Args:
         exponent: how fast the weight falls with staleness (FedBuff uses 0.5).
 
     Returns:
-        A function `staleness -> weight` in (0, 1].
+        A callable `staleness -> weight` in (0, 1] (JSON-able with `to_json`).
 
     Raises:
         ValueError: if `exponent` is negative or not finite.
@@ -66,28 +96,51 @@ def polynomial_staleness(exponent: float = 0.5) -> Callable[[int], float]:
         >>> polynomial_staleness()(3)
         0.5
     """
-    if not (math.isfinite(exponent) and exponent >= 0):
+    if not (isinstance(exponent, (int, float)) and math.isfinite(exponent) and exponent >= 0):
         raise ValueError(f"the staleness exponent must be a non-negative number, got {exponent!r}")
-
-    def weight(staleness: int) -> float:
-        return 1.0 / (1.0 + staleness) ** exponent
-
-    weight.__name__ = f"polynomial_staleness({exponent:g})"
-    return weight
+    return PolynomialStaleness(float(exponent))
 
 
-def constant_staleness() -> Callable[[int], float]:
+def constant_staleness() -> ConstantStaleness:
     """The weight 1 whatever the staleness (plain asynchronous SGD-style buffering).
 
     Returns:
-        A function `staleness -> 1.0`.
+        A callable `staleness -> 1.0` (JSON-able with `to_json`).
     """
+    return ConstantStaleness()
 
-    def weight(staleness: int) -> float:
-        return 1.0
 
-    weight.__name__ = "constant_staleness"
-    return weight
+def staleness_weight_from_json(document: Any, source: str = "the staleness weight") -> Callable[[int], float]:
+    """The staleness weight a manifest names (`{"kind": "polynomial", "exponent": e}` or
+    `{"kind": "constant"}`).
+
+    Args:
+        document: the JSON value.
+        source: where it came from, for the error message.
+
+    Returns:
+        The weight function.
+
+    Raises:
+        ValueError: if the document is not one of the two kinds.
+    """
+    if isinstance(document, dict) and document.get("kind") == "constant":
+        return ConstantStaleness()
+    if isinstance(document, dict) and document.get("kind") == "polynomial":
+        return polynomial_staleness(document.get("exponent"))
+    raise ValueError(f"{source} is not a staleness weight ({{'kind': 'polynomial' | 'constant'}}): {str(document)[:200]}")
+
+
+def staleness_weight_to_json(weight: Any) -> dict:
+    """The JSON form of a staleness weight made by `polynomial_staleness` or `constant_staleness`.
+
+    Raises:
+        TypeError: for any other callable (arbitrary code cannot travel to the server).
+    """
+    if isinstance(weight, (PolynomialStaleness, ConstantStaleness)):
+        return weight.to_json()
+    raise TypeError(f"on a stack the staleness weight is polynomial_staleness(e) or constant_staleness(), got {weight!r}: "
+                    f"the handler runs no code from the notebook")
 
 
 def check_bufferable(form: CanonicalForm, name: str = "the process") -> None:
@@ -156,11 +209,7 @@ class StalenessBuffer:
 
     def refusal(self, staleness: int) -> Optional[str]:
         """Why an output of this staleness is refused, or None if it is accepted."""
-        if staleness < 0:
-            return f"staleness {staleness} is negative: the update claims a model version not yet published"
-        if self.max_staleness is not None and staleness > self.max_staleness:
-            return f"staleness {staleness} exceeds max_staleness {self.max_staleness}"
-        return None
+        return staleness_refusal(staleness, self.max_staleness)
 
     def add(self, client_output: Any, staleness: int) -> float:
         """Folds one accepted client output, its means scaled by the staleness weight.
@@ -196,6 +245,24 @@ class StalenessBuffer:
         result = phase_runner.update(self.form.update, carry, self._aggregation.result())
         self._aggregation = phase_runner.Aggregation.of(self.form)
         return result
+
+
+def staleness_refusal(staleness: int, max_staleness: Optional[int]) -> Optional[str]:
+    """Why an update of this staleness is refused (None: it is accepted); the one rule for the
+    simulation and the serverless handler.
+
+    Args:
+        staleness: versions published since the update's model.
+        max_staleness: the largest accepted (None: no limit).
+
+    Returns:
+        The reason, or None.
+    """
+    if staleness < 0:
+        return f"staleness {staleness} is negative: the update claims a model version not yet published"
+    if max_staleness is not None and staleness > max_staleness:
+        return f"staleness {staleness} exceeds max_staleness {max_staleness}"
+    return None
 
 
 def scale_means(form: CanonicalForm, client_output: Any, weight: float) -> Any:

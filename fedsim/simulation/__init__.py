@@ -36,6 +36,8 @@ _WHERE = {
     "ModelVersion": "asynchronous",
     "RefusedUpdate": "asynchronous",
     "run_async_training_process": "asynchronous",
+    "constant_staleness": "asynchronous",
+    "polynomial_staleness": "asynchronous",
     "LatencyModel": "latency",
 }
 
@@ -65,6 +67,8 @@ __all__ = [
     "ModelVersion",
     "RefusedUpdate",
     "run_async_training_process",
+    "constant_staleness",
+    "polynomial_staleness",
     "Callback",
     "EarlyStopping",
     "History",

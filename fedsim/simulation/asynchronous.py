@@ -37,11 +37,13 @@ from fedsim.core import compiler
 from fedsim.core import phase_runner
 from fedsim.core import staleness as staleness_lib
 from fedsim.core import structure
+from fedsim.core.staleness import constant_staleness, polynomial_staleness
 from fedsim.simulation.latency import LatencyModel
 from fedsim.simulation.metrics_managers import flatten_metrics
 from fedsim.simulation.training_loop import _headline
 
-__all__ = ["AppliedUpdate", "AsyncTrainingResult", "ModelVersion", "RefusedUpdate", "run_async_training_process"]
+__all__ = ["AppliedUpdate", "AsyncTrainingResult", "ModelVersion", "RefusedUpdate", "constant_staleness",
+           "polynomial_staleness", "run_async_training_process"]
 
 
 @attrs.frozen
