@@ -359,7 +359,6 @@ class AggregationHandler:
         else:
             result = phase_runner.update(form.update, carry, aggregates)
             self.store.put_new(result_key, protocol.encode_value(result, form.result_type))
-        result_version = self.store.version_of(result_key)
         updated_at = time.time()
 
         metrics = rounds.result_metrics(result, form, "evaluation" if is_evaluation else "training")
@@ -374,24 +373,12 @@ class AggregationHandler:
                 stop_reason = stopping.first_stop_reason(rules, history)
             if stop_reason is None and round_num >= int(manifest["total_rounds"]):
                 stop_reason = f"all {manifest['total_rounds']} rounds done"
-        outcome = {
-            "round": round_num,
-            "step": step,
-            "next_round": round_num + 1,
-            "evaluate": evaluate,
-            "eval_step": protocol.step_label(round_num, evaluation=True),
-            "continue": not evaluate and stop_reason is None,
-            "stop_reason": stop_reason,
-            "metrics": metrics,
-            "result_key": result_key,
-            "result_version": result_version["version_id"],
-            "result_sha256": result_version["sha256"],
-            "state_sha256": protocol.sha256(protocol.encode_value(form.next_state(result), form.state_type)),
-            "aggregated": [r["sk"] for r in results],
-            "rejected": rejected,
-            "timings": {"claimed_at": claimed_at, "aggregate_seconds": aggregated_at - claimed_at,
-                        "update_seconds": updated_at - aggregated_at},
-        }
+        outcome = rounds.step_outcome(
+            self.store, form, result, result_key, step, evaluate=evaluate, stop_reason=stop_reason, metrics=metrics,
+            aggregated=[r["sk"] for r in results], rejected=rejected,
+            timings={"claimed_at": claimed_at, "aggregate_seconds": aggregated_at - claimed_at,
+                     "update_seconds": updated_at - aggregated_at},
+            **{"continue": not evaluate and stop_reason is None})
         template = {key: round_item[key] for key in ("silos", "quorum", "manifest_key")}
         if evaluate:
             evaluation = manifest["evaluation"]

@@ -294,7 +294,6 @@ class AsyncServer:
             carry = protocol.decode_value(self.store.get_checked(f"{prefix}/carry.npz"), form.carry_type, f"version {version - 1}'s carry")
             result = buffer.flush(carry)
             self.store.put_new(result_key, protocol.encode_value(result, form.result_type))
-        result_version = self.store.version_of(result_key)
         updated_at = time.time()
         staleness = [int(u["staleness"]) for u in plan["applied"]]
         metrics = rounds.result_metrics(result, form, "training")
@@ -310,26 +309,13 @@ class AsyncServer:
             stop_reason = stopping.first_stop_reason(rules, lineage.metrics_history(self.store, run_id, version, metrics))
         if stop_reason is None and version >= settings.total_versions:
             stop_reason = f"all {settings.total_versions} versions published"
-        outcome = {
-            "round": version,
-            "step": step,
-            "version": version,
-            "next_round": version + 1,
-            "evaluate": False,
-            "eval_step": protocol.step_label(version, evaluation=True),
-            "continue": stop_reason is None,
-            "stop_reason": stop_reason,
-            "metrics": metrics,
-            "result_key": result_key,
-            "result_version": result_version["version_id"],
-            "result_sha256": result_version["sha256"],
-            "state_sha256": protocol.sha256(protocol.encode_value(form.next_state(result), form.state_type)),
-            "aggregated": [u["silo"] for u in plan["applied"]],
-            "updates": [{k: u[k] for k in ("silo", "step", "base_version", "staleness", "weight")} for u in plan["applied"]],
-            "refused": [{k: u[k] for k in ("silo", "step", "base_version", "staleness", "reason")} for u in plan["refused"]],
-            "rejected": {},
-            "timings": {"published_at": updated_at, "update_seconds": updated_at - started},
-        }
+        outcome = rounds.step_outcome(
+            self.store, form, result, result_key, step, version=version, evaluate=False, stop_reason=stop_reason,
+            metrics=metrics, rejected={}, timings={"published_at": updated_at, "update_seconds": updated_at - started},
+            aggregated=[u["silo"] for u in plan["applied"]],
+            updates=[{k: u[k] for k in ("silo", "step", "base_version", "staleness", "weight")} for u in plan["applied"]],
+            refused=[{k: u[k] for k in ("silo", "step", "base_version", "staleness", "reason")} for u in plan["refused"]],
+            **{"continue": stop_reason is None})
         if outcome["continue"]:
             template = {"silos": list(self._step_item(run_id, step)["silos"]), "quorum": 1,
                         "manifest_key": run["manifest_key"], "mode": ASYNCHRONOUS}

@@ -23,7 +23,7 @@ from fedsim.core import phase_runner, structure
 from fedsim.core.canonical_form import CanonicalForm
 from fedsim.core.structure import flatten_metrics
 
-__all__ = ["open_round", "result_metrics", "section_of", "write_closed_marker"]
+__all__ = ["open_round", "result_metrics", "section_of", "step_outcome", "write_closed_marker"]
 
 
 def open_round(store: Store, form: CanonicalForm, state: Any, run_id: str, step: str, template: dict,
@@ -107,3 +107,35 @@ def result_metrics(result: Any, form: CanonicalForm, prefix: str) -> dict:
     metrics = mapping.get("metrics", {}) if isinstance(mapping, dict) else (mapping[1] if len(mapping) > 1 else {})
     flat = flatten_metrics(metrics, prefix + "/") if isinstance(metrics, dict) else {}
     return {name: (value if math.isfinite(value) else None) for name, value in flat.items()}
+
+
+def step_outcome(store: Store, form: CanonicalForm, result: Any, result_key: str, step: str, **fields: Any) -> dict:
+    """A done step's outcome, as its round item records it (one shape for synchronous rounds and
+    asynchronous versions; `lineage` reads it): where its result is (S3 version id, sha256), the
+    sha256 of the state it holds, and `fields` (metrics, contributors, what comes next...).
+
+    Args:
+      store: the stack's S3 and DynamoDB.
+      form: the step's canonical form.
+      result: the update phase's result (written at `result_key`).
+      result_key: its S3 key.
+      step: the step label.
+      **fields: the rest of the outcome: `evaluate`, `continue`, `stop_reason`, `metrics`,
+        `aggregated`, `rejected`, `timings`, ...
+
+    Returns:
+      The outcome document (JSON-able).
+    """
+    round_num = protocol.parse_step(step)[0]
+    stored = store.version_of(result_key)
+    return {
+        "round": round_num,
+        "step": step,
+        "next_round": round_num + 1,
+        "eval_step": protocol.step_label(round_num, evaluation=True),
+        "result_key": result_key,
+        "result_version": stored["version_id"],
+        "result_sha256": stored["sha256"],
+        "state_sha256": protocol.sha256(protocol.encode_value(form.next_state(result), form.state_type)),
+        **fields,
+    }

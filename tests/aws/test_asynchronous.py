@@ -7,6 +7,7 @@ simulation context over the silos a version applied.
 """
 
 import collections
+import contextlib
 import csv
 import io
 import json
@@ -36,13 +37,24 @@ def _applied_ids(lineage):
     return [f"{u['step']}/{u['silo']}" for r in lineage.rounds for u in r.get("updates", [])]
 
 
-def _held_first_updates(stack, context, run_id, held, count):
-    """Waits until `count` silos' updates from version 0 are held back from the handler."""
-    round_key = protocol.round_key(run_id, "1")
-    _wait_for(lambda: len({r["dynamodb"]["NewImage"]["pk"]["S"] for r in held if r["eventName"] == "INSERT"
-                           and r["dynamodb"]["NewImage"].get("round_key", {}).get("S") == round_key}) >= count,
-              "the silos' first updates were not held")
-    return {"Records": [r for r in held if r["dynamodb"].get("NewImage", {}).get("round_key", {}).get("S") == round_key]}
+@contextlib.contextmanager
+def _run_with_held_first_updates(stack, context, process, state, **options):
+    """Starts an asynchronous run with the stream held until the three silos' updates from
+    version 0 are in; yields `(run_id, execution, their stream event)` for the test to deliver;
+    on leaving, delivers what the stream held meanwhile and lets it flow again."""
+    with held_stream(stack) as held:
+        run_id, execution = context.start_async(process, state, SILOS, deadline_seconds=300, **options)
+        round_key = protocol.round_key(run_id, "1")
+
+        def first_updates():
+            return [r for r in held if r["eventName"] == "INSERT"
+                    and r["dynamodb"]["NewImage"].get("round_key", {}).get("S") == round_key]
+
+        _wait_for(lambda: len({r["dynamodb"]["NewImage"]["pk"]["S"] for r in first_updates()}) == len(SILOS),
+                  "the silos' first updates were not held")
+        yield run_id, execution, {"Records": first_updates()}
+        held_later = list(held)
+    stack.deliver_records(held_later)
 
 
 def test_with_k_equal_to_the_cohort_an_asynchronous_run_is_synchronous_fedavg(fresh, arrays, process):
@@ -92,10 +104,8 @@ def test_each_update_is_applied_once_under_duplicate_and_concurrent_deliveries(f
     agents, threads, errors = start_agents(stack, arrays, SILOS)
     with aws.execution_context(stack, silos=SILOS, preprocess=batch) as context:
         state = process.initialize()
-        with held_stream(stack) as held:
-            run_id, execution = context.start_async(process, state, SILOS, total_versions=4, buffer_size=2,
-                                                    staleness_weight=constant_staleness(), deadline_seconds=300)
-            event = _held_first_updates(stack, context, run_id, held, 3)
+        with _run_with_held_first_updates(stack, context, process, state, total_versions=4, buffer_size=2,
+                                          staleness_weight=constant_staleness()) as (run_id, execution, event):
             handlers = [aws.AggregationHandler(stack.config, lease_seconds=2.0) for _ in range(2)]
             outcomes = []
             racing = [threading.Thread(target=lambda h=h: outcomes.append(h.handle(event))) for h in handlers]
@@ -104,8 +114,6 @@ def test_each_update_is_applied_once_under_duplicate_and_concurrent_deliveries(f
             for thread in racing:
                 thread.join(120)
             outcomes.append(aws.AggregationHandler(stack.config).handle(event))  # a duplicate delivery
-            held_later = list(held)
-        stack.deliver_records(held_later)  # what the stream held meanwhile, then the stream flows again
         context.finish(process.next, run_id, execution, timeout=300)
         lineage = context.last_run
     for thread in threads:
@@ -149,10 +157,8 @@ def test_a_handler_process_killed_while_publishing_is_taken_over(fresh, arrays, 
     agents, threads, errors = start_agents(stack, arrays, SILOS)
     with aws.execution_context(stack, silos=SILOS, preprocess=batch) as context:
         state = process.initialize()
-        with held_stream(stack) as held:
-            run_id, execution = context.start_async(process, state, SILOS, total_versions=2, buffer_size=3,
-                                                    staleness_weight=constant_staleness(), deadline_seconds=300)
-            event = _held_first_updates(stack, context, run_id, held, 3)
+        with _run_with_held_first_updates(stack, context, process, state, total_versions=2, buffer_size=3,
+                                          staleness_weight=constant_staleness()) as (run_id, execution, event):
             (tmp_path / "config.json").write_text(stack.config.to_json())
             (tmp_path / "event.json").write_text(json.dumps(event, default=str))
             killed = subprocess.run([sys.executable, "-c", _KILLED_WHILE_PUBLISHING, str(tmp_path / "config.json"),
@@ -165,8 +171,6 @@ def test_a_handler_process_killed_while_publishing_is_taken_over(fresh, arrays, 
             started = time.monotonic()
             assert aws.AggregationHandler(stack.config).handle(event) == ["published 1"]
             assert time.monotonic() - started < LEASE_SECONDS + 15  # within a lease
-            held_later = list(held)
-        stack.deliver_records(held_later)
         output = context.finish(process.next, run_id, execution, timeout=300)
     for thread in threads:
         thread.join(30)
@@ -192,13 +196,9 @@ def test_stale_updates_are_refused_and_recorded_with_the_reason(fresh, arrays, p
     stack = fresh
     agents, threads, errors = start_agents(stack, arrays, SILOS)
     with aws.execution_context(stack, silos=SILOS, preprocess=batch) as context:
-        with held_stream(stack) as held:
-            run_id, execution = context.start_async(process, process.initialize(), SILOS, total_versions=3, buffer_size=1,
-                                                    max_staleness=0, deadline_seconds=300)
-            event = _held_first_updates(stack, context, run_id, held, 3)
+        with _run_with_held_first_updates(stack, context, process, process.initialize(), total_versions=3, buffer_size=1,
+                                          max_staleness=0) as (run_id, execution, event):
             assert aws.AggregationHandler(stack.config).handle(event) == ["published 1"]
-            held_later = list(held)
-        stack.deliver_records(held_later)
         context.finish(process.next, run_id, execution, timeout=300)
         lineage = context.last_run
     for thread in threads:
