@@ -12,7 +12,7 @@ Example::
     process = fedsim.learning.build_weighted_fed_avg(model_fn, client_optimizer_fn, model_aggregator=aggregator)
 """
 
-from fedsim.aggregators.accounting import dp_epsilon
+from fedsim.aggregators.accounting import PrivacyBudget, PrivacyLedger, dp_epsilon
 from fedsim.aggregators.differential_privacy import DifferentiallyPrivateFactory
 from fedsim.aggregators.encoded import EncodedSumFactory
 from fedsim.aggregators.factory import AggregationFactoryError, UnweightedAggregationFactory, WeightedAggregationFactory
@@ -38,6 +38,8 @@ __all__ = [
     "WeightedAggregationFactory",
     "clipping_factory",
     "dp_epsilon",
+    "PrivacyBudget",
+    "PrivacyLedger",
     "stochastic_quantization_factory",
     "zeroing_factory",
 ]

@@ -1,19 +1,33 @@
-"""Privacy accounting: epsilon of DP-FedAvg for (rounds, sampling rate, noise, delta).
+"""Privacy accounting: what a run of DP rounds spent, as (epsilon, delta).
 
-Uses Google's `dp-accounting` package (its Renyi-DP accountant for the Poisson-subsampled
-Gaussian mechanism); install it with `pip install 'fedsim[dp]'`. It is optional because only
-this helper needs it.
+Uses Google's `dp-accounting` package (install it with `pip install 'fedsim[dp]'`).
+
+- `dp_epsilon`: epsilon of DP-FedAvg for (rounds, sampling rate, noise, delta), in one call.
+- `PrivacyLedger`: the ledger a training loop keeps. Before each round it reads the mechanism
+  the process's DP aggregators declare in their state (`dp_noise_multiplier`) and refuses the
+  round that would take epsilon past its `PrivacyBudget`; after it, it records the mechanism
+  the round's measurements report, with its sampling (every client, a fixed cohort of n out of
+  N, or Poisson sampling at n/N), and reports `privacy/epsilon` (PLD accountant by default, RDP
+  as an option).
 
 Example::
 
     epsilon = dp_epsilon(noise_multiplier=1.0, sampling_rate=50 / 3400, rounds=1500, target_delta=1e-5)
+    ledger = PrivacyLedger(population_size=3400, budget=PrivacyBudget(epsilon=8.0, delta=1e-5))
+    simulation.run_training_process(process, select, 1500, privacy_ledger=ledger)
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any, Optional
 
-__all__ = ["dp_epsilon"]
+import attrs
+
+__all__ = ["PrivacyBudget", "PrivacyLedger", "dp_epsilon", "declared_noise_multipliers"]
+
+BUDGET_STOP = "privacy budget"  # how a stop reason given by the budget starts
+NOISE_MULTIPLIER_NAME = "dp_noise_multiplier"  # what a DP aggregator's state and measurements call its mechanism
 
 
 def dp_epsilon(noise_multiplier: float, sampling_rate: float, rounds: int, target_delta: float) -> float:
@@ -45,11 +59,244 @@ def dp_epsilon(noise_multiplier: float, sampling_rate: float, rounds: int, targe
         raise ValueError(f"dp_epsilon: rounds must be a positive int, got {rounds!r}")
     if not 0 < target_delta < 1:
         raise ValueError(f"dp_epsilon: target_delta must be in (0, 1), got {target_delta!r}")
-    try:
-        import dp_accounting
-    except ImportError as error:
-        raise ImportError("dp_epsilon needs the dp-accounting package: pip install 'fedsim[dp]'") from error
+    dp_accounting = _dp_accounting()
     event = dp_accounting.PoissonSampledDpEvent(sampling_rate, dp_accounting.GaussianDpEvent(noise_multiplier))
     accountant = dp_accounting.rdp.RdpAccountant()
     accountant.compose(event, rounds)
     return float(accountant.get_epsilon(target_delta))
+
+
+def _dp_accounting():
+    try:
+        import dp_accounting
+    except ImportError as error:
+        raise ImportError("privacy accounting needs the dp-accounting package: pip install 'fedsim[dp]'") from error
+    return dp_accounting
+
+
+@attrs.frozen
+class PrivacyBudget:
+    """The most a run may spend: (epsilon, delta)-DP.
+
+    Attributes:
+        epsilon: the largest epsilon (> 0).
+        delta: the delta it is measured at, in (0, 1).
+    """
+
+    epsilon: float = attrs.field(converter=float)
+    delta: float = attrs.field(converter=float)
+
+    def __attrs_post_init__(self) -> None:
+        if not (self.epsilon > 0 and math.isfinite(self.epsilon)):
+            raise ValueError(f"PrivacyBudget: epsilon must be positive and finite, got {self.epsilon!r}")
+        if not 0 < self.delta < 1:
+            raise ValueError(f"PrivacyBudget: delta must be in (0, 1), got {self.delta!r}")
+
+
+def _named_values(value: Any, name: str) -> list:
+    """Every value found under the key `name` in a structure of mappings, attrs classes and
+    sequences (or under a flattened metric name ending in `/name`)."""
+    found = []
+    if isinstance(value, dict) or hasattr(value, "items") and callable(value.items):
+        for key, item in value.items():
+            named = key == name or isinstance(key, str) and key.endswith("/" + name)
+            found.extend([item] if named else _named_values(item, name))
+    elif attrs.has(type(value)):
+        found.extend(_named_values(attrs.asdict(value, recurse=False), name))
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            found.extend(_named_values(item, name))
+    return found
+
+
+def declared_noise_multipliers(value: Any) -> list:
+    """The noise multipliers a process's DP aggregators declare (in a state) or report (in
+    measurements), as floats, in the structure's order.
+
+    Args:
+        value: a server state or a round's metrics.
+
+    Returns:
+        One float per DP aggregator (none: the process releases nothing privately).
+    """
+    return [float(v) for v in _named_values(value, NOISE_MULTIPLIER_NAME)]
+
+
+class PrivacyLedger:
+    """The DP events of a run's rounds, and what they cost.
+
+    Each round is one event: the Gaussian mechanism of the round's DP aggregators (several
+    compose into one Gaussian, exactly, with noise multiplier `(sum z_i^-2)^-1/2`), amplified by
+    the round's sampling. Epsilon is dp-accounting's, at `budget.delta` (or `delta`).
+
+    Args:
+        population_size: N, the clients a round's cohort is drawn from (None: every client
+            takes part in every round, as silos do; no amplification).
+        sampling: "poisson" (each client in a round with probability n/N, DP-FedAvg's
+            analysis) or "fixed" (a uniform cohort of n out of N; RDP accountant only).
+        accountant: "pld" (privacy loss distributions, tight) or "rdp" (Renyi DP).
+        budget: stop before the round that would take epsilon past it (None: only account).
+        delta: the delta epsilon is reported at without a budget.
+
+    Raises:
+        ValueError: an argument is out of range or the combination cannot be accounted.
+
+    Example::
+
+        ledger = PrivacyLedger(population_size=1000, budget=PrivacyBudget(8.0, 1e-5))
+        state = simulation.run_training_process(process, select, 500, privacy_ledger=ledger)
+        ledger.epsilon(), ledger.stop_reason
+    """
+
+    def __init__(self, population_size: Optional[int] = None, sampling: str = "poisson", accountant: str = "pld",
+                 budget: Optional[PrivacyBudget] = None, delta: float = 1e-5):
+        if population_size is not None and not (isinstance(population_size, int) and population_size >= 1):
+            raise ValueError(f"PrivacyLedger: population_size must be a positive int or None, got {population_size!r}")
+        if sampling not in ("poisson", "fixed"):
+            raise ValueError(f"PrivacyLedger: sampling is 'poisson' or 'fixed', got {sampling!r}")
+        if accountant not in ("pld", "rdp"):
+            raise ValueError(f"PrivacyLedger: accountant is 'pld' or 'rdp', got {accountant!r}")
+        if sampling == "fixed" and population_size is not None and accountant == "pld":
+            raise ValueError("PrivacyLedger: dp-accounting's PLD accountant has no analysis of fixed-size cohorts "
+                             "(sampling without replacement); use accountant='rdp', or sampling='poisson'")
+        if budget is not None and not isinstance(budget, PrivacyBudget):
+            raise TypeError(f"PrivacyLedger: budget is a PrivacyBudget, got {budget!r}")
+        self.population_size, self.sampling, self.accountant, self.budget = population_size, sampling, accountant, budget
+        self.delta = budget.delta if budget is not None else float(delta)
+        if not 0 < self.delta < 1:
+            raise ValueError(f"PrivacyLedger: delta must be in (0, 1), got {delta!r}")
+        self.rounds: list = []  # (round, noise multipliers, cohort size), as recorded
+        self.stop_reason: Optional[str] = None
+
+    def to_json(self) -> dict:
+        """The ledger's settings (not its rounds), as a run's manifest carries them to the handler."""
+        return {"population_size": self.population_size, "sampling": self.sampling, "accountant": self.accountant,
+                "delta": self.delta, "budget": None if self.budget is None else [self.budget.epsilon, self.budget.delta]}
+
+    @classmethod
+    def from_json(cls, document: Any) -> "PrivacyLedger":
+        """A ledger with the settings `to_json` wrote (and no rounds yet).
+
+        Args:
+            document: the JSON value.
+
+        Returns:
+            The ledger.
+
+        Raises:
+            ValueError: a setting is missing or malformed.
+        """
+        if not isinstance(document, dict):
+            raise ValueError(f"a privacy ledger's settings are a JSON object, got {str(document)[:200]}")
+        budget = document.get("budget")
+        try:
+            return cls(population_size=document.get("population_size"), sampling=document.get("sampling", "poisson"),
+                       accountant=document.get("accountant", "pld"), delta=document.get("delta", 1e-5),
+                       budget=None if budget is None else PrivacyBudget(*budget))
+        except TypeError as error:
+            raise ValueError(f"a privacy ledger's settings are malformed: {error}") from None
+
+    def event(self, noise_multipliers: list, cohort_size: int) -> Any:
+        """The dp-accounting event of one round.
+
+        Args:
+            noise_multipliers: the round's DP aggregators' noise multipliers.
+            cohort_size: the clients in the round (n).
+
+        Returns:
+            A `dp_accounting.DpEvent` (`NoOpDpEvent` for a round with no DP aggregator).
+
+        Raises:
+            ValueError: the cohort is larger than the population.
+        """
+        dp_accounting = _dp_accounting()
+        if not noise_multipliers:
+            return dp_accounting.NoOpDpEvent()
+        if any(z <= 0 for z in noise_multipliers):
+            return dp_accounting.NonPrivateDpEvent()  # a release without noise: no finite epsilon
+        mechanism = dp_accounting.GaussianDpEvent(sum(z**-2 for z in noise_multipliers) ** -0.5)
+        if self.population_size is None:
+            return mechanism
+        if not 1 <= cohort_size <= self.population_size:
+            raise ValueError(f"PrivacyLedger: a cohort of {cohort_size} from a population of {self.population_size}")
+        if self.sampling == "poisson":
+            return dp_accounting.PoissonSampledDpEvent(cohort_size / self.population_size, mechanism)
+        return dp_accounting.SampledWithoutReplacementDpEvent(self.population_size, cohort_size, mechanism)
+
+    def epsilon(self, extra: tuple = ()) -> float:
+        """Epsilon at the ledger's delta after the recorded rounds (and `extra` ones).
+
+        Args:
+            extra: `(noise_multipliers, cohort_size)` pairs of rounds not yet run.
+
+        Returns:
+            Epsilon (0 before any private release; inf after a release without noise).
+        """
+        dp_accounting = _dp_accounting()
+        runs: list = []  # identical consecutive events compose as one self-composition
+        for multipliers, cohort in [(m, n) for _, m, n in self.rounds] + list(extra):
+            key = (tuple(multipliers), cohort)
+            if runs and runs[-1][0] == key:
+                runs[-1][1] += 1
+            else:
+                runs.append([key, 1])
+        if self.accountant == "pld":
+            accountant = dp_accounting.pld.PLDAccountant()
+        else:
+            relation = (dp_accounting.NeighboringRelation.REPLACE_ONE if self.sampling == "fixed" and self.population_size
+                        else dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE)
+            accountant = dp_accounting.rdp.RdpAccountant(neighboring_relation=relation)
+        for (multipliers, cohort), count in runs:
+            accountant.compose(self.event(list(multipliers), cohort), count)
+        return float(accountant.get_epsilon(self.delta))
+
+    def replay(self, rounds: list, stop_reason: Optional[str] = None) -> None:
+        """Replaces the recorded rounds with a run's (e.g. what a serverless run's handler kept).
+
+        Args:
+            rounds: `(round, metrics, cohort size)` of each round that ran.
+            stop_reason: the run's stop reason; kept when the budget stopped it.
+        """
+        self.rounds = []
+        for round_num, metrics, cohort in rounds:
+            self.record(round_num, metrics, cohort, account=False)
+        if stop_reason and stop_reason.startswith(BUDGET_STOP):
+            self.stop_reason = stop_reason
+
+    def refusal(self, state: Any, cohort_size: int) -> Optional[str]:
+        """Why the next round may not run (its mechanism, declared in `state`, would take epsilon
+        past the budget), or None. The reason is kept as `stop_reason`.
+
+        Args:
+            state: the server state the round would start from.
+            cohort_size: the clients it would have.
+
+        Returns:
+            The reason, or None.
+        """
+        if self.budget is None:
+            return None
+        multipliers = declared_noise_multipliers(state)
+        after = self.epsilon(extra=((multipliers, cohort_size),))
+        if after <= self.budget.epsilon:
+            return None
+        self.stop_reason = (f"{BUDGET_STOP}: round {len(self.rounds) + 1} would take epsilon from {self.epsilon():.6g} to "
+                            f"{after:.6g}, past the budget of {self.budget.epsilon:g} at delta {self.budget.delta:g}")
+        return self.stop_reason
+
+    def record(self, round_num: int, metrics: Any, cohort_size: int, account: bool = True) -> dict:
+        """Records a round that ran, with the mechanism its measurements report.
+
+        Args:
+            round_num: the round.
+            metrics: its metrics (the DP aggregators' measurements among them, nested or
+                flattened to `a/b/dp_noise_multiplier`).
+            cohort_size: the clients it had.
+            account: whether to compute what was spent (False when replaying a history).
+
+        Returns:
+            `{"epsilon": ..., "delta": ...}`: what the run has spent so far (`privacy/...`
+            metrics); `{}` without `account`.
+        """
+        self.rounds.append((round_num, declared_noise_multipliers(metrics), int(cohort_size)))
+        return {"epsilon": self.epsilon(), "delta": self.delta} if account else {}

@@ -48,7 +48,9 @@ class DifferentiallyPrivateFactory(UnweightedAggregationFactory):
     """Clip, sum, add Gaussian noise, divide by `clients_per_round` (if given).
 
     Measurements: `clip` (the norm this round), `noise_stddev` (of each coordinate of the
-    result), `clipped_count`. State: `<clip, noise_seed>`. The class methods `gaussian_fixed`,
+    result), `clipped_count`, and `dp_noise_multiplier`: the round's mechanism as a privacy
+    ledger accounts it (`fedsim.aggregators.PrivacyLedger`). State: `<clip, noise_seed,
+    dp_noise_multiplier>` (the mechanism declared before the round runs). The class methods `gaussian_fixed`,
     `gaussian_adaptive` and `adaptive_clip_average` are TFF's constructors.
 
     Args:
@@ -78,6 +80,13 @@ class DifferentiallyPrivateFactory(UnweightedAggregationFactory):
         self._clip = clip
         self._clients_per_round = None if clients_per_round is None else _check_number(clients_per_round, "clients_per_round", positive=True)
         self._noise_seed = noise_seed
+        self._accounting_noise_multiplier = self._noise_multiplier  # the constructors below may say otherwise
+
+    @property
+    def accounting_noise_multiplier(self) -> float:
+        """The noise multiplier of one Gaussian mechanism that costs what a round's releases
+        cost together (the value's noise and, with an adaptive clip, the unclipped count's)."""
+        return self._accounting_noise_multiplier
 
     @classmethod
     def gaussian_fixed(
@@ -130,7 +139,9 @@ class DifferentiallyPrivateFactory(UnweightedAggregationFactory):
             expected_clients=clients_per_round,
             noise_seed=None if noise_seed is None else noise_seed + 1,
         )
-        return cls(value_noise_multiplier, clip, clients_per_round, noise_seed)
+        factory = cls(value_noise_multiplier, clip, clients_per_round, noise_seed)
+        factory._accounting_noise_multiplier = noise_multiplier  # the two releases together (Andrew et al., Thm. 1)
+        return factory
 
     @classmethod
     def adaptive_clip_average(cls, noise_multiplier: float, clients_per_round: float,
@@ -144,7 +155,10 @@ class DifferentiallyPrivateFactory(UnweightedAggregationFactory):
         clip = AdaptiveNorm(initial_estimate=0.1, target_quantile=0.5, learning_rate=0.2,
                             count_noise_stddev=0.05 * clients_per_round if noise_multiplier > 0 else 0.0,
                             expected_clients=clients_per_round, noise_seed=None if noise_seed is None else noise_seed + 1)
-        return cls(noise_multiplier, clip, clients_per_round, noise_seed)
+        factory = cls(noise_multiplier, clip, clients_per_round, noise_seed)
+        if noise_multiplier > 0:  # two Gaussian releases of sensitivity 1 and 1/2: one of (z^-2 + (2 sigma_b)^-2)^-1/2
+            factory._accounting_noise_multiplier = (noise_multiplier**-2 + (2 * clip.count_noise_stddev) ** -2) ** -0.5
+        return factory
 
     def create(self, value_type: ft.Type) -> AggregationProcess:
         """Builds the aggregation process for values of `value_type`: `next(state, value@CLIENTS)`.
@@ -163,6 +177,11 @@ class DifferentiallyPrivateFactory(UnweightedAggregationFactory):
         make_seed = seed_computation(self._noise_seed)
         noise_multiplier = self._noise_multiplier
         denominator = self._clients_per_round or 1.0
+        accounted = self._accounting_noise_multiplier
+
+        @tf_computation
+        def declared_mechanism():
+            return tf.constant(accounted, tf.float64)  # float64: the ledger accounts the exact multiplier
 
         @tf_computation(value_type, tf.float32)
         def clip(value, clip_norm):
@@ -182,9 +201,10 @@ class DifferentiallyPrivateFactory(UnweightedAggregationFactory):
 
         @federated_computation
         def initialize():
-            return intrinsics.federated_zip(
-                {"clip": norm_process.initialize(), "noise_seed": intrinsics.federated_eval(make_seed, SERVER)}
-            )
+            return intrinsics.federated_zip({
+                "clip": norm_process.initialize(), "noise_seed": intrinsics.federated_eval(make_seed, SERVER),
+                "dp_noise_multiplier": intrinsics.federated_eval(declared_mechanism, SERVER),
+            })
 
         @federated_computation(initialize.type_signature.result, ft.FederatedType(value_type, CLIENTS))
         def next_fn(state, value):
@@ -193,12 +213,14 @@ class DifferentiallyPrivateFactory(UnweightedAggregationFactory):
             total = intrinsics.federated_sum(clipped[0])
             noised = intrinsics.federated_map(add_noise, (total, clip_norm, state.noise_seed))
             return MeasuredProcessOutput(
-                state=intrinsics.federated_zip({"clip": norm_process.next(state.clip, clipped[2]), "noise_seed": noised[1]}),
+                state=intrinsics.federated_zip({"clip": norm_process.next(state.clip, clipped[2]), "noise_seed": noised[1],
+                                                "dp_noise_multiplier": state.dp_noise_multiplier}),
                 result=noised[0],
                 measurements=intrinsics.federated_zip({
                     "clip": clip_norm,
                     "noise_stddev": noised[2],
                     "clipped_count": intrinsics.federated_sum(clipped[1]),
+                    "dp_noise_multiplier": state.dp_noise_multiplier,
                 }),
             )
 

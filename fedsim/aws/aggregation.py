@@ -364,6 +364,11 @@ class AggregationHandler:
         metrics = rounds.result_metrics(result, form, "evaluation" if is_evaluation else "training")
         evaluate = (not is_evaluation and manifest.get("evaluation") is not None
                     and (round_num % int(manifest["evaluation"]["every"]) == 0 or round_num == int(manifest["total_rounds"])))
+        privacy = {}
+        if manifest.get("privacy") is not None and not is_evaluation:
+            privacy = self._privacy(run_id, round_num, manifest, metrics, len(results), form.next_state(result),
+                                    len(round_item["silos"]))
+            metrics.update(privacy.pop("metrics"))
         stop_reason = None
         if not evaluate:  # the round is complete: judge the stopping rules on every round's metrics so far
             rules = [stopping.rule_from_json(r) for r in manifest.get("stop_rules", [])]
@@ -373,12 +378,15 @@ class AggregationHandler:
                 stop_reason = stopping.first_stop_reason(rules, history)
             if stop_reason is None and round_num >= int(manifest["total_rounds"]):
                 stop_reason = f"all {manifest['total_rounds']} rounds done"
+            if stop_reason is None:  # the next round would exceed the privacy budget (judged with the training step)
+                training_outcome = privacy if not is_evaluation else lineage.step_outcome(self.store, run_id, protocol.step_label(round_num))
+                stop_reason = training_outcome.get("privacy_stop")
         outcome = rounds.step_outcome(
             self.store, form, result, result_key, step, evaluate=evaluate, stop_reason=stop_reason, metrics=metrics,
             aggregated=[r["sk"] for r in results], rejected=rejected,
             timings={"claimed_at": claimed_at, "aggregate_seconds": aggregated_at - claimed_at,
                      "update_seconds": updated_at - aggregated_at},
-            **{"continue": not evaluate and stop_reason is None})
+            **privacy, **{"continue": not evaluate and stop_reason is None})
         template = {key: round_item[key] for key in ("silos", "quorum", "manifest_key")}
         if evaluate:
             evaluation = manifest["evaluation"]
@@ -392,6 +400,22 @@ class AggregationHandler:
             rounds.open_round(self.store, self.form(manifest), state, run_id, protocol.step_label(round_num + 1), template, resume=True)
         outcome["timings"]["prepare_next_seconds"] = time.time() - updated_at
         return outcome
+
+    def _privacy(self, run_id: str, round_num: int, manifest: dict, metrics: dict, cohort: int, next_state: Any,
+                 next_cohort: int) -> dict:
+        """The run's privacy ledger after this round (rebuilt from earlier rounds' outcomes): its
+        `privacy/...` metrics, and `privacy_stop`, why the next round may not run (or None)."""
+        from fedsim.aggregators.accounting import PrivacyLedger  # dp-accounting: only for runs that keep a ledger
+
+        ledger = PrivacyLedger.from_json(manifest["privacy"])
+        for earlier in range(1, round_num):
+            outcome = lineage.step_outcome(self.store, run_id, protocol.step_label(earlier))
+            ledger.record(earlier, outcome.get("metrics", {}), len(outcome.get("aggregated", [])), account=False)
+        spent = ledger.record(round_num, metrics, cohort)
+        privacy_stop = None
+        if round_num < int(manifest["total_rounds"]):
+            privacy_stop = ledger.refusal(next_state, next_cohort)
+        return {"metrics": {f"privacy/{name}": value for name, value in spent.items()}, "privacy_stop": privacy_stop}
 
     def _training_state(self, run_id: str, round_num: int, manifest: dict) -> Any:
         """The server state after round `round_num`'s training (from its stored result)."""

@@ -166,7 +166,8 @@ class AwsExecutionContext:
 
     def start_rounds(self, computation: Any, state: Any, silo_ids: Sequence[str], rounds: int = 1, *,
                      evaluation: Any = None, evaluation_state: Any = None, evaluate_every: int = 1,
-                     stop_rules: Sequence[Any] = (), train_dataset: Optional[str] = None, eval_dataset: str = "test") -> tuple:
+                     stop_rules: Sequence[Any] = (), train_dataset: Optional[str] = None, eval_dataset: str = "test",
+                     privacy_ledger: Any = None) -> tuple:
         """Uploads what the server needs and starts the state machine; the rounds then run
         without this process (the handler opens each next step).
 
@@ -185,6 +186,9 @@ class AwsExecutionContext:
             judged by the server after each round.
           train_dataset: the silos' dataset to train on (default: `train`, or a silo's only one).
           eval_dataset: the silos' dataset to evaluate on.
+          privacy_ledger: a `fedsim.aggregators.PrivacyLedger`: the handler keeps it (each
+            round's DP mechanism and cohort, `privacy/epsilon` in the metrics and the lineage)
+            and ends the run before a round that would exceed its budget, with the reason.
 
         Returns:
           `(run_id, execution_arn)`; pass them to `finish`.
@@ -208,6 +212,8 @@ class AwsExecutionContext:
             manifest["secure_threshold"] = min(self.quorum, len(silo_ids))
         if self.preprocess is not None:
             manifest["preprocess"] = self._preprocess()
+        if privacy_ledger is not None:
+            manifest["privacy"] = privacy_ledger.to_json()
         if evaluation is not None:
             manifest["evaluation"] = self._evaluation_manifest(computation, form, state, evaluation, evaluation_state, run_id,
                                                                eval_dataset, evaluate_every)
@@ -405,8 +411,14 @@ class AwsExecutionContext:
         """
         started = time.monotonic()
         run_id, execution = self.start_rounds(computation, state, silo_ids, rounds, **options)
-        return self.finish(getattr(computation, "next", computation), run_id, execution, rounds, started,
-                           metrics_managers=metrics_managers, callbacks=callbacks)
+        try:
+            return self.finish(getattr(computation, "next", computation), run_id, execution, rounds, started,
+                               metrics_managers=metrics_managers, callbacks=callbacks)
+        finally:
+            ledger = options.get("privacy_ledger")
+            if ledger is not None and self.last_run is not None:  # the notebook's ledger shows what the server kept
+                ledger.replay([(r["round"], r["metrics"], len(r["contributors"])) for r in self.last_run.rounds if r["status"] == "done"],
+                              self.last_run.stop_reason)
 
     def finish(self, computation: FederatedComputation, run_id: str, execution: str, rounds: int = 1,
                started: Optional[float] = None, metrics_managers: Sequence[Any] = (), callbacks: Sequence[Any] = (),

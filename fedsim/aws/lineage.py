@@ -29,7 +29,8 @@ from fedsim.aws.store import Store
 from fedsim.core import types as ft
 from fedsim.core.canonical_form import CanonicalForm
 
-__all__ = ["RunLineage", "export_model", "fetch_global_model", "metrics_history", "read_lineage", "read_step", "step_metrics"]
+__all__ = ["RunLineage", "export_model", "fetch_global_model", "metrics_history", "read_lineage", "read_step", "step_metrics",
+           "step_outcome"]
 
 
 @attrs.frozen
@@ -155,13 +156,35 @@ def read_step(store: Store, run_id: str, step: str) -> Optional[dict]:
     }
 
 
+def step_outcome(store: Store, run_id: str, step: str) -> dict:
+    """The handler's outcome of a done step (metrics, contributors, result...), `{}` otherwise.
+
+    Reads the round item only (not the verdicts): the handler calls it per earlier round.
+
+    Args:
+      store: the stack's S3 and DynamoDB.
+      run_id: the run.
+      step: the step label.
+
+    Returns:
+      The outcome document.
+    """
+    item = store.get_item(protocol.round_item_key(run_id, step)) or {}
+    return json.loads(item["outcome"]) if item.get("outcome") else {}
+
+
 def step_metrics(store: Store, run_id: str, step: str) -> dict:
     """The metrics of a done step (`training/...` or `evaluation/...`), `{}` otherwise.
 
-    Reads the round item only (not the verdicts): the handler's stopping rules call it per round.
+    Args:
+      store: the stack's S3 and DynamoDB.
+      run_id: the run.
+      step: the step label.
+
+    Returns:
+      `{name: value}`.
     """
-    item = store.get_item(protocol.round_item_key(run_id, step)) or {}
-    return dict(json.loads(item["outcome"]).get("metrics", {})) if item.get("outcome") else {}
+    return dict(step_outcome(store, run_id, step).get("metrics", {}))
 
 
 def metrics_history(store: Store, run_id: str, round_num: int, current: dict) -> list:

@@ -58,6 +58,7 @@ def run_training_process(
     metrics_managers: Sequence[Any] = (),
     callbacks: Sequence[Any] = (),
     verbose: int = 1,
+    privacy_ledger: Optional[Any] = None,
 ) -> Any:
     """Runs rounds `1..total_rounds` (or resumes after the last saved one); returns the final state.
 
@@ -77,6 +78,11 @@ def run_training_process(
             all, `EarlyStopping` ends the run.
         verbose: 1 a Keras progress bar with ETA (updated in place in notebooks), 2 one line per
             round, 0 silent.
+        privacy_ledger: a `fedsim.aggregators.PrivacyLedger`: each round's DP mechanism (from the
+            DP aggregators' measurements) and cohort size are recorded, `privacy/epsilon` and
+            `privacy/delta` are released with the metrics, and with a budget the run stops
+            *before* the round that would exceed it (`privacy_ledger.stop_reason` says why).
+            The cohort size is the length of the round's selection.
 
     Returns:
         The final state, as in TFF (the metrics history comes through a `History` callback).
@@ -115,9 +121,16 @@ def run_training_process(
         bar.update(start_round - 1)  # a resumed run counts from where it left off
     for round_num in range(start_round, total_rounds + 1):
         started = time.perf_counter()
-        output = training_process.next(state, training_selection_fn(round_num))
+        selection = training_selection_fn(round_num)
+        if privacy_ledger is not None and privacy_ledger.refusal(state, len(selection)):
+            logging.info("training stopped before round %d: %s", round_num, privacy_ledger.stop_reason)
+            bar.update(round_num - 1, finalize=True)
+            break
+        output = training_process.next(state, selection)
         state = output.state
         metrics = {"training": output.metrics, "training_time_in_seconds": time.perf_counter() - started}
+        if privacy_ledger is not None:
+            metrics["privacy"] = privacy_ledger.record(round_num, output.metrics, len(selection))
         if evaluation_fn is not None and (round_num % rounds_per_evaluation == 0 or round_num == total_rounds):
             evaluation_started = time.perf_counter()
             metrics["evaluation"] = evaluation_fn(state, evaluation_selection_fn(round_num))

@@ -105,8 +105,8 @@ def fed_avg_setup():
 @pytest.mark.parametrize(
     "factory, keys",
     [
-        (aggregators.DifferentiallyPrivateFactory.gaussian_fixed(0.1, 5, 0.5, noise_seed=3), {"clip", "noise_stddev", "clipped_count"}),
-        (aggregators.DifferentiallyPrivateFactory.gaussian_adaptive(0.1, 5, noise_seed=3), {"clip", "noise_stddev", "clipped_count"}),
+        (aggregators.DifferentiallyPrivateFactory.gaussian_fixed(0.1, 5, 0.5, noise_seed=3), {"clip", "noise_stddev", "clipped_count", "dp_noise_multiplier"}),
+        (aggregators.DifferentiallyPrivateFactory.gaussian_adaptive(0.1, 5, noise_seed=3), {"clip", "noise_stddev", "clipped_count", "dp_noise_multiplier"}),
         (aggregators.RobustMeanFactory("trimmed_mean", 0.2), {"num_clients", "trimmed_per_side"}),
         (aggregators.stochastic_quantization_factory(8, aggregators.MeanFactory()), {"bits", "compression_ratio", "agg_process"}),
         (aggregators.clipping_factory(aggregators.AdaptiveNorm(0.1), aggregators.MeanFactory()), {"clipping_norm", "clipped_count", "agg_process"}),

@@ -236,6 +236,39 @@ def test_the_state_machine_stops_on_a_metric_threshold(fresh, arrays, process):
             agent.stop()
 
 
+def test_the_handler_keeps_the_privacy_ledger_and_stops_before_the_budget_is_exceeded(fresh, arrays):
+    """Three silos in every round (no amplification): epsilon after round r is dp-accounting's for
+    r Gaussian mechanisms; a budget with room for two rounds ends the run after round 2."""
+    import dp_accounting
+
+    from fedsim import aggregators, learning
+    from fedsim.learning import optimizers
+    from tests.aws.helpers import model_fn
+
+    z, delta = 2.0, 1e-5
+    factory = aggregators.DifferentiallyPrivateFactory.gaussian_fixed(noise_multiplier=z, clients_per_round=3, clip=1.0, noise_seed=3)
+    dp_process = learning.build_unweighted_fed_avg(model_fn, lambda: optimizers.build_sgdm(0.1), model_aggregator=factory)
+
+    def reference(rounds):
+        accountant = dp_accounting.pld.PLDAccountant()
+        accountant.compose(dp_accounting.GaussianDpEvent(z), rounds)
+        return accountant.get_epsilon(delta)
+
+    budget = aggregators.PrivacyBudget(epsilon=(reference(2) + reference(3)) / 2, delta=delta)
+    ledger = aggregators.PrivacyLedger(budget=budget)
+    stack = fresh
+    with aws.execution_context(stack, silos=SILOS, preprocess=batch, round_deadline_seconds=60) as context:
+        agents, _, _ = start_agents(stack, arrays, SILOS, rounds=5)
+        context.run_rounds(dp_process, dp_process.initialize(), SILOS, rounds=5, privacy_ledger=ledger)
+        lineage = context.last_run
+        for agent in agents:
+            agent.stop()
+    assert [r["round"] for r in lineage.rounds] == [1, 2]
+    assert [r["metrics"]["privacy/epsilon"] for r in lineage.rounds] == pytest.approx([reference(1), reference(2)], abs=1e-9)
+    assert lineage.stop_reason.startswith("privacy budget: round 3 would take epsilon")
+    assert ledger.stop_reason == lineage.stop_reason and ledger.epsilon() == pytest.approx(reference(2), abs=1e-9)
+
+
 def test_local_stack_command_line_serves_and_stops(tmp_path):
     config_path = tmp_path / "stack.json"
     server = subprocess.Popen([sys.executable, "-m", "fedsim.aws.local", "--silos", "x,y", "--config-out", str(config_path)],
