@@ -15,6 +15,7 @@ Example::
 from fedsim.aggregators.accounting import PrivacyBudget, PrivacyLedger, dp_epsilon
 from fedsim.aggregators.differential_privacy import DifferentiallyPrivateFactory
 from fedsim.aggregators.encoded import EncodedSumFactory
+from fedsim.aggregators.local_dp import local_discrete_laplace_factory, local_gaussian_factory
 from fedsim.aggregators.factory import AggregationFactoryError, UnweightedAggregationFactory, WeightedAggregationFactory
 from fedsim.aggregators.quantile_estimation import AdaptiveNorm, PrivateQuantileEstimationProcess
 from fedsim.aggregators.quantization import stochastic_quantization_factory
@@ -40,6 +41,8 @@ __all__ = [
     "dp_epsilon",
     "PrivacyBudget",
     "PrivacyLedger",
+    "local_discrete_laplace_factory",
+    "local_gaussian_factory",
     "stochastic_quantization_factory",
     "zeroing_factory",
 ]

@@ -24,10 +24,12 @@ from typing import Any, Optional
 
 import attrs
 
-__all__ = ["PrivacyBudget", "PrivacyLedger", "dp_epsilon", "declared_noise_multipliers"]
+__all__ = ["PrivacyBudget", "PrivacyLedger", "dp_epsilon", "declared_local_mechanisms", "declared_noise_multipliers"]
 
 BUDGET_STOP = "privacy budget"  # how a stop reason given by the budget starts
 NOISE_MULTIPLIER_NAME = "dp_noise_multiplier"  # what a DP aggregator's state and measurements call its mechanism
+LOCAL_GAUSSIAN_NAME = "local_dp_noise_multiplier"  # ... and a local DP aggregator's (fedsim.aggregators.local_dp)
+LOCAL_DISCRETE_LAPLACE_NAME = "local_dp_discrete_laplace"
 
 
 def dp_epsilon(noise_multiplier: float, sampling_rate: float, rounds: int, target_delta: float) -> float:
@@ -109,6 +111,24 @@ def _named_values(value: Any, name: str) -> list:
     return found
 
 
+def declared_local_mechanisms(value: Any) -> list:
+    """The local DP mechanisms (`fedsim.aggregators.local_dp`) a state declares or metrics
+    report, as `("gaussian", noise_multiplier)` and `("discrete_laplace", a, sensitivity)`:
+    what one client pays each round it takes part in.
+
+    Args:
+        value: a server state or a round's metrics.
+
+    Returns:
+        The mechanisms, in the structure's order.
+    """
+    found = [("gaussian", float(v)) for v in _named_values(value, LOCAL_GAUSSIAN_NAME)]
+    for pair in _named_values(value, LOCAL_DISCRETE_LAPLACE_NAME):
+        a, sensitivity = (float(x) for x in (pair if isinstance(pair, (list, tuple)) else list(pair)))
+        found.append(("discrete_laplace", a, int(round(sensitivity))))
+    return found
+
+
 def declared_noise_multipliers(value: Any) -> list:
     """The noise multipliers a process's DP aggregators declare (in a state) or report (in
     measurements), as floats, in the structure's order.
@@ -120,6 +140,34 @@ def declared_noise_multipliers(value: Any) -> list:
         One float per DP aggregator (none: the process releases nothing privately).
     """
     return [float(v) for v in _named_values(value, NOISE_MULTIPLIER_NAME)]
+
+
+def _local_event(mechanisms: tuple) -> Any:
+    """One client's event in a round: its local mechanisms composed (none: nothing released)."""
+    dp_accounting = _dp_accounting()
+    events = []
+    for mechanism in mechanisms:
+        if mechanism[0] == "gaussian":
+            events.append(dp_accounting.GaussianDpEvent(mechanism[1]) if mechanism[1] > 0 else dp_accounting.NonPrivateDpEvent())
+        else:
+            events.append(dp_accounting.DiscreteLaplaceDpEvent(mechanism[1], mechanism[2]))
+    if not events:
+        return dp_accounting.NoOpDpEvent()
+    return events[0] if len(events) == 1 else dp_accounting.ComposedDpEvent(events)
+
+
+def _spent(accountant: Any, events: list, delta: float) -> float:
+    """Epsilon at `delta` after `events` (one per round); identical consecutive rounds compose as
+    one self-composition, as dp-accounting composes `compose(event, count)`."""
+    runs: list = []
+    for event in events:
+        if runs and runs[-1][0] == event:
+            runs[-1][1] += 1
+        else:
+            runs.append([event, 1])
+    for event, count in runs:
+        accountant.compose(event, count)
+    return float(accountant.get_epsilon(delta))
 
 
 class PrivacyLedger:
@@ -165,7 +213,7 @@ class PrivacyLedger:
         self.delta = budget.delta if budget is not None else float(delta)
         if not 0 < self.delta < 1:
             raise ValueError(f"PrivacyLedger: delta must be in (0, 1), got {delta!r}")
-        self.rounds: list = []  # (round, noise multipliers, cohort size), as recorded
+        self.rounds: list = []  # (round, noise multipliers, cohort size, local mechanisms), as recorded
         self.stop_reason: Optional[str] = None
 
     def to_json(self) -> dict:
@@ -227,28 +275,35 @@ class PrivacyLedger:
         """Epsilon at the ledger's delta after the recorded rounds (and `extra` ones).
 
         Args:
-            extra: `(noise_multipliers, cohort_size)` pairs of rounds not yet run.
+            extra: `(noise_multipliers, cohort_size[, local mechanisms])` of rounds not yet run.
 
         Returns:
             Epsilon (0 before any private release; inf after a release without noise).
         """
         dp_accounting = _dp_accounting()
-        runs: list = []  # identical consecutive events compose as one self-composition
-        for multipliers, cohort in [(m, n) for _, m, n in self.rounds] + list(extra):
-            key = (tuple(multipliers), cohort)
-            if runs and runs[-1][0] == key:
-                runs[-1][1] += 1
-            else:
-                runs.append([key, 1])
         if self.accountant == "pld":
             accountant = dp_accounting.pld.PLDAccountant()
         else:
             relation = (dp_accounting.NeighboringRelation.REPLACE_ONE if self.sampling == "fixed" and self.population_size
                         else dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE)
             accountant = dp_accounting.rdp.RdpAccountant(neighboring_relation=relation)
-        for (multipliers, cohort), count in runs:
-            accountant.compose(self.event(list(multipliers), cohort), count)
-        return float(accountant.get_epsilon(self.delta))
+        rounds = [(m, n) for _, m, n, _ in self.rounds] + [(m, n) for m, n, *_ in extra]
+        return _spent(accountant, [self.event(list(m), n) for m, n in rounds], self.delta)
+
+    def local_epsilon(self, extra: tuple = ()) -> float:
+        """Epsilon, at the ledger's delta, of one client that took part in every recorded round
+        (and the `extra` ones) under the local DP mechanisms they report: what the most exposed
+        client has spent. No sampling amplifies it: the server sees who sent what.
+
+        Args:
+            extra: `(noise_multipliers, cohort_size, local mechanisms)` of rounds not yet run.
+
+        Returns:
+            Epsilon (0 without local mechanisms).
+        """
+        dp_accounting = _dp_accounting()
+        rounds = [local for *_, local in self.rounds] + [tuple(entry[2]) if len(entry) > 2 else () for entry in extra]
+        return _spent(dp_accounting.pld.PLDAccountant(), [_local_event(local) for local in rounds], self.delta)
 
     def replay(self, rounds: list, stop_reason: Optional[str] = None) -> None:
         """Replaces the recorded rounds with a run's (e.g. what a serverless run's handler kept).
@@ -276,13 +331,14 @@ class PrivacyLedger:
         """
         if self.budget is None:
             return None
-        multipliers = declared_noise_multipliers(state)
-        after = self.epsilon(extra=((multipliers, cohort_size),))
-        if after <= self.budget.epsilon:
-            return None
-        self.stop_reason = (f"{BUDGET_STOP}: round {len(self.rounds) + 1} would take epsilon from {self.epsilon():.6g} to "
-                            f"{after:.6g}, past the budget of {self.budget.epsilon:g} at delta {self.budget.delta:g}")
-        return self.stop_reason
+        upcoming = ((declared_noise_multipliers(state), cohort_size, tuple(declared_local_mechanisms(state))),)
+        for what, spent in (("epsilon", self.epsilon), ("a client's local epsilon", self.local_epsilon)):
+            after = spent(extra=upcoming)
+            if after > self.budget.epsilon:
+                self.stop_reason = (f"{BUDGET_STOP}: round {len(self.rounds) + 1} would take {what} from {spent():.6g} to "
+                                    f"{after:.6g}, past the budget of {self.budget.epsilon:g} at delta {self.budget.delta:g}")
+                return self.stop_reason
+        return None
 
     def record(self, round_num: int, metrics: Any, cohort_size: int, account: bool = True) -> dict:
         """Records a round that ran, with the mechanism its measurements report.
@@ -295,8 +351,14 @@ class PrivacyLedger:
             account: whether to compute what was spent (False when replaying a history).
 
         Returns:
-            `{"epsilon": ..., "delta": ...}`: what the run has spent so far (`privacy/...`
-            metrics); `{}` without `account`.
+            `{"epsilon": ..., "delta": ...}` (and `local_epsilon` once a local DP mechanism ran):
+            what the run has spent so far (`privacy/...` metrics); `{}` without `account`.
         """
-        self.rounds.append((round_num, declared_noise_multipliers(metrics), int(cohort_size)))
-        return {"epsilon": self.epsilon(), "delta": self.delta} if account else {}
+        local = tuple(declared_local_mechanisms(metrics))
+        self.rounds.append((round_num, declared_noise_multipliers(metrics), int(cohort_size), local))
+        if not account:
+            return {}
+        spent = {"epsilon": self.epsilon(), "delta": self.delta}
+        if any(mechanisms for *_, mechanisms in self.rounds):
+            spent["local_epsilon"] = self.local_epsilon()
+        return spent

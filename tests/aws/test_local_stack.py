@@ -269,6 +269,41 @@ def test_the_handler_keeps_the_privacy_ledger_and_stops_before_the_budget_is_exc
     assert ledger.stop_reason == lineage.stop_reason and ledger.epsilon() == pytest.approx(reference(2), abs=1e-9)
 
 
+def test_with_local_dp_what_the_server_can_read_of_a_silo_is_already_noised(fresh, arrays):
+    """Reads each silo's upload as the server reads it: the model update in it is far outside the
+    clip ball (the noise was added on the silo), with about the stated spread, and no two silos'
+    noise is alike."""
+    from fedsim import aggregators, learning
+    from fedsim.core import compiler
+    from fedsim.learning import optimizers
+    from tests.aws.helpers import model_fn
+
+    z, clip = 10.0, 0.01
+    local = aggregators.local_gaussian_factory(z, clip, aggregators.UnweightedMeanFactory())
+    dp_process = learning.build_unweighted_fed_avg(model_fn, lambda: optimizers.build_sgdm(0.1), model_aggregator=local)
+    stack = fresh
+    with aws.execution_context(stack, silos=SILOS, preprocess=batch, round_deadline_seconds=60) as context:
+        agents, threads, errors = start_agents(stack, arrays, SILOS, rounds=1)
+        context.run_rounds(dp_process, dp_process.initialize(), SILOS, rounds=1)
+        run_id = context.last_run.run_id
+    for thread in threads:
+        thread.join(30)
+    assert not errors
+    form = compiler.compile_to_canonical_form(dp_process.next)
+    updates = []
+    for silo in SILOS:
+        data = context.store.get(protocol.silo_result_key(silo, run_id, "1"))[0]
+        uploaded = protocol.decode_value(data, form.client_output_type, f"{silo}'s upload")
+        elements = fedsim.core.structure.struct_elements(uploaded, form.client_output_type)
+        # the model update: the element shaped as the model's trainable weights (kernel 5x3, bias 3)
+        update = next(np.concatenate([np.ravel(leaf) for leaf in tf.nest.flatten(element)]) for element in elements
+                      if [np.shape(leaf) for leaf in tf.nest.flatten(element)] == [(5, 3), (3,)])
+        updates.append(update)
+        assert np.linalg.norm(update) > 10 * clip  # a clipped update without noise has norm <= clip
+        assert np.std(update) == pytest.approx(z * clip, rel=0.5)  # 18 coordinates: a loose check of the spread
+    assert all(np.abs(a - b).min() > 0 for i, a in enumerate(updates) for b in updates[i + 1:])
+
+
 def test_local_stack_command_line_serves_and_stops(tmp_path):
     config_path = tmp_path / "stack.json"
     server = subprocess.Popen([sys.executable, "-m", "fedsim.aws.local", "--silos", "x,y", "--config-out", str(config_path)],
