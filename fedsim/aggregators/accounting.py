@@ -305,6 +305,44 @@ class PrivacyLedger:
         rounds = [local for *_, local in self.rounds] + [tuple(entry[2]) if len(entry) > 2 else () for entry in extra]
         return _spent(dp_accounting.pld.PLDAccountant(), [_local_event(local) for local in rounds], self.delta)
 
+    def save(self, path: str) -> None:
+        """Writes the recorded rounds to `path` as JSON, atomically (a resumed run reads them back).
+
+        Args:
+            path: the file.
+        """
+        import json
+        import os
+
+        document = [[r, list(m), n, [list(x) for x in local]] for r, m, n, local in self.rounds]
+        partial = f"{path}.partial-{os.getpid()}"
+        with open(partial, "w") as stream:
+            json.dump(document, stream)
+        os.replace(partial, path)
+
+    def restore(self, path: str, up_to_round: int) -> None:
+        """Replaces the recorded rounds with those `save` wrote, up to `up_to_round`.
+
+        Args:
+            path: the file `save` wrote.
+            up_to_round: the last round the resumed state includes.
+
+        Raises:
+            ValueError: the file does not hold every round up to `up_to_round` (epsilon would be
+                understated).
+            OSError: the file cannot be read.
+        """
+        import json
+
+        with open(path) as stream:
+            document = json.load(stream)
+        rounds = [(int(r), [float(z) for z in m], int(n), tuple(tuple(x) for x in local))
+                  for r, m, n, local in document if int(r) <= up_to_round]
+        if [r for r, *_ in rounds] != list(range(1, up_to_round + 1)):
+            raise ValueError(f"the privacy ledger {path} holds rounds {[r for r, *_ in rounds]}, not 1..{up_to_round}: "
+                             f"a resumed run's epsilon would be understated")
+        self.rounds = rounds
+
     def replay(self, rounds: list, stop_reason: Optional[str] = None) -> None:
         """Replaces the recorded rounds with a run's (e.g. what a serverless run's handler kept).
 

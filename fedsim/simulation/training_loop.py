@@ -19,6 +19,7 @@ Example::
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any, Callable, Optional, Sequence
 
@@ -29,6 +30,8 @@ from fedsim.simulation.metrics_managers import flatten_metrics
 from fedsim.simulation.program_state import FileProgramStateManager
 
 __all__ = ["run_training_process"]
+
+PRIVACY_LEDGER_FILE = "privacy_ledger.json"  # beside the program state: the rounds' privacy cost, for a resume
 
 
 def _headline(metrics: dict) -> dict:
@@ -82,7 +85,8 @@ def run_training_process(
             DP aggregators' measurements) and cohort size are recorded, `privacy/epsilon` and
             `privacy/delta` are released with the metrics, and with a budget the run stops
             *before* the round that would exceed it (`privacy_ledger.stop_reason` says why).
-            The cohort size is the length of the round's selection.
+            The cohort size is the length of the round's selection. With a program state
+            manager, the ledger is saved beside the state and restored on resume.
 
     Returns:
         The final state, as in TFF (the metrics history comes through a `History` callback).
@@ -113,6 +117,12 @@ def run_training_process(
         else:
             state, start_round = saved, version + 1
             logging.info("resuming after round %d from %s", version, program_state_manager.root_dir)
+            if privacy_ledger is not None:  # what the rounds before the resume spent
+                ledger_path = os.path.join(program_state_manager.root_dir, PRIVACY_LEDGER_FILE)
+                if not os.path.exists(ledger_path):
+                    raise ValueError(f"resuming after round {version} with a privacy ledger, but {ledger_path} does not "
+                                     f"exist: the earlier rounds' privacy cost is unknown")
+                privacy_ledger.restore(ledger_path, version)
             for manager in metrics_managers:
                 manager.clear_metrics(start_round)
 
@@ -143,6 +153,8 @@ def run_training_process(
         stopping = any(getattr(callback, "stop_training", False) for callback in callbacks)
         last = round_num == total_rounds or stopping
         if program_state_manager is not None and (round_num % rounds_per_saving_program_state == 0 or last):
+            if privacy_ledger is not None:  # before the state: a saved state never has fewer rounds accounted
+                privacy_ledger.save(os.path.join(program_state_manager.root_dir, PRIVACY_LEDGER_FILE))
             program_state_manager.save(state, round_num)
         bar.update(round_num, values=list(_headline(output.metrics).items()), finalize=last)
         if stopping:

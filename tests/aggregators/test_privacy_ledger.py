@@ -111,3 +111,25 @@ def test_a_process_without_dp_spends_nothing_and_is_never_stopped():
     ledger = aggregators.PrivacyLedger(budget=aggregators.PrivacyBudget(0.1, DELTA))
     history = _run(process, ledger, 2)
     assert history.history["privacy/epsilon"] == [0.0, 0.0] and ledger.stop_reason is None
+
+
+def test_a_resumed_run_keeps_what_the_earlier_rounds_spent(fixed_dp_process, tmp_path):
+    """Two rounds, then a resume for two more: epsilon continues from round 2 (as one run of four)."""
+    datasets = _datasets()
+    sample = simulation.build_uniform_sampling_fn(list(range(POPULATION)), random_seed=0)
+    select = lambda r: [datasets[i] for i in sample(r, COHORT)]  # noqa: E731
+    manager = simulation.FileProgramStateManager(str(tmp_path / "state"))
+    simulation.run_training_process(fixed_dp_process, select, 2, program_state_manager=manager, verbose=0,
+                                    privacy_ledger=aggregators.PrivacyLedger(population_size=POPULATION, delta=DELTA))
+    history = simulation.History()
+    resumed = aggregators.PrivacyLedger(population_size=POPULATION, delta=DELTA)
+    simulation.run_training_process(fixed_dp_process, select, 4, program_state_manager=manager, verbose=0,
+                                    privacy_ledger=resumed, callbacks=[history])
+    event = dp_accounting.PoissonSampledDpEvent(COHORT / POPULATION, dp_accounting.GaussianDpEvent(Z))
+    assert history.rounds == [3, 4]
+    assert history.history["privacy/epsilon"] == pytest.approx([_reference(event, r, dp_accounting.pld.PLDAccountant())
+                                                                for r in (3, 4)], abs=1e-9, rel=0)
+    (tmp_path / "state" / "privacy_ledger.json").unlink()
+    with pytest.raises(ValueError, match="privacy cost is unknown"):
+        simulation.run_training_process(fixed_dp_process, select, 6, program_state_manager=manager, verbose=0,
+                                        privacy_ledger=aggregators.PrivacyLedger(population_size=POPULATION))
