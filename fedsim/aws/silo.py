@@ -350,7 +350,13 @@ class SiloAgent:
         wait = ASYNC_POLL_SECONDS
         while not self._stop.is_set():
             self._keep_invisible(message)
-            newest = self._newest_step(run_id, step)
+            try:
+                newest = self._newest_step(run_id, step)
+            except Exception as error:  # noqa: BLE001 - AWS's bad minute: look again, never a verdict
+                logging.warning("silo %s, asynchronous run %s: finding the newest version failed (%s); retrying",
+                                self.silo_id, run_id, error)
+                self._stop.wait(ASYNC_MAX_POLL_SECONDS)
+                continue
             if newest is None:  # the run is over
                 break
             if newest == done_step:  # no newer version yet
@@ -359,7 +365,13 @@ class SiloAgent:
                 continue
             wait, step = ASYNC_POLL_SECONDS, newest
             label = protocol.step_label(step)
-            outcome = self._report_update(dict(request, round=label), run_id, label)
+            try:
+                outcome = self._report_update(dict(request, round=label), run_id, label)
+            except Exception as error:  # noqa: BLE001 - retried on the newest version (an upload made is reused)
+                logging.warning("silo %s, asynchronous run %s: the update from version %d failed (%s: %s); retrying",
+                                self.silo_id, run_id, step - 1, type(error).__name__, str(error)[:300])
+                self._stop.wait(ASYNC_MAX_POLL_SECONDS)
+                continue
             logging.info("silo %s, asynchronous run %s, update from version %d: %s", self.silo_id, run_id, step - 1, outcome)
             if outcome == "refused":  # the same computation on the same data would be refused again
                 break

@@ -21,6 +21,7 @@ import pytest
 from fedsim import aggregators, aws, learning
 from fedsim.aws import protocol
 from fedsim.aws.lease import LEASE_SECONDS
+from fedsim.aws.store import TransientStoreError
 from fedsim.core.staleness import AsyncUnsupportedError, constant_staleness
 from fedsim.learning import optimizers
 from tests.aws.helpers import SILOS, SiloKilled, assert_close, batch, held_stream, local_datasets, model_fn, simulate, start_agents
@@ -236,6 +237,30 @@ def test_a_process_whose_model_update_is_not_a_mean_is_refused_before_anything_r
             context.start_async(summed, summed.initialize(), SILOS, total_versions=2)
         with pytest.raises(ValueError, match="buffer_size must be from 1 to the 3 silos"):
             context.start_async(process, process.initialize(), SILOS, total_versions=2, buffer_size=4)
+
+
+class _ThrottledOnce(aws.SiloAgent):
+    """AWS throttles its second upload past every retry of the store (TransientStoreError)."""
+
+    def _report_update(self, request, run_id, step):
+        self.updates_tried = getattr(self, "updates_tried", 0) + 1
+        if self.updates_tried == 2:
+            raise TransientStoreError("writing silos/... : Throttling (simulated, after every retry)")
+        return super()._report_update(request, run_id, step)
+
+
+def test_a_silo_throttled_mid_run_keeps_working_on_the_newest_version(fresh, arrays, process):
+    stack = fresh
+    agents, threads, errors = start_agents(stack, arrays, ["a", "b"])
+    throttled, throttled_threads, throttled_errors = start_agents(stack, arrays, ["c"], agent_class=_ThrottledOnce)
+    with aws.execution_context(stack, silos=SILOS, preprocess=batch) as context:
+        context.run_async(process, process.initialize(), SILOS, total_versions=6, buffer_size=2, deadline_seconds=300)
+        lineage = context.last_run
+    for thread in threads + throttled_threads:
+        thread.join(30)
+    assert not errors and not throttled_errors  # no exit, no verdict: the agent went on
+    assert throttled[0].updates_tried >= 2 and throttled[0].outcomes[-1].startswith("asynchronous run over")
+    assert len(lineage.rounds) == 6
 
 
 def test_a_silo_that_dies_mid_run_does_not_stop_it(fresh, arrays, process):
