@@ -164,13 +164,13 @@ class AsyncServer:
         if run is None:
             logging.warning("results for unknown asynchronous run %s ignored", run_id[:40])
             return "unknown run"
-        if run["status"] in ("done", "failed"):
-            self._answer(run_id, run)
+        if run["status"] in ("done", "failed"):  # a redelivery after the end: what the end announces, again
+            self._announce_end(run_id, run)
             return str(run["status"])
         owner = uuid.uuid4().hex
         if not self._claim(run_key, owner):
             run = self.store.get_item(run_key)
-            self._answer(run_id, run)
+            self._announce_end(run_id, run)
             return str(run["status"])
         try:
             with Lease(self.store, run_key, owner, self.lease_seconds):
@@ -180,15 +180,15 @@ class AsyncServer:
             raise  # the lease runs out; a redelivery goes on from the written plan
         except Exception as error:
             cause = f"asynchronous run {run_id}: {type(error).__name__}: {error}"
-            run = self.store.get_item(run_key) or {}
             if self.store.update_claimed(run_key, owner, status="failed", cause=cause[:protocol.MAX_REASON_CHARS]):
-                rounds.write_closed_marker(self.store, run_id, protocol.step_label(int(run.get("version", 0)) + 1), "failed")
-                self.tokens.fail(self.tokens.token(run_id, FIRST_STEP), cause)
+                run = self.store.get_item(run_key)
+                # the open step fails with the cause, as a synchronous round would: the caller's report names it
+                self.store.transition(protocol.round_item_key(run_id, protocol.step_label(int(run["version"]) + 1)),
+                                      "status", "open", "failed", cause=cause[:protocol.MAX_REASON_CHARS])
+                self._announce_end(run_id, run)
             raise
         if result == "done":
-            run = self.store.get_item(run_key)
-            rounds.write_closed_marker(self.store, run_id, protocol.step_label(int(run["version"]) + 1), "done")
-            self._answer(run_id, run)
+            self._announce_end(run_id, self.store.get_item(run_key))
         return result
 
     def _claim(self, run_key: dict, owner: str) -> bool:
@@ -335,14 +335,23 @@ class AsyncServer:
             raise RuntimeError(f"asynchronous run {run_id}: step {step} was never opened")
         return item
 
-    def _answer(self, run_id: str, run: dict) -> None:
-        """Answers the state machine's task once the run is done (from the stored outcome)."""
-        if run.get("status") != "done" or not run.get("outcome"):
+    def _announce_end(self, run_id: str, run: dict) -> None:
+        """Once the run is over (done or failed): the closed marker after its last version, which
+        ends the silos' loop, and the answer to the state machine's task (from the stored outcome
+        or cause). Idempotent, so a redelivery after a handler died here finishes it."""
+        if run.get("status") not in ("done", "failed"):
             return
+        rounds.write_closed_marker(self.store, run_id, protocol.step_label(int(run.get("version", 0)) + 1), str(run["status"]))
         first = protocol.round_item_key(run_id, FIRST_STEP)
         if (self.store.get_item(first) or {}).get("answered"):
             return
-        self.tokens.answer(first, self.tokens.token(run_id, FIRST_STEP), run["outcome"])
+        if run["status"] == "failed":
+            token = self.tokens.token(run_id, FIRST_STEP)
+            if token is not None:
+                self.tokens.fail(token, str(run.get("cause", "the asynchronous run failed")))
+                self.store.transition(first, "answered", None, "failed")  # a later delivery does not fail it again
+        elif run.get("outcome"):
+            self.tokens.answer(first, self.tokens.token(run_id, FIRST_STEP), run["outcome"])
 
 
 def _ids(plan: dict) -> set:

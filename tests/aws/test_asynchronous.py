@@ -19,7 +19,7 @@ import time
 import pytest
 
 from fedsim import aggregators, aws, learning
-from fedsim.aws import protocol
+from fedsim.aws import asynchronous, protocol
 from fedsim.aws.lease import LEASE_SECONDS
 from fedsim.aws.store import TransientStoreError
 from fedsim.core.staleness import AsyncUnsupportedError, constant_staleness
@@ -261,6 +261,24 @@ def test_a_silo_throttled_mid_run_keeps_working_on_the_newest_version(fresh, arr
     assert not errors and not throttled_errors  # no exit, no verdict: the agent went on
     assert throttled[0].updates_tried >= 2 and throttled[0].outcomes[-1].startswith("asynchronous run over")
     assert len(lineage.rounds) == 6
+
+
+def test_a_version_that_cannot_be_computed_fails_the_run_with_its_cause_and_ends_the_silos_loop(fresh, arrays, process,
+                                                                                                monkeypatch):
+    def broken(self, *args, **kwargs):
+        raise ValueError("the update phase failed (simulated)")
+
+    monkeypatch.setattr(asynchronous.AsyncServer, "_publish", broken)
+    stack = fresh
+    agents, threads, errors = start_agents(stack, arrays, SILOS)
+    with aws.execution_context(stack, silos=SILOS, preprocess=batch) as context:
+        with pytest.raises(aws.RoundFailedError, match="the update phase failed"):
+            context.run_async(process, process.initialize(), SILOS, total_versions=3, buffer_size=2, deadline_seconds=300)
+    for thread in threads:
+        thread.join(30)
+    assert not errors and all(agent.outcomes[-1].startswith("asynchronous run over") for agent in agents)
+    assert stack.handler_errors or stack.handler_retries  # the failing batch was raised (and redelivered)
+    stack.handler_errors.clear()  # expected here
 
 
 def test_a_silo_that_dies_mid_run_does_not_stop_it(fresh, arrays, process):
