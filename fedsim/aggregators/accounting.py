@@ -19,7 +19,9 @@ Example::
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from typing import Any, Optional
 
 import attrs
@@ -311,9 +313,6 @@ class PrivacyLedger:
         Args:
             path: the file.
         """
-        import json
-        import os
-
         document = [[r, list(m), n, [list(x) for x in local]] for r, m, n, local in self.rounds]
         partial = f"{path}.partial-{os.getpid()}"
         with open(partial, "w") as stream:
@@ -332,8 +331,6 @@ class PrivacyLedger:
                 understated).
             OSError: the file cannot be read.
         """
-        import json
-
         with open(path) as stream:
             document = json.load(stream)
         rounds = [(int(r), [float(z) for z in m], int(n), tuple(tuple(x) for x in local))

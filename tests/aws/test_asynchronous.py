@@ -249,17 +249,22 @@ class _ThrottledOnce(aws.SiloAgent):
         return super()._report_update(request, run_id, step)
 
 
-def test_a_silo_throttled_mid_run_keeps_working_on_the_newest_version(fresh, arrays, process):
-    stack = fresh
+def _six_versions_with_silo_c_as(stack, arrays, process, agent_class):
+    """Six versions (K=2) with silos a and b as usual and c running `agent_class`:
+    `(lineage, a's and b's errors, c's agent, c's errors)`."""
     agents, threads, errors = start_agents(stack, arrays, ["a", "b"])
-    throttled, throttled_threads, throttled_errors = start_agents(stack, arrays, ["c"], agent_class=_ThrottledOnce)
+    odd, odd_threads, odd_errors = start_agents(stack, arrays, ["c"], agent_class=agent_class)
     with aws.execution_context(stack, silos=SILOS, preprocess=batch) as context:
         context.run_async(process, process.initialize(), SILOS, total_versions=6, buffer_size=2, deadline_seconds=300)
-        lineage = context.last_run
-    for thread in threads + throttled_threads:
+    for thread in threads + odd_threads:
         thread.join(30)
+    return context.last_run, errors, odd[0], odd_errors
+
+
+def test_a_silo_throttled_mid_run_keeps_working_on_the_newest_version(fresh, arrays, process):
+    lineage, errors, throttled, throttled_errors = _six_versions_with_silo_c_as(fresh, arrays, process, _ThrottledOnce)
     assert not errors and not throttled_errors  # no exit, no verdict: the agent went on
-    assert throttled[0].updates_tried >= 2 and throttled[0].outcomes[-1].startswith("asynchronous run over")
+    assert throttled.updates_tried >= 2 and throttled.outcomes[-1].startswith("asynchronous run over")
     assert len(lineage.rounds) == 6
 
 
@@ -283,14 +288,7 @@ def test_a_version_that_cannot_be_computed_fails_the_run_with_its_cause_and_ends
 
 def test_a_silo_that_dies_mid_run_does_not_stop_it(fresh, arrays, process):
     """Last in the module: the dead silo's run message stays in flight after the test."""
-    stack = fresh
-    agents, threads, errors = start_agents(stack, arrays, ["a", "b"])
-    dead, dead_threads, dead_errors = start_agents(stack, arrays, ["c"], agent_class=_DiesOnThirdUpdate)
-    with aws.execution_context(stack, silos=SILOS, preprocess=batch) as context:
-        context.run_async(process, process.initialize(), SILOS, total_versions=6, buffer_size=2, deadline_seconds=300)
-        lineage = context.last_run
-    for thread in threads + dead_threads:
-        thread.join(30)
+    lineage, errors, _, dead_errors = _six_versions_with_silo_c_as(fresh, arrays, process, _DiesOnThirdUpdate)
     assert not errors and [type(error).__name__ for _, error in dead_errors] == ["SiloKilled"]
     contributions = collections.Counter(u["silo"] for r in lineage.rounds for u in r["updates"])
     assert contributions["c"] <= 2 and contributions["a"] >= 2 and contributions["b"] >= 2
