@@ -11,7 +11,7 @@ $(PY):
 
 $(STAMP): $(PY) setup.cfg pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[aws,test]'
+	$(PY) -m pip install --quiet -e '.[aws,test,ray]'
 	touch $(STAMP)
 
 demo: $(STAMP)

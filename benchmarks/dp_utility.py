@@ -1,4 +1,4 @@
-"""Accuracy against epsilon: FedAvg without privacy, with central DP and with local DP.
+"""Accuracy against epsilon: FedAvg without privacy, with central, local, distributed and record-level DP.
 
 Workload: synthetic EMNIST-like data (`emnist_like_client_arrays`, 62 classes), 100 clients of
 80 to 120 examples, 10 drawn uniformly per round, `--rounds` rounds; a 784-62 softmax, client
@@ -11,15 +11,22 @@ Accuracy on 2,000 held-out examples after the last round.
   exposed client over the rounds it actually took part in (the ledger's per-client rule applied
   to that many rounds), and the ledger's own worst case (a client in every round).
 
-    .venv/bin/python benchmarks/dp_utility.py [--rounds 30] [--clip 0.5] [--noise 0.5 1 2]
+- distributed: `UnweightedMeanFactory(DistributedDpSumFactory(z, 10, bits=20, l2_clip=clip))`,
+  each client's discrete Gaussian share summed by the secure-sum intrinsic; epsilon from the
+  ledger (Renyi DP of the distributed discrete Gaussian, no amplification by sampling claimed).
+- record: DP-SGD in each client (`build_dp_sgd(0.05, l2_norm_clip=--record-clip, z)`), plain
+  mean on the server; epsilon per *record* of the most exposed client (its rounds, its batches
+  as Poisson sampling at 20/its examples, the smallest client's rate: the worst case).
 
-Distributed DP and record-level DP (issue 25, items 3 and 4) are not built yet.
+    .venv/bin/python benchmarks/dp_utility.py [--rounds 30] [--clip 0.5] [--record-clip 1.0] [--noise 0.5 1 2]
+        [--mechanisms none central local distributed record] [--json rows.json]
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import json
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -39,6 +46,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--clip", type=float, default=0.5)
     parser.add_argument("--noise", type=float, nargs="+", default=[0.5, 1.0, 2.0])
+    parser.add_argument("--record-clip", type=float, default=1.0)
+    parser.add_argument("--mechanisms", nargs="+", default=["none", "central", "local", "distributed", "record"])
+    parser.add_argument("--json", help="also write the rows here (the tutorial's plot reads them)")
     args = parser.parse_args()
     arrays = simulation.emnist_like_client_arrays(NUM_CLIENTS + 20, seed=0)
     datasets = [tf.data.Dataset.from_tensor_slices(collections.OrderedDict(x=x.reshape(-1, 784), y=y)).batch(20)
@@ -54,31 +64,44 @@ def main() -> None:
     sample = simulation.build_uniform_sampling_fn(list(range(NUM_CLIENTS)), random_seed=0)
     participation = collections.Counter(c for r in range(1, args.rounds + 1) for c in sample(r, COHORT))
 
-    def run(aggregator):
-        process = learning.build_unweighted_fed_avg(model_fn, lambda: optimizers.build_sgdm(0.05), model_aggregator=aggregator)
+    def run(aggregator, client_optimizer=lambda: optimizers.build_sgdm(0.05)):
+        process = learning.build_unweighted_fed_avg(model_fn, client_optimizer, model_aggregator=aggregator)
         ledger = aggregators.PrivacyLedger(population_size=NUM_CLIENTS, delta=DELTA)
         state = simulation.run_training_process(process, lambda r: [datasets[c] for c in sample(r, COHORT)], args.rounds,
                                                 privacy_ledger=ledger, verbose=0)
         kernel, bias = (np.asarray(w) for w in process.get_model_weights(state).trainable)
         return float(np.mean(np.argmax(test_x @ kernel + bias, axis=1) == test_y)), ledger
 
-    rows = [("none", "-", *run(None))]
-    for z in args.noise:
+    rows = [("none", "-", *run(None))] if "none" in args.mechanisms else []
+    for z in args.noise if "central" in args.mechanisms else []:
         rows.append(("central", z, *run(aggregators.DifferentiallyPrivateFactory.gaussian_fixed(z, COHORT, args.clip))))
-    for z in args.noise:
+    for z in args.noise if "local" in args.mechanisms else []:
         rows.append(("local", z, *run(aggregators.local_gaussian_factory(z, args.clip, aggregators.UnweightedMeanFactory()))))
+    for z in args.noise if "distributed" in args.mechanisms else []:
+        rows.append(("distributed", z, *run(aggregators.UnweightedMeanFactory(
+            aggregators.DistributedDpSumFactory(z, COHORT, bits=20, l2_clip=args.clip)))))
+    for z in args.noise if "record" in args.mechanisms else []:
+        rows.append(("record", z, *run(None, lambda z=z: optimizers.build_dp_sgd(0.05, l2_norm_clip=args.record_clip, noise_multiplier=z))))
+    smallest = min(len(y) for _, y in arrays[:NUM_CLIENTS])
     print(f"{NUM_CLIENTS} clients, {COHORT} per round, {args.rounds} rounds, clip {args.clip:g}, delta {DELTA:g}; "
           f"the most exposed client took part in {max(participation.values())} rounds")
-    print(f"{'mechanism':<10} {'z':>5} {'accuracy':>9} {'epsilon':>12} {'client epsilon (its rounds / every round)':>44}")
+    print(f"{'mechanism':<11} {'z':>5} {'accuracy':>9} {'epsilon':>12} {'client epsilon (its rounds / every round)':>44}")
+    table = []
     for kind, z, accuracy, ledger in rows:
-        if kind == "local":
+        if kind == "record":
+            epsilon, client = "-", f"{optimizers.dp_sgd_epsilon(z, 20, smallest, 1, max(participation.values()), DELTA):.3g} per record"
+        elif kind == "local":
             most = max(participation.values())
             exposed = aggregators.PrivacyLedger(delta=DELTA)
             exposed.rounds = [r for r in ledger.rounds][:most]  # the same per-round mechanism, that many rounds
             epsilon, client = "-", f"{exposed.local_epsilon():.3g} / {ledger.local_epsilon():.3g}"
         else:
-            epsilon, client = (f"{ledger.epsilon():.3g}" if kind == "central" else "-"), "-"
-        print(f"{kind:<10} {z!s:>5} {accuracy:9.4f} {epsilon:>12} {client:>44}")
+            epsilon, client = (f"{ledger.epsilon():.3g}" if kind in ("central", "distributed") else "-"), "-"
+        print(f"{kind:<11} {z!s:>5} {accuracy:9.4f} {epsilon:>12} {client:>44}")
+        table.append({"mechanism": kind, "z": z, "accuracy": accuracy, "epsilon": epsilon, "client_epsilon": client})
+    if args.json:
+        with open(args.json, "w") as stream:
+            json.dump(table, stream, indent=1)
 
 
 if __name__ == "__main__":

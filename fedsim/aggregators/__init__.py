@@ -14,6 +14,7 @@ Example::
 
 from fedsim.aggregators.accounting import PrivacyBudget, PrivacyLedger, dp_epsilon
 from fedsim.aggregators.differential_privacy import DifferentiallyPrivateFactory
+from fedsim.aggregators.distributed_dp import DistributedDpSumFactory
 from fedsim.aggregators.encoded import EncodedSumFactory
 from fedsim.aggregators.local_dp import local_discrete_laplace_factory, local_gaussian_factory
 from fedsim.aggregators.factory import AggregationFactoryError, UnweightedAggregationFactory, WeightedAggregationFactory
@@ -28,6 +29,7 @@ __all__ = [
     "AdaptiveNorm",
     "AggregationFactoryError",
     "DifferentiallyPrivateFactory",
+    "DistributedDpSumFactory",
     "EncodedSumFactory",
     "MeanFactory",
     "PrivateQuantileEstimationProcess",

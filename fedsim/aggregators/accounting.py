@@ -26,12 +26,14 @@ from typing import Any, Optional
 
 import attrs
 
-__all__ = ["PrivacyBudget", "PrivacyLedger", "dp_epsilon", "declared_local_mechanisms", "declared_noise_multipliers"]
+__all__ = ["PrivacyBudget", "PrivacyLedger", "dp_epsilon", "declared_distributed_mechanisms", "declared_local_mechanisms",
+           "declared_noise_multipliers"]
 
 BUDGET_STOP = "privacy budget"  # how a stop reason given by the budget starts
 NOISE_MULTIPLIER_NAME = "dp_noise_multiplier"  # what a DP aggregator's state and measurements call its mechanism
 LOCAL_GAUSSIAN_NAME = "local_dp_noise_multiplier"  # ... and a local DP aggregator's (fedsim.aggregators.local_dp)
 LOCAL_DISCRETE_LAPLACE_NAME = "local_dp_discrete_laplace"
+DISTRIBUTED_NAME = "ddp_discrete_gaussian"  # ... and a distributed DP aggregator's (fedsim.aggregators.distributed_dp)
 
 
 def dp_epsilon(noise_multiplier: float, sampling_rate: float, rounds: int, target_delta: float) -> float:
@@ -144,6 +146,53 @@ def declared_noise_multipliers(value: Any) -> list:
     return [float(v) for v in _named_values(value, NOISE_MULTIPLIER_NAME)]
 
 
+def declared_distributed_mechanisms(value: Any) -> list:
+    """The distributed discrete Gaussian mechanisms (`DistributedDpSumFactory`) a state declares
+    or metrics report, as `(sigma, l2_sensitivity, l1_sensitivity, dim)` in the integer domain.
+
+    Args:
+        value: a server state or a round's metrics, nested or flattened (`a/ddp_discrete_gaussian/sigma`).
+
+    Returns:
+        The mechanisms, in the structure's order.
+    """
+    fields = ("sigma", "l2_sensitivity", "l1_sensitivity", "dim")
+    found = [tuple(float(v[f]) for f in fields) for v in _named_values(value, DISTRIBUTED_NAME)]
+    if isinstance(value, dict):  # flattened metrics: one scalar per field, grouped by the mechanism's name
+        marker = f"{DISTRIBUTED_NAME}/"
+        prefixes = sorted({key[:key.index(marker)] for key in value if isinstance(key, str) and marker in key})
+        found.extend(tuple(float(value[f"{prefix}{marker}{f}"]) for f in fields) for prefix in prefixes)
+    return found
+
+
+def _rdp_epsilon(rounds: list, delta: float) -> float:
+    """Epsilon of rounds with distributed discrete Gaussian mechanisms: Renyi DP composed over the
+    rounds (Prop. 14 of Kairouz et al. 2021 for those, `alpha / (2 z^2)` for central Gaussian
+    ones), converted by dp-accounting. No amplification by sampling is claimed (an upper bound)."""
+    from dp_accounting.rdp import rdp_privacy_accountant
+
+    from fedsim.aggregators.distributed_dp import ddgauss_rdp
+
+    orders = list(rdp_privacy_accountant.DEFAULT_RDP_ORDERS)
+    total = [0.0] * len(orders)
+    for multipliers, cohort, distributed in rounds:
+        terms = []
+        if multipliers:
+            if any(z <= 0 for z in multipliers):
+                return math.inf
+            z = sum(m**-2 for m in multipliers) ** -0.5
+            terms.append([order / (2 * z**2) for order in orders])
+        for sigma, l2, l1, dim in distributed:
+            if sigma <= 0:
+                return math.inf
+            terms.append(list(ddgauss_rdp(orders, sigma, int(cohort), l2, l1, int(dim))))
+        for term in terms:
+            total = [t + x for t, x in zip(total, term)]
+    if not any(total):
+        return 0.0
+    return float(rdp_privacy_accountant.compute_epsilon(orders, total, delta)[0])
+
+
 def _local_event(mechanisms: tuple) -> Any:
     """One client's event in a round: its local mechanisms composed (none: nothing released)."""
     dp_accounting = _dp_accounting()
@@ -215,7 +264,7 @@ class PrivacyLedger:
         self.delta = budget.delta if budget is not None else float(delta)
         if not 0 < self.delta < 1:
             raise ValueError(f"PrivacyLedger: delta must be in (0, 1), got {delta!r}")
-        self.rounds: list = []  # (round, noise multipliers, cohort size, local mechanisms), as recorded
+        self.rounds: list = []  # (round, noise multipliers, cohort size, local mechanisms, distributed ones), as recorded
         self.stop_reason: Optional[str] = None
 
     def to_json(self) -> dict:
@@ -276,20 +325,28 @@ class PrivacyLedger:
     def epsilon(self, extra: tuple = ()) -> float:
         """Epsilon at the ledger's delta after the recorded rounds (and `extra` ones).
 
+        With distributed DP rounds (`DistributedDpSumFactory`) the run is accounted in Renyi DP
+        (the mechanism's own analysis), without amplification by sampling.
+
         Args:
-            extra: `(noise_multipliers, cohort_size[, local mechanisms])` of rounds not yet run.
+            extra: `(noise_multipliers, cohort_size[, local mechanisms[, distributed ones]])` of
+                rounds not yet run.
 
         Returns:
             Epsilon (0 before any private release; inf after a release without noise).
         """
         dp_accounting = _dp_accounting()
+        distributed = [(list(m), n, tuple(d)) for _, m, n, _, d in self.rounds] + [
+            (list(entry[0]), entry[1], tuple(entry[3]) if len(entry) > 3 else ()) for entry in extra]
+        if any(d for *_, d in distributed):
+            return _rdp_epsilon(distributed, self.delta)
         if self.accountant == "pld":
             accountant = dp_accounting.pld.PLDAccountant()
         else:
             relation = (dp_accounting.NeighboringRelation.REPLACE_ONE if self.sampling == "fixed" and self.population_size
                         else dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE)
             accountant = dp_accounting.rdp.RdpAccountant(neighboring_relation=relation)
-        rounds = [(m, n) for _, m, n, _ in self.rounds] + [(m, n) for m, n, *_ in extra]
+        rounds = [(m, n) for _, m, n, *_ in self.rounds] + [(m, n) for m, n, *_ in extra]
         return _spent(accountant, [self.event(list(m), n) for m, n in rounds], self.delta)
 
     def local_epsilon(self, extra: tuple = ()) -> float:
@@ -304,7 +361,7 @@ class PrivacyLedger:
             Epsilon (0 without local mechanisms).
         """
         dp_accounting = _dp_accounting()
-        rounds = [local for *_, local in self.rounds] + [tuple(entry[2]) if len(entry) > 2 else () for entry in extra]
+        rounds = [entry[3] for entry in self.rounds] + [tuple(entry[2]) if len(entry) > 2 else () for entry in extra]
         return _spent(dp_accounting.pld.PLDAccountant(), [_local_event(local) for local in rounds], self.delta)
 
     def save(self, path: str) -> None:
@@ -313,7 +370,8 @@ class PrivacyLedger:
         Args:
             path: the file.
         """
-        document = [[r, list(m), n, [list(x) for x in local]] for r, m, n, local in self.rounds]
+        document = [[r, list(m), n, [list(x) for x in local], [list(x) for x in distributed]]
+                    for r, m, n, local, distributed in self.rounds]
         partial = f"{path}.partial-{os.getpid()}"
         with open(partial, "w") as stream:
             json.dump(document, stream)
@@ -333,8 +391,9 @@ class PrivacyLedger:
         """
         with open(path) as stream:
             document = json.load(stream)
-        rounds = [(int(r), [float(z) for z in m], int(n), tuple(tuple(x) for x in local))
-                  for r, m, n, local in document if int(r) <= up_to_round]
+        rounds = [(int(r), [float(z) for z in m], int(n), tuple(tuple(x) for x in local),
+                   tuple(tuple(float(v) for v in x) for x in (rest[0] if rest else ())))
+                  for r, m, n, local, *rest in document if int(r) <= up_to_round]
         if [r for r, *_ in rounds] != list(range(1, up_to_round + 1)):
             raise ValueError(f"the privacy ledger {path} holds rounds {[r for r, *_ in rounds]}, not 1..{up_to_round}: "
                              f"a resumed run's epsilon would be understated")
@@ -366,7 +425,8 @@ class PrivacyLedger:
         """
         if self.budget is None:
             return None
-        upcoming = ((declared_noise_multipliers(state), cohort_size, tuple(declared_local_mechanisms(state))),)
+        upcoming = ((declared_noise_multipliers(state), cohort_size, tuple(declared_local_mechanisms(state)),
+                     tuple(declared_distributed_mechanisms(state))),)
         for what, spent in (("epsilon", self.epsilon), ("a client's local epsilon", self.local_epsilon)):
             after = spent(extra=upcoming)
             if after > self.budget.epsilon:
@@ -390,10 +450,11 @@ class PrivacyLedger:
             what the run has spent so far (`privacy/...` metrics); `{}` without `account`.
         """
         local = tuple(declared_local_mechanisms(metrics))
-        self.rounds.append((round_num, declared_noise_multipliers(metrics), int(cohort_size), local))
+        distributed = tuple(declared_distributed_mechanisms(metrics))
+        self.rounds.append((round_num, declared_noise_multipliers(metrics), int(cohort_size), local, distributed))
         if not account:
             return {}
         spent = {"epsilon": self.epsilon(), "delta": self.delta}
-        if any(mechanisms for *_, mechanisms in self.rounds):
+        if any(entry[3] for entry in self.rounds):
             spent["local_epsilon"] = self.local_epsilon()
         return spent

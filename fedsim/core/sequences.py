@@ -33,7 +33,7 @@ from fedsim.core import types as ft
 
 __all__ = [
     "Elements", "has_fast_form", "fast_input_specs", "materialize", "enable_loops", "prepare", "take_prepared",
-    "discard_prepared", "UnsupportedSequenceUse", "InfiniteSequenceError", "DEFAULT_BUDGET_BYTES",
+    "discard_prepared", "provide", "dataset_of", "UnsupportedSequenceUse", "InfiniteSequenceError", "DEFAULT_BUDGET_BYTES",
 ]
 
 DEFAULT_BUDGET_BYTES = 256 * 2**20  # one client's elements kept in memory at most; larger ones stream
@@ -254,3 +254,48 @@ def discard_prepared(datasets: list) -> None:
             entry = _prepared.get(id(dataset))
             if entry is not None and entry[0] is dataset:
                 del _prepared[id(dataset)]
+
+
+def provide(dataset: tf.data.Dataset, element_type: ft.Type, tensors: list) -> None:
+    """Hands `tensors` (what `materialize` gave for an equal dataset, e.g. in another process)
+    to the next call that takes `dataset`, so it is not iterated again.
+
+    Args:
+        dataset: the dataset the call will be given (e.g. `dataset_of(tensors, element_type)`).
+        element_type: its element type.
+        tensors: `materialize`'s result for it.
+    """
+    with _prepared_lock:
+        _prepared[id(dataset)] = (dataset, element_type, tensors)
+
+
+def dataset_of(tensors: list, element_type: ft.Type) -> tf.data.Dataset:
+    """The dataset whose one iteration gives the elements `tensors` hold (`materialize`'s form):
+    element `i` is each leaf's `values[i]` sliced to `shapes[i]`.
+
+    Built from slices, without tracing a function: consecutive elements of one shape are one
+    `from_tensor_slices`, and the runs are concatenated (usually one run and an uneven last batch).
+
+    Args:
+        tensors: `materialize`'s result (tensors or numpy arrays).
+        element_type: the element type.
+
+    Returns:
+        A `tf.data.Dataset` of those elements, in order.
+    """
+    values = [np.asarray(t) for t in tensors[0::2]]
+    shapes = [np.asarray(t) for t in tensors[1::2]]
+    count = len(values[0])
+    if count == 0:  # no elements: one empty slice of each leaf's shape (unknown dimensions as 0)
+        leaves = [np.zeros([0, *(d or 0 for d in leaf.shape)], leaf.dtype.as_numpy_dtype) for leaf in ft.flatten_type(element_type)]
+        return tf.data.Dataset.from_tensor_slices(structure.unflatten_value(element_type, leaves))
+    keys = [tuple(tuple(int(d) for d in leaf_shapes[i]) for leaf_shapes in shapes) for i in range(count)]
+    dataset, start = None, 0
+    for end in range(1, count + 1):
+        if end < count and keys[end] == keys[start]:
+            continue
+        leaves = [leaf_values[(slice(start, end), *(slice(0, d) for d in shape))] for leaf_values, shape in zip(values, keys[start])]
+        run = tf.data.Dataset.from_tensor_slices(structure.unflatten_value(element_type, leaves))
+        dataset = run if dataset is None else dataset.concatenate(run)
+        start = end
+    return dataset

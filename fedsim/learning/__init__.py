@@ -10,7 +10,8 @@ from fedsim.learning.algorithms import (
     build_weighted_fed_avg,
     build_weighted_fed_prox,
 )
-from fedsim.learning.model_update_aggregator import compression_aggregator, dp_aggregator, robust_aggregator, secure_aggregator
+from fedsim.learning.model_update_aggregator import (
+    compression_aggregator, ddp_secure_aggregator, dp_aggregator, robust_aggregator, secure_aggregator)
 from fedsim.learning.models import BatchOutput, ModelWeights, VariableModel, from_keras_model
 from fedsim.learning.templates import LearningAlgorithmState, LearningProcess, LearningProcessOutput
 
@@ -34,6 +35,7 @@ __all__ = [
     "build_weighted_fed_avg",
     "build_weighted_fed_prox",
     "compression_aggregator",
+    "ddp_secure_aggregator",
     "dp_aggregator",
     "model_update_aggregator",
     "robust_aggregator",

@@ -17,7 +17,7 @@ import math
 
 from fedsim import aggregators
 
-__all__ = ["robust_aggregator", "dp_aggregator", "compression_aggregator", "secure_aggregator"]
+__all__ = ["robust_aggregator", "dp_aggregator", "compression_aggregator", "ddp_secure_aggregator", "secure_aggregator"]
 
 
 def _zeroing(inner):
@@ -83,6 +83,34 @@ def dp_aggregator(noise_multiplier: float, clients_per_round: float, zeroing: bo
         >>> process = build_unweighted_fed_avg(model_fn, opt_fn, model_aggregator=dp_aggregator(1.0, 10))
     """
     factory = aggregators.DifferentiallyPrivateFactory.adaptive_clip_average(noise_multiplier, clients_per_round)
+    return _zeroing(factory) if zeroing else factory
+
+
+def ddp_secure_aggregator(noise_multiplier: float, expected_clients_per_round: int, bits: int = 20, zeroing: bool = True,
+                          l2_clip: float = 0.1):
+    """Distributed DP: each client's discrete Gaussian share, summed by secure aggregation (unweighted mean).
+
+    TFF's `ddp_secure_aggregator`, with a fixed clip (TFF's default `auto_l2_clip=False` clip is
+    0.1): `UnweightedMeanFactory(DistributedDpSumFactory(...))`, inside adaptive zeroing.
+
+    Args:
+        noise_multiplier: the sum's noise stddev over the clip, at `expected_clients_per_round`.
+        expected_clients_per_round: the clients whose noise shares make up the target noise.
+        bits: each client's integer coordinate lies in `[0, 2**bits)`.
+        zeroing: wrap in adaptive zeroing.
+        l2_clip: the L2 norm each client's update is clipped to.
+
+    Returns:
+        An unweighted aggregation factory (use with `build_unweighted_fed_avg`).
+
+    Raises:
+        ValueError: an argument is out of range.
+
+    Example:
+        >>> process = build_unweighted_fed_avg(model_fn, opt_fn, model_aggregator=ddp_secure_aggregator(1.0, 10))
+    """
+    factory = aggregators.UnweightedMeanFactory(
+        aggregators.DistributedDpSumFactory(noise_multiplier, expected_clients_per_round, bits=bits, l2_clip=l2_clip))
     return _zeroing(factory) if zeroing else factory
 
 

@@ -39,6 +39,10 @@ _WHERE = {
     "constant_staleness": "asynchronous",
     "polynomial_staleness": "asynchronous",
     "LatencyModel": "latency",
+    "ClientWorkError": "ray_context",
+    "RayExecutionContext": "ray_context",
+    "WorkerClientData": "ray_context",
+    "WorkerDataset": "ray_context",
 }
 
 

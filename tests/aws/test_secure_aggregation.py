@@ -41,9 +41,9 @@ def short_phases(monkeypatch):
     monkeypatch.setattr(secure_round, "PHASE_SECONDS", 3.0)  # a dead silo is given up on sooner
 
 
-def _start(stack, arrays, silos, agent_class=aws.SiloAgent):
+def _start(stack, arrays, silos, agent_class=aws.SiloAgent, rounds=1):
     """Agents with their identity keys and pins: `(agents, errors, threads)`."""
-    agents, threads, errors = start_agents(stack, arrays, silos, agent_class=agent_class, options_for=lambda silo: {
+    agents, threads, errors = start_agents(stack, arrays, silos, rounds=rounds, agent_class=agent_class, options_for=lambda silo: {
         "identity": IDENTITIES[silo], "pinned_identities": PINNED})
     return agents, errors, threads
 
@@ -139,3 +139,40 @@ def test_a_protocol_item_in_another_silos_name_or_malformed_is_no_answer():
     assert not secure_round._well_formed("shares", "b", advertised)  # the wrong kind for the phase
     assert not secure_round._well_formed("signature", "a", "not base64!")
     assert not secure_round._well_formed("advertise", "a", "{" * 10)
+
+
+def test_distributed_dp_runs_under_secure_aggregation_and_the_handler_accounts_it(fresh, arrays):
+    """Each silo clips, rotates, rounds and noises its update, then masks it: what the server can
+    read of a silo is a masked vector spread over the whole modulus; the handler's ledger reports
+    epsilon as the distributed discrete Gaussian's RDP bound for the three silos' noise shares."""
+    import dp_accounting
+
+    from fedsim import aggregators
+    from fedsim.aggregators.distributed_dp import DistributedDpSumFactory, ddgauss_rdp
+
+    factory = aggregators.UnweightedMeanFactory(
+        DistributedDpSumFactory(noise_multiplier=1.0, expected_clients_per_round=3, l2_clip=0.5, bits=20))
+    process = learning.build_unweighted_fed_avg(_model_fn, lambda: optimizers.build_sgdm(0.1), model_aggregator=factory)
+    sigma, l2, l1, dim = aggregators.accounting.declared_distributed_mechanisms(process.initialize())[0]
+    orders = list(dp_accounting.rdp.rdp_privacy_accountant.DEFAULT_RDP_ORDERS)
+    rdp = ddgauss_rdp(orders, sigma, len(SILOS), l2, l1, int(dim))
+    expected = [dp_accounting.rdp.rdp_privacy_accountant.compute_epsilon(orders, rdp * r, 1e-5)[0] for r in (1, 2)]
+    stack = fresh
+    agents, errors, threads = _start(stack, arrays, SILOS, rounds=2)
+    with aws.execution_context(stack, silos=SILOS, preprocess=batch, round_deadline_seconds=120) as context:
+        context.run_rounds(process, process.initialize(), SILOS, rounds=2, privacy_ledger=aggregators.PrivacyLedger(delta=1e-5))
+        lineage = context.last_run
+        form = context.form(process.next)
+    for agent in agents:
+        agent.stop()
+    assert not errors, errors
+    assert [r["round"] for r in lineage.rounds] == [1, 2]
+    assert [r["metrics"]["privacy/epsilon"] for r in lineage.rounds] == pytest.approx(expected, abs=1e-9)
+    layout = secure_round.SecureLayout.of(form.client_output_type, form.secure_bitwidths)
+    objects, _ = _uploads(stack, lineage.run_id)
+    bits = layout.modulus_bits(len(SILOS))
+    for silo in SILOS:
+        with np.load(io.BytesIO(objects[f"silos/{silo}/{lineage.run_id}/round-1/work.npz"])) as archive:
+            masked = archive[sorted(archive.files)[-1]].astype(np.float64)
+        assert abs(masked.mean() / 2**bits - 0.5) < 0.05  # spread over the whole modulus, not the noised input's range
+        assert (masked >= 2**layout.value_bits).mean() > 0.6

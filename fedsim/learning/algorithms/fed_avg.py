@@ -20,6 +20,7 @@ import tensorflow as tf
 from fedsim.core import types as ft
 from fedsim.core.wrappers import tf_computation
 from fedsim.learning import optimizers as optimizers_lib
+from fedsim.learning.optimizers import dp_sgd
 from fedsim.learning.algorithms.model_info import as_model_fn, inspect_model_fn, make_model
 from fedsim.learning.models import ModelWeights, VariableModel
 from fedsim.learning.algorithms import parts
@@ -83,16 +84,23 @@ def build_client_update(
             optimizer.build(variables)
             optimizer_state = {}
         num_examples = tf.constant(0, tf.int64)
+        private = getattr(optimizer, "per_example_gradients", False)  # DP-SGD: clipped, noised per-example gradients
         for batch in dataset:
-            with tf.GradientTape() as tape:
-                output = model.forward_pass(batch, training=True)
-                loss = output.loss
-                if proximal_strength:
-                    squared_distance = tf.add_n(
-                        [tf.reduce_sum(tf.square(v - w0)) for v, w0 in zip(variables, initial_weights.trainable)]
-                    )
-                    loss = loss + 0.5 * proximal_strength * squared_distance
-            gradients = tape.gradient(loss, variables)
+            if private:
+                output = model.forward_pass(batch, training=True)  # the metrics; the gradients come per example
+                gradients = optimizer.privatize(dp_sgd.per_example_gradients(model, batch, variables))
+                if proximal_strength:  # data-independent: added after the privatization
+                    gradients = [g + proximal_strength * (v - w0) for g, v, w0 in zip(gradients, variables, initial_weights.trainable)]
+            else:
+                with tf.GradientTape() as tape:
+                    output = model.forward_pass(batch, training=True)
+                    loss = output.loss
+                    if proximal_strength:
+                        squared_distance = tf.add_n(
+                            [tf.reduce_sum(tf.square(v - w0)) for v, w0 in zip(variables, initial_weights.trainable)]
+                        )
+                        loss = loss + 0.5 * proximal_strength * squared_distance
+                gradients = tape.gradient(loss, variables)
             if functional:
                 optimizer_state = optimizer.apply(optimizer_state, variables, gradients)
             else:

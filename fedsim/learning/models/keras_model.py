@@ -188,6 +188,19 @@ class KerasVariableModel(VariableModel):
             total = total + tf.add_n(regularization)
         return total
 
+    def batch_loss(self, batch_input: Any, training: bool = True) -> tf.Tensor:
+        """The batch's loss, without updating the metrics (DP-SGD takes it one example at a time).
+
+        Args:
+            batch_input: a batch, as `forward_pass` takes it.
+            training: passed to the Keras model.
+
+        Returns:
+            The scalar loss.
+        """
+        x, y = split_batch(batch_input)
+        return self._loss(y, self.predict_on_batch(x, training=training))
+
     def forward_pass(self, batch_input: Any, training: bool = True) -> BatchOutput:
         x, y = split_batch(batch_input)
         predictions = self.predict_on_batch(x, training=training)
