@@ -53,7 +53,7 @@ class _Clients(ClientData):
         if self.hook:
             self.hook(client_id)
         x, y = self.arrays[client_id]
-        return tf.data.Dataset.from_tensor_slices(collections.OrderedDict(x=x, y=y)).shuffle(8, seed=1).batch(4)
+        return tf.data.Dataset.from_tensor_slices(collections.OrderedDict(x=x, y=y)).batch(4)  # no shuffle: its order would follow each process's global seed
 
     def create_tf_dataset_for_client(self, client_id):
         return self.serializable_dataset_fn(client_id)
