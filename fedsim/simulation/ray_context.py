@@ -45,6 +45,7 @@ import itertools
 import math
 import os
 import threading
+import uuid
 from typing import Any, Callable, Optional, Sequence
 
 import attrs
@@ -95,6 +96,7 @@ class WorkerClientData:
     """
 
     open_fn: Callable[[], Any]
+    key: str = attrs.field(factory=lambda: uuid.uuid4().hex, eq=False)  # the same source across pickled copies
 
     def datasets(self, client_ids: Sequence[str]) -> list:
         """Stand-ins for the clients' datasets (`create_tf_dataset_for_client` runs on the actor).
@@ -151,10 +153,10 @@ def _unpack_input(packed: tuple, input_type: ft.Type, opened: dict) -> tuple:
     """`(client input, name)` on the actor, each sequence handed its tensors (not iterated again)."""
     if packed[0] == "worker":
         _, source, client_id = packed
-        if id(source) not in opened:
+        if source.key not in opened:  # each task brings its own unpickled copy: opened once per actor by key
             opened.clear()  # one source at a time per actor
-            opened[id(source)] = source.open_fn()
-        return opened[id(source)].create_tf_dataset_for_client(client_id), client_id
+            opened[source.key] = source.open_fn()
+        return opened[source.key].create_tf_dataset_for_client(client_id), client_id
     leaves = []
     for leaf_type, (kind, value) in zip(ft.flatten_type(input_type), packed[1]):
         if kind == "sequence":
