@@ -32,11 +32,14 @@ def prepare(prepare_phase: tfc.TensorFlowComputation, state: Any) -> tuple:
     return broadcast, carry
 
 
-def work(work_phase: tfc.TensorFlowComputation, client_input: Any, broadcast: Any, what: str = "the client's input") -> Any:
-    """One client's output: its input checked against the work phase's input type first."""
+def work(work_phase: tfc.TensorFlowComputation, client_input: Any, broadcast: Any, what: str = "the client's input",
+         as_numpy: bool = True) -> Any:
+    """One client's output: its input checked against the work phase's input type first
+    (`as_numpy=False`: the output's tensors as the graph produced them, for a runtime that folds
+    them in TensorFlow without copies)."""
     input_type = work_phase.type_signature.parameter[0]
     client_input = structure.check_and_normalize(client_input, input_type, what)
-    return work_phase.call_value((client_input, broadcast))
+    return work_phase.call_value((client_input, broadcast), as_numpy)
 
 
 class Aggregation:

@@ -194,31 +194,45 @@ class _ClientWorker:
         return self.phases[digest]
 
     def train(self, key: tuple, digest: str, blobs: list, input_type: Any, broadcast: Any, inputs: list, first: int) -> dict:
+        """Trains chunk `key`'s clients and keeps their outputs as tensors. The chain's first
+        chunk (`first == 0`) has nothing to wait for, so it folds each output as it comes."""
         phases = self._load(digest, blobs)
-        outputs = []
+        work = phases["work"]
+        broadcast = _as_tensors(broadcast, work.type_signature.parameter[1])  # converted once, not per client
+        outputs: list = []
+        accumulator = phases["zero"].call_value(None, as_numpy=False) if first == 0 else None
         for offset, packed in enumerate(inputs):
             index = first + offset
             try:
                 client_input, client_id = _unpack_input(packed, input_type, self.opened)
                 name = f"{index} ({client_id})" if client_id is not None else str(index)
-                outputs.append(phase_runner.work(phases["work"], client_input, broadcast, f"client {name}'s input"))
+                output = phase_runner.work(work, client_input, broadcast, f"client {name}'s input", as_numpy=False)
             except Exception as error:  # noqa: BLE001 - the client's failure, reported with its id
                 name = f"{index} ({packed[2]})" if packed[0] == "worker" else str(index)
                 raise ClientWorkError(name, f"{type(error).__name__}: {error}") from None
-        self.outputs[key] = outputs
-        return {"node": self.node(), "pid": os.getpid(), "clients": len(outputs),
+            if accumulator is None:
+                outputs.append(output)
+            else:
+                accumulator = phases["accumulate"].call_value((accumulator, output), as_numpy=False)
+        self.outputs[key] = (accumulator, outputs)
+        return {"node": self.node(), "pid": os.getpid(), "clients": len(inputs),
                 "threads": tf.config.threading.get_intra_op_parallelism_threads()}
 
     def fold(self, key: tuple, digest: str, accumulator: Any, trained: dict) -> Any:
-        """Folds chunk `key`'s outputs into `accumulator` (None: zero), in client order.
-        `trained` is the chunk's `train` result: passing it makes the fold wait for it (and fail
-        with its error)."""
+        """Folds chunk `key`'s outputs into `accumulator` (None: zero), in client order, and
+        returns it as numpy values (what travels to the next chunk's actor). `trained` is the
+        chunk's `train` result: passing it makes the fold wait for it (and fail with its error)."""
         phases = self.phases[digest]
-        if accumulator is None:
-            accumulator = phases["zero"].call_value(None)
-        for output in self.outputs[key]:
-            accumulator = phases["accumulate"].call_value((accumulator, output))
-        return accumulator
+        folded, outputs = self.outputs[key]
+        if folded is not None:  # the first chunk: folded while it trained
+            accumulator = folded
+        elif accumulator is None:
+            accumulator = phases["zero"].call_value(None, as_numpy=False)
+        for output in outputs:
+            accumulator = phases["accumulate"].call_value((accumulator, output), as_numpy=False)
+        result_type = phases["accumulate"].type_signature.result
+        return structure.unflatten_value(result_type, [leaf.numpy() if isinstance(leaf, tf.Tensor) else leaf
+                                                       for leaf in structure.flatten_value(accumulator, result_type)])
 
     def end_round(self, round_id: int) -> None:
         self.outputs = {key: value for key, value in self.outputs.items() if key[0] != round_id}
@@ -362,11 +376,12 @@ class RayExecutionContext:
         if self.clients_per_chunk:
             return [(start, min(count, start + self.clients_per_chunk)) for start in range(0, count, self.clients_per_chunk)]
         parts = min(count, actors * (1 if count < 8 * actors else 2))
-        total, bounds, running = float(sum(weights)), [0], 0.0
-        for index, weight in enumerate(weights[:-1]):
-            running += weight
-            if len(bounds) < parts and running >= total * len(bounds) / parts:
-                bounds.append(index + 1)
+        prefix = np.concatenate([[0.0], np.cumsum(weights, dtype=np.float64)])
+        bounds = [0]
+        for part in range(1, parts):  # each boundary where the running weight is nearest its share
+            target = prefix[-1] * part / parts
+            nearest = int(np.argmin(np.abs(prefix[bounds[-1] + 1:count - (parts - part) + 1] - target))) + bounds[-1] + 1
+            bounds.append(nearest)
         bounds.append(count)
         return [(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
 
@@ -443,6 +458,13 @@ class RayExecutionContext:
     def _end_round(self, round_id: int) -> None:
         for actor in self._actors:
             actor.end_round.remote(round_id)
+
+
+def _as_tensors(value: Any, type_spec: ft.Type) -> Any:
+    """`value` with its tensor leaves as eager tensors (sequences left as they are)."""
+    leaves = [leaf if isinstance(leaf, (tf.Tensor, tf.data.Dataset)) or leaf is None else tf.convert_to_tensor(leaf)
+              for leaf in structure.flatten_value(value, type_spec)]
+    return structure.unflatten_value(type_spec, leaves)
 
 
 def _weight(client: Any) -> float:
