@@ -207,8 +207,8 @@ class AwsExecutionContext:
         state = self._checked_state(training, form, state)
         run_id = uuid.uuid4().hex[:16]
         manifest = self._run_manifest(run_id, training, form, rounds, stop_rules, train_dataset)
-        if any(bitwidths is not None for bitwidths in form.secure_bitwidths):  # the secure sums run as SecAgg on silos
-            manifest["secure_sums"] = [None if b is None else list(b) for b in form.secure_bitwidths]
+        if _secure_sums(form):  # the secure sums run as SecAgg on silos
+            manifest["secure_sums"] = _secure_sums(form)
             manifest["secure_threshold"] = min(self.quorum, len(silo_ids))
         if self.preprocess is not None:
             manifest["preprocess"] = self._preprocess()
@@ -465,9 +465,11 @@ class AwsExecutionContext:
 
         Returns:
           `{phase: sha256}` (`work`, and `evaluation_work`, `preprocess` when they exist); the
-          computations are uploaded if they were not.
+          computations are uploaded if they were not. A work whose output goes through secure
+          sums is pinned with its secure layout (`protocol.work_pin`).
         """
-        hashes = {"work": self._uploaded_phases(self.form(getattr(computation, "next", computation)))["work"]["sha256"]}
+        form = self.form(getattr(computation, "next", computation))
+        hashes = {"work": protocol.work_pin(self._uploaded_phases(form)["work"]["sha256"], _secure_sums(form))}
         if evaluation is not None:
             step = _evaluation_step(evaluation, computation, None)[0]
             hashes["evaluation_work"] = self._uploaded_phases(self.form(step))["work"]["sha256"]
@@ -681,3 +683,11 @@ def execution_context(stack_or_config: Any, silos: Sequence[str], **options: Any
     context = AwsExecutionContext(config, silos, **options)
     with context_stack.execution_context(context):
         yield context
+
+
+def _secure_sums(form: canonical_form.CanonicalForm) -> Optional[list]:
+    """The manifest's `secure_sums` of a form (per aggregation: None or its bitwidths), or None
+    when no aggregation is a secure sum."""
+    if not any(bitwidths is not None for bitwidths in form.secure_bitwidths):
+        return None
+    return [None if bitwidths is None else list(bitwidths) for bitwidths in form.secure_bitwidths]

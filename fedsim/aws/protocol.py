@@ -63,6 +63,7 @@ __all__ = [
     "silo_item_key",
     "verdict_item_key",
     "verdict_partition",
+    "work_pin",
 ]
 
 
@@ -72,6 +73,33 @@ MAX_REASON_CHARS = 2000  # a silo's refusal reason, as stored and shown
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def work_pin(work_sha256: str, secure_sums: Any = None) -> str:
+    """What a silo pins for a step's work: the work computation's SHA-256 when the step has no
+    secure sums; with secure sums, the SHA-256 of that hash and the step's secure layout (which
+    leaves of the work's output go through secure aggregation, with their bitwidths) together.
+
+    Why: the silo runs only the work phase, and the manifest says which parts of its output are
+    uploaded masked. A silo that pinned a computation together with its secure layout refuses a
+    manifest that drops or changes the layout, so a server cannot turn a secure sum into a plain
+    upload of the silo's update.
+
+    Args:
+        work_sha256: the work computation's SHA-256 (hex).
+        secure_sums: the manifest's `secure_sums` (per aggregation: None or bitwidths), or None.
+
+    Returns:
+        The hex digest to pin (`--accept`).
+
+    Example:
+        >>> work_pin("ab" * 32) == "ab" * 32
+        True
+    """
+    if not secure_sums:
+        return work_sha256
+    layout = json.dumps(secure_sums, separators=(",", ":"))
+    return sha256(f"{work_sha256}\nsecure_sums={layout}".encode())
 
 
 def computation_key(digest: str) -> str:

@@ -12,6 +12,7 @@ ops with counts and constant sizes (`fedsim.core.review`). The hashes go to the 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from typing import Optional
 
@@ -20,7 +21,7 @@ from fedsim.aws.config import StackConfig
 from fedsim.aws.store import MAX_COMPUTATION_BYTES, Store
 from fedsim.core import review
 
-__all__ = ["SILO_PHASES", "review_computation", "review_run", "main"]
+__all__ = ["SILO_PHASES", "review_computation", "review_run", "run_pins", "main"]
 
 SILO_PHASES = ("preprocess", "work")  # what a silo deserializes and runs in a round
 
@@ -33,11 +34,34 @@ def review_computation(store: Store, digest: str) -> review.ComputationSummary:
 
 def review_run(store: Store, run_id: str) -> dict:
     """`{phase: summary}` for the computations silos run in `run_id`."""
+    references = _silo_references(store.get_json(f"runs/{run_id}/manifest.json"))
+    return {phase: review_computation(store, references[phase]["sha256"]) for phase in SILO_PHASES if phase in references}
+
+
+def run_pins(store: Store, run_id: str) -> dict:
+    """`{phase: what a silo pins}` for `run_id`: each computation's hash, the work's with the
+    run's secure layout (`protocol.work_pin`).
+
+    Args:
+        store: the stack's store.
+        run_id: the run.
+
+    Returns:
+        `{phase: hex digest}` for the phases silos run (`SILO_PHASES`).
+    """
     manifest = store.get_json(f"runs/{run_id}/manifest.json")
+    references = _silo_references(manifest)
+    pins = {phase: references[phase]["sha256"] for phase in SILO_PHASES if phase in references}
+    if "work" in pins:
+        pins["work"] = protocol.work_pin(pins["work"], manifest.get("secure_sums"))
+    return pins
+
+
+def _silo_references(manifest: dict) -> dict:
     references = dict(manifest.get("phases", {}))
     if manifest.get("preprocess"):
         references["preprocess"] = manifest["preprocess"]
-    return {phase: review_computation(store, references[phase]["sha256"]) for phase in SILO_PHASES if phase in references}
+    return references
 
 
 def main(argv: Optional[list] = None) -> int:
@@ -51,12 +75,17 @@ def main(argv: Optional[list] = None) -> int:
         with open(args.stack_config) as stream:
             store = Store(StackConfig.from_json(stream.read()))
         summaries = review_run(store, args.run) if args.run else {"computation": review_computation(store, args.hash)}
+        pins = run_pins(store, args.run) if args.run else {}
+        secure_sums = store.get_json(f"runs/{args.run}/manifest.json").get("secure_sums") if args.run else None
     except Exception as error:  # a missing object, a stack that does not answer: one line, not a traceback
         parser.exit(1, f"python -m fedsim.aws.review: {type(error).__name__}: {error}\n")
     for phase, summary in summaries.items():
         sys.stdout.write(f"== {phase}\n{summary.format()}\n")
+    if secure_sums:
+        sys.stdout.write(f"== secure sums (per aggregation of the work's output: bitwidths, or none: in the clear)\n"
+                         f"{json.dumps(secure_sums)}\nthe work's pin covers this layout\n")
     if args.run:
-        sys.stdout.write("pin with: --accept " + ",".join(s.sha256 for s in summaries.values()) + "\n")
+        sys.stdout.write("pin with: --accept " + ",".join(pins[phase] for phase in summaries) + "\n")
     return 0
 
 

@@ -457,7 +457,7 @@ class SiloAgent:
         """
         manifest = self._manifest(request)
         section = self._step_section(request)
-        work = self.accepted_computation(section["phases"].get("work"), "work")
+        work = self.accepted_computation(section["phases"].get("work"), "work", section.get("secure_sums"))
         broadcast_type = self._manifest_type(section, "broadcast")
         input_type = self._manifest_type(section, "client_input")
         dataset = self._dataset(section.get("dataset"))
@@ -558,15 +558,17 @@ class SiloAgent:
         except (KeyError, TypeError, ValueError) as error:
             raise ComputationRefusedError(f"the run's manifest has no valid {name} type: {error}") from None
 
-    def accepted_computation(self, reference: Any, role: str) -> Any:
+    def accepted_computation(self, reference: Any, role: str, secure_sums: Any = None) -> Any:
         """The computation `reference` names, if this silo accepts it.
 
-        Checked before anything runs: the reference's form, the pin (if the silo pins), the
-        object's size and checksum, and deserialization (data only, ops in the allowlist).
+        Checked before anything runs: the reference's form, the pin (if the silo pins; a work
+        with secure sums is pinned with its secure layout, `protocol.work_pin`), the object's
+        size and checksum, and deserialization (data only, ops in the allowlist).
 
         Args:
           reference: `{"key": ..., "sha256": ...}` from the run's manifest.
           role: what it is for ("work", "preprocess"), for the refusal's message.
+          secure_sums: the step's secure layout from the manifest (the work's), or None.
 
         Returns:
           The deserialized computation.
@@ -579,11 +581,13 @@ class SiloAgent:
         digest = reference["sha256"]
         if reference["key"] != protocol.computation_key(digest):
             raise ComputationRefusedError(f"the {role} computation's key {reference['key'][:200]!r} is not its content address")
-        if self.accept is not None and digest not in self.accept:
+        if self.accept is not None and protocol.work_pin(digest, secure_sums) not in self.accept:
+            layout = (f" with the secure sums {json.dumps(secure_sums)}" if secure_sums
+                      else " without secure sums (its output uploaded in the clear)" if role == "work" else "")
             raise ComputationRefusedError(
-                f"silo {self.silo_id} refused the {role} computation {digest}: it is not pinned "
+                f"silo {self.silo_id} refused the {role} computation {digest}: it is not pinned{layout} "
                 f"(this silo accepts {len(self.accept)} computation(s); review it with python -m fedsim.aws.review "
-                f"and add its hash to --accept)"
+                f"and add its pin to --accept)"
             )
         try:
             return self.store.get_computation(reference)

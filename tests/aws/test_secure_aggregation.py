@@ -4,6 +4,7 @@ the simulation, a silo lost after its masked input is recovered, and what a silo
 nothing about its update."""
 
 import collections
+import hashlib
 import io
 import json
 
@@ -13,7 +14,7 @@ import pytest
 import tensorflow as tf
 
 from fedsim import aws, learning
-from fedsim.aws import secure_round, template
+from fedsim.aws import review, secure_round, template
 from fedsim.core import phase_runner
 from fedsim.core.secagg import crypto
 from fedsim.learning import optimizers
@@ -67,6 +68,8 @@ def test_a_secure_round_equals_the_simulation_and_no_upload_reveals_an_update(fr
         output = secure_process.next(state, SILOS)
         run_id = context.last_report.run_id
         form = context.form(secure_process.next)
+        # What the operator reviews and pins for this run: the work with its secure layout.
+        assert review.run_pins(aws.store.Store(stack.config), run_id)["work"] == context.silo_computation_hashes(secure_process.next)["work"]
     for thread in threads:  # each silo returns once it sees the step closed
         thread.join(timeout=60)
     assert not errors, errors
@@ -176,3 +179,42 @@ def test_distributed_dp_runs_under_secure_aggregation_and_the_handler_accounts_i
             masked = archive[sorted(archive.files)[-1]].astype(np.float64)
         assert abs(masked.mean() / 2**bits - 0.5) < 0.05  # spread over the whole modulus, not the noised input's range
         assert (masked >= 2**layout.value_bits).mean() > 0.6
+
+
+def test_a_pinned_secure_layout_refuses_a_manifest_that_drops_it(fresh, arrays, secure_process, monkeypatch):
+    """The silos pin the work with its secure layout; a server that sends the same work with the
+    secure sums removed from the manifest (so the update would be uploaded in the clear) is
+    refused by every silo, with the reason, and nothing of their updates is uploaded."""
+    stack = fresh
+    with aws.execution_context(stack, silos=SILOS, preprocess=batch, round_deadline_seconds=120) as context:
+        form = context.form(secure_process.next)
+        pins = context.silo_computation_hashes(secure_process.next)
+        bare = context._uploaded_phases(form)["work"]["sha256"]
+        layout = [None if b is None else list(b) for b in form.secure_bitwidths]
+        assert pins["work"] == hashlib.sha256(f"{bare}\nsecure_sums={json.dumps(layout, separators=(',', ':'))}".encode()).hexdigest()
+        real_put = context.store.put_new
+
+        def cheat(key, data, *args, **kwargs):  # the compromised server's manifest: no secure sums
+            if key.endswith("manifest.json"):
+                manifest = json.loads(data)
+                manifest.pop("secure_sums", None)
+                manifest.pop("secure_threshold", None)
+                data = json.dumps(manifest).encode()
+            return real_put(key, data, *args, **kwargs)
+
+        monkeypatch.setattr(context.store, "put_new", cheat)
+        agents, errors, threads = _start(stack, arrays, SILOS)
+        for agent in agents:
+            agent.accept = frozenset(pins.values())
+        with pytest.raises(aws.context.RoundFailedError, match="not pinned without secure sums"):
+            secure_process.next(secure_process.initialize(), SILOS)
+        run_id = context.last_report.run_id
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not errors, errors
+    objects, items = _uploads(stack, run_id)
+    assert not any(key.endswith(".npz") for key in objects), sorted(objects)
+    assert review.run_pins(aws.store.Store(stack.config), run_id)["work"] == bare  # what a reviewer of this run would see
+    refusals = [item["refused"] for item in items if "refused" in item]
+    assert refusals, items  # the round fails at the first refusal; each silo that answered refused
+    assert all("it is not pinned without secure sums (its output uploaded in the clear)" in reason for reason in refusals)
