@@ -24,8 +24,11 @@ Example (what the handler does with a protocol item)::
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import json
 import math
+import threading
 import time
 from typing import Any, Optional, Sequence
 
@@ -175,9 +178,44 @@ def write_server_message(store: Store, run_id: str, step: str, name: str, docume
     """Writes a server message once; a raced or retried close gets what was written first."""
     try:
         store.put_new(server_message_key(run_id, step, name), json.dumps(document, sort_keys=True).encode())
-        return document
+        return json.loads(json.dumps(document, sort_keys=True))  # as a reader will see it
     except ObjectExistsError:
         return read_server_message(store, run_id, step, name)
+
+
+class _PublishedMessages:
+    """The server messages a handler process has written or read. Each is written once and never
+    changed, so a copy never goes stale: a warm handler reads each from S3 at most once, not on
+    every invocation of the step (what is not written yet is always asked for again)."""
+
+    LIMIT = 1024
+
+    def __init__(self):
+        self._documents: "collections.OrderedDict[tuple, dict]" = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def read(self, store: Store, run_id: str, step: str, name: str) -> Optional[dict]:
+        key = (store.config.bucket, server_message_key(run_id, step, name))
+        with self._lock:
+            if key in self._documents:
+                return self._documents[key]
+        return self._keep(key, read_server_message(store, run_id, step, name))
+
+    def write(self, store: Store, run_id: str, step: str, name: str, document: dict) -> dict:
+        return self._keep((store.config.bucket, server_message_key(run_id, step, name)),
+                          write_server_message(store, run_id, step, name, document))
+
+    def _keep(self, key: tuple, document: Optional[dict]) -> Optional[dict]:
+        if document is not None:
+            with self._lock:
+                self._documents[key] = document
+                while len(self._documents) > self.LIMIT:
+                    self._documents.popitem(last=False)
+        return document
+
+
+_PUBLISHED = _PublishedMessages()
+PUBLISH_THREADS = 8  # the per-recipient share messages are written side by side
 
 
 def deadline_passed(opened_at: float, now: Optional[float] = None) -> bool:
@@ -232,10 +270,10 @@ class SecurePhases:
         return None
 
     def _message(self, name: str) -> Optional[dict]:
-        return read_server_message(self.store, self.run_id, self.step, name)
+        return _PUBLISHED.read(self.store, self.run_id, self.step, name)
 
     def _publish(self, name: str, document: dict) -> dict:
-        return write_server_message(self.store, self.run_id, self.step, name, dict(document, published_at=time.time()))
+        return _PUBLISHED.write(self.store, self.run_id, self.step, name, dict(document, published_at=time.time()))
 
     def advance(self, verdicts: dict) -> Optional[ClosedProtocol]:
         """Publishes what the phases so far allow; returns the finished session, or None while
@@ -263,9 +301,13 @@ class SecurePhases:
             if not self._complete(answered, members, float(directory["published_at"]), "shared keys"):
                 return None
             shares = {s: EncryptedShares.from_json(self.items[(s, "shares")], f"{s}'s shares") for s in answered}
-            for recipient in answered:
+
+            def forward(recipient: str) -> None:
                 forwarded = SharesFor(recipient, {s: m.ciphertexts[recipient] for s, m in sorted(shares.items()) if recipient in m.ciphertexts})
                 self._publish(f"shares-{recipient}", json.loads(forwarded.to_json()))
+
+            with concurrent.futures.ThreadPoolExecutor(min(PUBLISH_THREADS, len(answered))) as pool:
+                list(pool.map(forward, answered))  # every one written (or an error raised) before `sharing`
             sharing = self._publish("sharing", {"senders": answered})
         senders = list(sharing["senders"])
         survivors = self._message("survivors")

@@ -29,7 +29,8 @@ from fedsim.core.secagg.params import SecAggParams
 
 __all__ = ["ProtocolTimeout", "SecureSiloRound"]
 
-POLL_SECONDS = 0.1
+POLL_SECONDS = 0.1  # how often a silo looks for the server's next message
+CLOSED_POLL_SECONDS = 1.0  # how often it looks whether the step closed without it
 
 
 class ProtocolTimeout(ProtocolError):
@@ -99,15 +100,18 @@ class SecureSiloRound:
         """The server's message `name`, polled for; past each phase deadline a `wait` item asks
         the handler to look again (it closes the phase without the silos that died)."""
         nudge_at = time.monotonic() + secure_round.PHASE_SECONDS + 1.0
+        check_closed_at = time.monotonic() + CLOSED_POLL_SECONDS
         while True:
             document = self._read(name)
             if document is not None:
                 if not isinstance(document, dict):
                     raise ProtocolError(f"the server's {name} message is not an object")
                 return document
-            if self._read_closed():
-                raise ProtocolTimeout(f"step {self.step} closed before the server's {name} message came")
             now = time.monotonic()
+            if now > check_closed_at:  # a step closed without this silo: looked for less often
+                if self._read_closed():
+                    raise ProtocolTimeout(f"step {self.step} closed before the server's {name} message came")
+                check_closed_at = now + CLOSED_POLL_SECONDS
             if now > self.deadline:
                 raise ProtocolTimeout(f"the server's {name} message did not come within the round's deadline")
             if now > nudge_at:
