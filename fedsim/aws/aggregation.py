@@ -205,7 +205,7 @@ class AggregationHandler:
         manifest = self.manifest(round_item["manifest_key"])
         form = self.form(rounds.section_of(manifest, step))
         upload_type = layout.upload_type(len(round_item["silos"]))
-        params = layout.params(run_id, step, round_item["silos"], int(round_item["quorum"]))
+        params = layout.step_params(rounds.section_of(manifest, step), run_id, step, round_item["silos"])
         accumulator, masked = form.zero.call_value(None), {}
         for silo in closed.survivors:
             verdict = verdicts[silo]
@@ -276,10 +276,15 @@ class AggregationHandler:
         valid = [s for s in round_item["silos"] if verdicts.get(s, {}).get("status") == "valid"]
         rejected = {s: v.get("reason", "") for s, v in verdicts.items() if v.get("status") == "rejected" and s in round_item["silos"]}
         quorum = int(round_item["quorum"])
-        layout = self._layout(self.manifest(round_item["manifest_key"]), step)
+        manifest = self.manifest(round_item["manifest_key"])
+        layout = self._layout(manifest, step)
         closed = None
+        if layout is not None:
+            try:
+                params = layout.step_params(rounds.section_of(manifest, step), run_id, step, round_item["silos"])
+            except ValueError as error:
+                return self._fail_open(run_id, step, str(error))
         if layout is not None and round_item["status"] == "open":
-            params = layout.params(run_id, step, round_item["silos"], quorum)
             try:
                 closed = secure_round.SecurePhases(self.store, run_id, step, round_item, params).advance(verdicts)
             except ProtocolError as error:
@@ -288,7 +293,6 @@ class AggregationHandler:
                 return "waiting"
             valid = list(closed.survivors)
         elif layout is not None:  # a claim to take over: the session is over, read it back
-            params = layout.params(run_id, step, round_item["silos"], quorum)
             closed = secure_round.SecurePhases(self.store, run_id, step, round_item, params).advance(verdicts)
             if closed is None:
                 return "waiting"

@@ -26,7 +26,7 @@ from typing import Any, Iterator, Optional, Sequence
 import attrs
 from absl import logging
 
-from fedsim.aws import protocol
+from fedsim.aws import protocol, secure_round
 from fedsim.aws.asynchronous import open_async_run
 from fedsim.aws.config import StackConfig
 from fedsim.aws.rounds import open_round
@@ -73,6 +73,10 @@ class AwsExecutionContext:
       poll_seconds: how often the caller checks a running execution.
       pickup_timeout_seconds: a round whose message no silo has taken by then fails at once (the
         silo agents are probably not running) instead of at its deadline; None waits.
+      secure_neighbours: for computations with secure sums: None runs SecAgg (every silo masks
+        with every other); an even k runs SecAgg+ (Bell et al. 2020: masks and secret shares
+        with k neighbours on a Harary graph the session's digest orders), whose cost grows with
+        k, not with the silos. The threshold is then a majority of a neighbourhood.
 
     Raises:
       ValueError: a silo is not one of the stack's, or the quorum is out of range.
@@ -95,6 +99,7 @@ class AwsExecutionContext:
         preprocess: Any = None,
         poll_seconds: float = 0.05,
         pickup_timeout_seconds: Optional[float] = 120.0,
+        secure_neighbours: Optional[int] = None,
     ):
         silos = list(silos)
         unknown = [s for s in silos if s not in config.silo_queues]
@@ -103,6 +108,8 @@ class AwsExecutionContext:
         quorum = len(silos) if quorum is None else quorum
         if not 1 <= quorum <= len(silos):
             raise ValueError(f"quorum must be from 1 to {len(silos)}, got {quorum}")
+        if secure_neighbours is not None and (not isinstance(secure_neighbours, int) or secure_neighbours < 2 or secure_neighbours % 2):
+            raise ValueError(f"secure_neighbours must be an even number >= 2 (SecAgg+), got {secure_neighbours!r}")
         config.check_reachable()
         self.config = config
         self.silos = silos
@@ -112,6 +119,7 @@ class AwsExecutionContext:
         self.preprocess = preprocess
         self.poll_seconds = poll_seconds
         self.pickup_timeout_seconds = pickup_timeout_seconds
+        self.secure_neighbours = secure_neighbours
         self.store = Store(config)
         self.sqs = config.client("sqs")
         self.sfn = config.client("stepfunctions")
@@ -209,7 +217,9 @@ class AwsExecutionContext:
         manifest = self._run_manifest(run_id, training, form, rounds, stop_rules, train_dataset)
         if _secure_sums(form):  # the secure sums run as SecAgg on silos
             manifest["secure_sums"] = _secure_sums(form)
-            manifest["secure_threshold"] = min(self.quorum, len(silo_ids))
+            manifest["secure_threshold"] = secure_round.default_threshold(self.quorum, len(silo_ids), self.secure_neighbours)
+            if self.secure_neighbours is not None:
+                manifest["secure_neighbours"] = self.secure_neighbours
         if self.preprocess is not None:
             manifest["preprocess"] = self._preprocess()
         if privacy_ledger is not None:

@@ -41,7 +41,8 @@ from fedsim.core import structure
 from fedsim.core import types as ft
 from fedsim.core.secagg import params as secagg_params
 
-__all__ = ["PHASE_SECONDS", "SecureLayout", "protocol_item_key", "protocol_round_key", "server_message_key"]
+__all__ = ["PHASE_SECONDS", "SecureLayout", "default_threshold", "neighbourhood_size", "protocol_item_key", "protocol_round_key",
+           "server_message_key"]
 
 PHASE_SECONDS = 20.0  # how long a protocol phase waits for silos that may have died
 
@@ -108,12 +109,32 @@ class SecureLayout:
         """Bits of the protocol's modulus: the sum of `silos` values never wraps."""
         return self.value_bits + max(1, math.ceil(math.log2(silos + 1)))
 
-    def params(self, run_id: str, step: str, silos: Sequence[str], threshold: int) -> secagg_params.SecAggParams:
+    def params(self, run_id: str, step: str, silos: Sequence[str], threshold: int,
+               neighbours: Optional[int] = None) -> secagg_params.SecAggParams:
         bits = self.modulus_bits(len(silos))
         if bits > 64:
             raise ValueError(f"a secure sum of {len(silos)} values of {self.value_bits} bits does not fit 64 bits")
         return secagg_params.SecAggParams(session=session_name(run_id, step), participants=tuple(sorted(silos)),
-                                          threshold=threshold, modulus_bits=bits, vector_length=self.vector_length)
+                                          threshold=threshold, modulus_bits=bits, vector_length=self.vector_length,
+                                          neighbours=neighbours)
+
+    def step_params(self, section: dict, run_id: str, step: str, silos: Sequence[str]) -> secagg_params.SecAggParams:
+        """The session's parameters from the step's manifest section (`secure_threshold`, and
+        `secure_neighbours` for SecAgg+): what the silos and the handler both use.
+
+        Raises:
+          ValueError: the threshold is not a majority of a neighbourhood (all the step's silos
+            for SecAgg, `neighbours + 1` of them for SecAgg+), or the neighbours are not an even
+            number >= 2; the message says which.
+        """
+        neighbours, threshold = section.get("secure_neighbours"), section.get("secure_threshold")
+        if neighbours is not None and (not isinstance(neighbours, int) or isinstance(neighbours, bool) or neighbours < 2 or neighbours % 2):
+            raise ValueError(f"the secure step's neighbours {neighbours!r} are not an even number >= 2 (SecAgg+)")
+        group = neighbourhood_size(len(silos), neighbours)
+        if not isinstance(threshold, int) or isinstance(threshold, bool) or not (group // 2 < threshold <= group or group < 3 and threshold == group):
+            raise ValueError(f"the secure step's threshold {threshold!r} is not a majority of its neighbourhoods of {group} silos")
+        return self.params(run_id, step, silos, threshold, neighbours)
+
 
     def upload_type(self, silos: int) -> ft.StructType:
         """What a silo uploads: the plain parts of its output, then its masked vector."""
@@ -164,6 +185,18 @@ class SecureLayout:
             elements[i] = tuple(leaves[:count])
             leaves = leaves[count:]
         return structure.pack_struct(accumulator_type, elements)
+
+
+def neighbourhood_size(silos: int, neighbours: Optional[int]) -> int:
+    """How many silos (itself included) each silo shares masks and secrets with."""
+    return silos if neighbours is None else min(silos, neighbours + 1)
+
+
+def default_threshold(quorum: int, silos: int, neighbours: Optional[int] = None) -> int:
+    """The secure threshold a run uses: its quorum, within a neighbourhood, and never less than a
+    majority of one (fewer colluding silos learn nothing; a majority cannot be split in two)."""
+    group = neighbourhood_size(silos, neighbours)
+    return group if group < 3 else max(group // 2 + 1, min(quorum, group))
 
 
 def read_server_message(store: Store, run_id: str, step: str, name: str) -> Optional[dict]:

@@ -513,10 +513,10 @@ class SiloAgent:
         if self.identity is None or not self.pinned_identities:
             raise ComputationRefusedError(f"silo {self.silo_id} has no identity key and pins: it cannot take part in "
                                           f"secure aggregation (give the agent identity= and pinned_identities=)")
-        threshold = section.get("secure_threshold")
-        if not isinstance(threshold, int) or not (len(silos) // 2 < threshold <= len(silos) or len(silos) < 3 and threshold == len(silos)):
-            raise ComputationRefusedError(f"the secure step's threshold {threshold!r} is not a majority of its {len(silos)} silos")
-        params = layout.params(run_id, step, silos, threshold)
+        try:
+            params = layout.step_params(section, run_id, step, silos)
+        except ValueError as error:
+            raise ComputationRefusedError(str(error)) from None
         try:
             plain, vector = layout.split(output)
         except ValueError as error:
