@@ -16,9 +16,10 @@ Silo agents run `SiloAgent` in threads inside a few worker processes (`--agent-p
 
     .venv/bin/python benchmarks/aws_round.py [--rounds 2] [--silos 3 10 50] [--sizes 1 20] [--aggregators plain secure]
 
-With `--aggregators plain secure` each configuration runs the weighted mean and
-`learning.secure_aggregator()` (SecAgg between the silos and the handler), and prints the bytes
-one silo uploads and writes as protocol items.
+With `--aggregators plain secure secure+` each configuration runs the weighted mean,
+`learning.secure_aggregator()` (SecAgg between the silos and the handler) and the same with
+SecAgg+ neighbourhoods of `--neighbours` (when fewer than the silos), and prints the bytes one
+silo uploads and writes as protocol items.
 """
 
 from __future__ import annotations
@@ -139,11 +140,12 @@ def raw_seconds(megabytes: float, process, arrays: list, rounds: int) -> float:
 
 
 def run_size(megabytes: float, process, raw: float, local: float, stack: aws.LocalStack, clock: HandlerClock,
-             silo_ids: list, rounds: int) -> None:
+             silo_ids: list, rounds: int, neighbours=None) -> None:
     with context_stack.execution_context(fedsim.LocalExecutionContext()):
         state = process.initialize()
     size = sum(np.asarray(w).nbytes for w in tf.nest.flatten(state.global_model_weights)) / 1e6
-    with aws.execution_context(stack, silos=silo_ids, preprocess=batch, round_deadline_seconds=1200) as context:
+    with aws.execution_context(stack, silos=silo_ids, preprocess=batch, round_deadline_seconds=1200,
+                               secure_neighbours=neighbours if neighbours and neighbours + 1 < len(silo_ids) else None) as context:
         process.next(state, silo_ids)  # warm-up: phases uploaded, silos cache the work computation
         round_times, handler_times, splits = [], [], []
         current = state
@@ -205,8 +207,10 @@ def main() -> None:
     parser.add_argument("--silos", type=int, nargs="+", default=[3, 10, 50])
     parser.add_argument("--sizes", type=float, nargs="+", default=[1, 20], help="model sizes in MB")
     parser.add_argument("--agent-processes", type=int, default=2, help="worker processes that run the silo agents")
-    parser.add_argument("--aggregators", nargs="+", default=["plain"], choices=["plain", "secure"],
-                        help="plain: the weighted mean; secure: learning.secure_aggregator() (SecAgg on the silos)")
+    parser.add_argument("--aggregators", nargs="+", default=["plain"], choices=["plain", "secure", "secure+"],
+                        help="plain: the weighted mean; secure: learning.secure_aggregator() (SecAgg on the silos); "
+                             "secure+: the same with SecAgg+ neighbourhoods (--neighbours)")
+    parser.add_argument("--neighbours", type=int, default=8, help="SecAgg+'s neighbours per silo (secure+)")
     parser.add_argument("--serve-silos", help=argparse.SUPPRESS)  # worker mode
     args = parser.parse_args()
     if args.serve_silos:
@@ -215,7 +219,7 @@ def main() -> None:
     workdir = tempfile.mkdtemp(prefix="fedsim_aws_bench_")
     print(f"{os.cpu_count()} cores; silo agents in {args.agent_processes} processes; {args.rounds} measured rounds after a warm-up",
           flush=True)
-    processes = {(size, kind): build_process(size, kind == "secure") for size in args.sizes for kind in args.aggregators}
+    processes = {(size, kind): build_process(size, kind != "plain") for size in args.sizes for kind in args.aggregators}
     for num_silos in args.silos:
         silo_ids = [f"silo{i:03d}" for i in range(num_silos)]
         arrays = simulation.emnist_like_client_arrays(num_silos, seed=0, min_examples=90, max_examples=110)
@@ -250,7 +254,8 @@ def main() -> None:
             try:
                 for (size, kind), process in processes.items():
                     print(f"  [{kind}]", end=" ", flush=True)
-                    run_size(size, process, lower_bounds[size], baselines[(size, kind)], stack, clock, silo_ids, args.rounds)
+                    run_size(size, process, lower_bounds[size], baselines[(size, kind)], stack, clock, silo_ids, args.rounds,
+                             args.neighbours if kind == "secure+" else None)
             finally:
                 for worker in workers:
                     worker.wait(timeout=600) if worker.poll() is None else None

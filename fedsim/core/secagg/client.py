@@ -156,14 +156,15 @@ class SecAggClient:
         vector = np.asarray(vector)
         if vector.shape != (self.params.vector_length,):
             raise ValueError(f"{self.id}: the input has shape {vector.shape}, the session's is ({self.params.vector_length},)")
-        masked = vectors.add(vectors.pack([vector], bits), vectors.mask(self._seed, len(vector), bits), bits)
+        masked = vectors.ModularSum(len(vector), bits)
+        masked.add(vectors.pack([vector], bits))
+        masked.add_mask(self._seed)
         for peer in sorted(self._received):
             if peer == self.id:
                 continue
             seed = crypto.agreed_key(self._mask_key, self._directory[peer].mask_public, self.params.digest, b"mask")
-            pairwise = vectors.mask(seed, len(vector), bits)
-            masked = vectors.add(masked, pairwise, bits) if self.id < peer else vectors.subtract(masked, pairwise, bits)
-        return MaskedInput(self.id, vectors.to_wire(masked, self.params.wire_dtype))
+            masked.add_mask(seed, sign=1 if self.id < peer else -1)
+        return MaskedInput(self.id, vectors.to_wire(masked.value(), self.params.wire_dtype))
 
     # 4 ------------------------------------------------------------------------------------------
     def sign_survivors(self, survivors) -> bytes:

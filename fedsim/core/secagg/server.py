@@ -123,22 +123,21 @@ class SecAggServer:
         self._at_least_threshold(len(self._unmask), "answered the unmask step")
         self._step = "done"
         bits, length = self.params.modulus_bits, self.params.vector_length
-        total = np.zeros(length, np.uint64)
+        total = vectors.ModularSum(length, bits)
         for vector in self._masked.values():
-            total = vectors.add(total, vector, bits)
+            total.add(vector)
         for survivor in self.survivors:
             seed = self._reconstruct(survivor, "seed_shares", "self-mask seed").to_bytes(crypto.KEY_BYTES, "big")
-            total = vectors.subtract(total, vectors.mask(seed, length, bits), bits)
+            total.add_mask(seed, sign=-1)
         for dropped in self.dropped:
             key = crypto.private_from_bytes(self._reconstruct(dropped, "key_shares", "mask key").to_bytes(crypto.KEY_BYTES, "big"))
             for survivor in self.survivors:
                 if dropped not in self._shares or survivor not in self.neighbours(dropped):
                     continue
                 seed = crypto.agreed_key(key, self._keys[survivor].mask_public, self.params.digest, b"mask")
-                pairwise = vectors.mask(seed, length, bits)
                 # the survivor added +PRG(s_uv) if its id sorts first, else -PRG(s_uv): take it back out
-                total = vectors.subtract(total, pairwise, bits) if survivor < dropped else vectors.add(total, pairwise, bits)
-        return total
+                total.add_mask(seed, sign=-1 if survivor < dropped else 1)
+        return total.value()
 
     def _reconstruct(self, owner: str, field: str, what: str) -> int:
         shares = {self.params.point(message.sender): getattr(message, field)[owner]

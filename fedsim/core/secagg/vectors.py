@@ -16,7 +16,7 @@ import numpy as np
 from fedsim.core.secagg import crypto
 from fedsim.core.secagg.messages import ProtocolError
 
-__all__ = ["add", "from_wire", "mask", "pack", "subtract", "to_wire", "unpack"]
+__all__ = ["ModularSum", "add", "from_wire", "mask", "pack", "subtract", "to_wire", "unpack"]
 
 
 def _modulus_mask(bits: int) -> np.uint64:
@@ -28,6 +28,43 @@ def mask(seed: bytes, length: int, bits: int) -> np.ndarray:
     width = 4 if bits <= 32 else 8
     words = np.frombuffer(crypto.keystream(seed, width * length), dtype="<u4" if width == 4 else "<u8")
     return words.astype(np.uint64) & _modulus_mask(bits)
+
+
+class ModularSum:
+    """A running sum modulo `2**bits` of vectors and seed-expanded masks, added in place.
+
+    Why: a masked input is the input plus one mask per neighbour, and the server's unmasking
+    subtracts as many; with 20 MB models each is millions of entries. The sum is kept in the
+    mask's own word (uint32 up to 32 bits), where adding wraps modulo `2**32`, a multiple of
+    `2**bits`, so it is reduced once at the end instead of after every term (the same result as
+    `add`/`subtract` term by term).
+
+    Args:
+        length: entries of each vector.
+        bits: the modulus's bits (1..64).
+
+    Example:
+        >>> total = ModularSum(3, bits=8); total.add(np.array([250, 1, 2], np.uint64)); total.add_mask(b"k" * 32, sign=1)
+    """
+
+    def __init__(self, length: int, bits: int):
+        self.bits = bits
+        self._dtype = np.dtype("<u4") if bits <= 32 else np.dtype("<u8")
+        self._total = np.zeros(length, self._dtype)
+
+    def add(self, vector: np.ndarray, sign: int = 1) -> None:
+        """Adds (`sign=1`) or subtracts (`sign=-1`) a vector of integers in `[0, 2**bits)`."""
+        operation = np.add if sign > 0 else np.subtract
+        operation(self._total, np.asarray(vector).astype(self._dtype, copy=False), out=self._total)
+
+    def add_mask(self, seed: bytes, sign: int = 1) -> None:
+        """Adds (or subtracts) the mask `seed` expands to (`mask(seed, length, bits)`)."""
+        words = np.frombuffer(crypto.keystream(seed, self._dtype.itemsize * len(self._total)), dtype=self._dtype)
+        (np.add if sign > 0 else np.subtract)(self._total, words, out=self._total)
+
+    def value(self) -> np.ndarray:
+        """The sum modulo `2**bits`, as uint64."""
+        return (self._total & self._dtype.type((1 << self.bits) - 1)).astype(np.uint64)
 
 
 def add(first: np.ndarray, second: np.ndarray, bits: int) -> np.ndarray:

@@ -182,3 +182,31 @@ def test_an_altered_share_ciphertext_is_refused():
     shares = type(shares)("a", dict(shares.ciphertexts, b=bytes(tampered)))
     with pytest.raises(ProtocolRefusal, match="the share from b does not authenticate"):
         parties["a"].masked_input(shares, np.ones(4, np.uint64))
+
+
+@pytest.mark.parametrize("bits", [7, 20, 32, 40, 64])
+def test_a_modular_sum_in_place_equals_the_term_by_term_definition(bits):
+    from fedsim.core.secagg import vectors
+
+    rng = np.random.default_rng(bits)
+    length = 1001
+    inputs = [rng.integers(0, 2**bits, length, dtype=np.uint64) if bits < 64 else rng.integers(0, 2**63, length, dtype=np.uint64)
+              for _ in range(3)]
+    seeds = [bytes([i]) * 32 for i in range(4)]
+    expected = np.zeros(length, np.uint64)
+    total = vectors.ModularSum(length, bits)
+    for index, vector in enumerate(inputs):
+        expected = vectors.add(expected, vector, bits) if index % 2 == 0 else vectors.subtract(expected, vector, bits)
+        total.add(vector, sign=1 if index % 2 == 0 else -1)
+    for index, seed in enumerate(seeds):
+        mask = vectors.mask(seed, length, bits)
+        expected = vectors.add(expected, mask, bits) if index % 2 else vectors.subtract(expected, mask, bits)
+        total.add_mask(seed, sign=1 if index % 2 else -1)
+    np.testing.assert_array_equal(total.value(), expected)
+    # and against Python's integers, the definition itself
+    reference = [0] * length
+    for index, vector in enumerate(inputs):
+        reference = [(r + (1 if index % 2 == 0 else -1) * int(v)) for r, v in zip(reference, vector)]
+    for index, seed in enumerate(seeds):
+        reference = [(r + (1 if index % 2 else -1) * int(m)) for r, m in zip(reference, vectors.mask(seed, length, bits))]
+    assert [r % 2**bits for r in reference] == [int(v) for v in total.value()]
