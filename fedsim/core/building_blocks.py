@@ -25,6 +25,7 @@ __all__ = [
     "Intrinsic",
     "Compiled",
     "from_json",
+    "free_names",
 ]
 
 
@@ -180,6 +181,39 @@ class Block(BuildingBlock):
     def compact(self):
         bindings = ", ".join(f"{n}={v.compact()}" for n, v in self.locals)
         return f"(let {bindings} in {self.result.compact()})"
+
+
+def free_names(block: BuildingBlock) -> frozenset:
+    """The names `block` refers to without binding them itself (computed once per node).
+
+    Args:
+        block: a building block.
+
+    Returns:
+        The names of the references in `block` that no lambda parameter or block local inside
+        it binds: what it reads from the environment it is evaluated in.
+
+    Example:
+        >>> free_names(Lambda("x", t, Struct([Reference("x", t), Reference("y", t)])))
+        frozenset({'y'})
+    """
+    cached = block.__dict__.get("_free_names")
+    if cached is not None:
+        return cached
+    if isinstance(block, Reference):
+        names: set = {block.name}
+    elif isinstance(block, Lambda):
+        names = set(free_names(block.result)) - {block.parameter_name}
+    elif isinstance(block, Block):
+        names, bound = set(), set()
+        for name, value in block.locals:
+            names |= free_names(value) - bound
+            bound.add(name)
+        names |= free_names(block.result) - bound
+    else:
+        names = set().union(*(free_names(child) for child in block.children()))
+    block.__dict__["_free_names"] = result = frozenset(names)
+    return result
 
 
 class Intrinsic(BuildingBlock):

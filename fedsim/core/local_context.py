@@ -36,7 +36,7 @@ from fedsim.core.secagg.runtime import secure_sum_runtime
 from fedsim.core.placements import CLIENTS, SERVER
 from fedsim.core.values import (
     AllEqualClients, ClientValues, Deferred, EvalClients, Lazy, ListClients, MappedClients, ZippedClients,
-    force_all,
+    force_all, waits_for_a_pass,
 )
 
 __all__ = ["LocalExecutionContext", "LocalDomain"]
@@ -78,7 +78,7 @@ class LocalDomain:
 
     def select(self, value: Any, index: int, source_type: ft.Type, result_type: ft.Type) -> Any:
         if isinstance(value, Lazy):
-            return Lazy(lambda: structure.struct_elements(value.force(), source_type)[index])
+            return Lazy(lambda: structure.struct_elements(value.force(), source_type)[index], inputs=[value])
         return structure.struct_elements(value, source_type)[index]
 
     def elements(self, value: Any, struct_type: ft.StructType) -> list:
@@ -105,17 +105,17 @@ class LocalDomain:
                 return evaluator.apply(fn, member, result_type.member)
 
             if at_server:
-                return Lazy(lambda: apply(force_all(value)))
+                return Lazy(lambda: apply(force_all(value)), inputs=[fn, value])
             return MappedClients(apply, _clients(value))
         if category == "eval":
             def run(fn=argument):
                 return evaluator.apply(fn, None, result_type.member)
 
-            return Lazy(run) if at_server else EvalClients(run)
+            return Lazy(run, inputs=[argument]) if at_server else EvalClients(run)
         if category == "zip":
             elements = self.elements(argument, parameter_type)
             if at_server:
-                return Lazy(lambda: structure.pack_struct(result_type.member, [force_all(e) for e in elements]))
+                return Lazy(lambda: structure.pack_struct(result_type.member, [force_all(e) for e in elements]), inputs=elements)
             return ZippedClients([_clients(e) for e in elements], result_type.member)
         if category == "aggregation":
             return self._aggregation(definition, function_type, argument, evaluator)
@@ -171,7 +171,7 @@ class LocalDomain:
         if isinstance(sequence_type, ft.FederatedType) and sequence_type.placement is CLIENTS:
             return MappedClients(apply, _clients(sequence))
         if isinstance(sequence_type, ft.FederatedType):
-            return Lazy(lambda: apply(force_all(sequence)))
+            return Lazy(lambda: apply(force_all(sequence)), inputs=[sequence])
         return apply(force_all(sequence))
 
     # Passes over the clients ----------------------------------------------------------------------
@@ -194,6 +194,16 @@ class LocalDomain:
         for source in target.sources:
             for dependency in source.dependencies():
                 dependency.force()
+        if target.done:
+            return
+        # The server values other pending aggregations wait for that need no pass (e.g. a
+        # bound computed from the state and broadcast): computed now, so those aggregations join
+        # this pass rather than each needing a pass over the clients of its own.
+        for other in list(self.pending):
+            for source in () if other.done else other.sources:
+                for dependency in source.dependencies():
+                    if not waits_for_a_pass(dependency):
+                        dependency.force()
         if target.done:
             return
         ready = [d for d in self.pending if not d.done and d.ready()]

@@ -14,8 +14,9 @@ import attrs
 import numpy as np
 import tensorflow as tf
 
-from fedsim.core import structure
+from fedsim.core import building_blocks, structure
 from fedsim.core import types as ft
+from fedsim.core.evaluator import Closure
 
 __all__ = [
     "ClientValues",
@@ -28,6 +29,7 @@ __all__ = [
     "Deferred",
     "force_all",
     "unforced",
+    "waits_for_a_pass",
 ]
 
 
@@ -147,8 +149,9 @@ class Lazy:
     the round has been registered and one pass over the clients serves them all.
     """
 
-    def __init__(self, thunk: Callable[[], Any]):
+    def __init__(self, thunk: Callable[[], Any], inputs: Optional[list] = None):
         self.thunk = thunk
+        self.inputs = inputs  # what the thunk reads (None: unknown)
         self.done = False
         self.value = None
         self.lock = threading.Lock()
@@ -160,6 +163,7 @@ class Lazy:
                     self.value = self.thunk()
                     self.done = True
                     self.thunk = None
+                    self.inputs = None
         return self.value
 
 
@@ -170,7 +174,7 @@ class Deferred(Lazy):
     """
 
     def __init__(self, run_pass: Callable[["Deferred"], None], sources: list, accumulator_fn: Callable):
-        super().__init__(lambda: run_pass(self))
+        super().__init__(lambda: run_pass(self), inputs=None)
         self.sources = sources
         self.accumulator_fn = accumulator_fn
 
@@ -211,6 +215,41 @@ def unforced(value: Any) -> list:
     if hasattr(type(value), "__attrs_attrs__"):
         return [u for f in type(value).__attrs_attrs__ for u in unforced(getattr(value, f.name))]
     return []
+
+
+def waits_for_a_pass(value: Any, seen: Optional[set] = None) -> bool:
+    """Whether computing `value` may need an aggregation pass not yet run.
+
+    False only when every input a lazy value reads is known and none of them is (or reads) a
+    `Deferred` still waiting: such a value can be computed before a pass, so that the
+    aggregations it feeds join that pass instead of needing one of their own. Values whose
+    inputs are unknown count as waiting.
+    """
+    seen = set() if seen is None else seen
+    if id(value) in seen:
+        return False
+    seen.add(id(value))
+    if isinstance(value, Deferred):
+        return not value.done
+    if isinstance(value, Lazy):
+        if value.done:
+            return False
+        return value.inputs is None or any(waits_for_a_pass(v, seen) for v in value.inputs)
+    if isinstance(value, ClientValues):
+        return any(waits_for_a_pass(v, seen) for v in value.dependencies())
+    if isinstance(value, Closure):  # a lambda of the IR reads the names free in it
+        try:
+            read = [value.env.lookup(name) for name in building_blocks.free_names(value.block)]
+        except NameError:
+            return True
+        return any(waits_for_a_pass(v, seen) for v in read)
+    if isinstance(value, dict):
+        return any(waits_for_a_pass(v, seen) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(waits_for_a_pass(v, seen) for v in value)
+    if hasattr(type(value), "__attrs_attrs__"):
+        return any(waits_for_a_pass(getattr(value, f.name), seen) for f in type(value).__attrs_attrs__)
+    return False
 
 
 def force_all(value: Any) -> Any:

@@ -255,6 +255,49 @@ def test_shared_client_work_runs_once_per_client(client_vectors, monkeypatch):
     assert len(calls) == NUM_CLIENTS
 
 
+def test_bounds_computed_on_the_server_before_the_pass_keep_one_pass(client_vectors, monkeypatch):
+    """Aggregations fed by server values that need no aggregation (a bound from the state,
+    broadcast; as adaptive clipping does, several times) join the first pass: the clients'
+    work runs once per client, not once per bound."""
+
+    @fedsim.tf_computation(VECTOR)
+    def work(vector):
+        return vector * 3.0
+
+    calls = []
+    run_graph = work.call_flat
+    monkeypatch.setattr(work, "call_flat", lambda *args: calls.append(1) or run_graph(*args))
+
+    @fedsim.tf_computation(tf.float32)
+    def bound_of(state):
+        return state + 1.0
+
+    @fedsim.tf_computation(VECTOR, tf.float32)
+    def clip(vector, bound):
+        return tf.clip_by_value(vector, -bound, bound)
+
+    @fedsim.federated_computation(fedsim.FederatedType(tf.float32, fedsim.SERVER), CLIENT_VECTORS)
+    def round_fn(state, values):
+        outputs = fedsim.federated_map(work, values)
+        total = fedsim.federated_sum(outputs)  # forced first, in the result's order
+        sums = [total]
+        for scale in (1.0, 2.0, 3.0):  # each bound from the state, through a lambda of the IR
+            bound = fedsim.federated_map(bound_of, fedsim.federated_map(
+                fedsim.tf_computation(lambda s, k=scale: s * k, tf.float32), state))
+            clipped = fedsim.federated_map(clip, (outputs, fedsim.federated_broadcast(bound)))
+            sums.append(fedsim.federated_sum(clipped))
+        return sums
+
+    state = np.float32(0.5)
+    sums = round_fn(state, client_vectors)
+    worked = [3.0 * v for v in client_vectors]
+    np.testing.assert_allclose(sums[0], np.sum(worked, axis=0), rtol=1e-5)
+    for scale, got in zip((1.0, 2.0, 3.0), sums[1:]):
+        bound = state * scale + 1.0
+        np.testing.assert_allclose(got, np.sum([np.clip(w, -bound, bound) for w in worked], axis=0), rtol=1e-5)
+    assert len(calls) == NUM_CLIENTS
+
+
 def test_calling_a_computation_outside_tracing_is_refused():
     with pytest.raises(RuntimeError, match="federated_computation"):
         fedsim.federated_sum([1.0, 2.0])
