@@ -206,7 +206,7 @@ class AggregationHandler:
         form = self.form(rounds.section_of(manifest, step))
         upload_type = layout.upload_type(len(round_item["silos"]))
         params = layout.step_params(rounds.section_of(manifest, step), run_id, step, round_item["silos"])
-        accumulator, masked = form.zero.call_value(None), {}
+        accumulator, masked, zeros = form.zero.call_value(None), {}, layout.secure_zeros()
         for silo in closed.survivors:
             verdict = verdicts[silo]
             value = self.judge.recall(verdict["key"], verdict["sha256"])
@@ -214,8 +214,8 @@ class AggregationHandler:
                 data = self.store.get_checked(verdict["key"], verdict["sha256"])
                 value = protocol.decode_value(data, upload_type, f"{silo}'s result", require_finite=True)
             elements = structure.struct_elements(value, upload_type)
-            masked[silo] = np.asarray(elements[-1]).astype(np.uint64)
-            accumulator = form.accumulate.call_value((accumulator, layout.full_output(elements[:-1])))
+            masked[silo] = np.asarray(elements[-1])
+            accumulator = form.accumulate.call_value((accumulator, layout.full_output(elements[:-1], zeros)), as_numpy=False)
         total = secure_round.unmasked_sum(params, closed, masked)
         return form.report.call_value(layout.with_secure_totals(accumulator, form.accumulator_type, total))
 

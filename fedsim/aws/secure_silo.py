@@ -15,7 +15,9 @@ Example (what the silo agent does for a secure step)::
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
+import threading
 import time
 from typing import Any, Callable, Mapping, Optional
 
@@ -57,6 +59,7 @@ class SecureSiloRound:
         self.client = SecAggClient(silo_id, params, identity, pinned)
         self.deadline = time.monotonic() + deadline_seconds
         self._waits = 0
+        self._left = threading.Event()
 
     def run(self, vector: np.ndarray, upload: Callable[[bytes], None]) -> str:
         """Takes part in every phase; `upload(masked_vector_bytes)` uploads the result.
@@ -66,13 +69,38 @@ class SecureSiloRound:
 
         Raises:
           ProtocolRefusal: what the server sent was refused (the refusal item is written).
-          ProtocolTimeout: the server did not answer in time.
+          ProtocolTimeout: the server did not answer in time, or the silo left (`leave`).
         """
-        try:
+        return self.finish(self.exchange_keys(), vector, upload)
+
+    def exchange_keys(self) -> SharesFor:
+        """The phases before the masked input (advertise keys, share them): they need only the
+        round's fresh keys, not the work's output, so a silo runs them while its work runs.
+
+        Returns:
+          The shares the other silos sent this one (the input of `finish`).
+
+        Raises:
+          as `run`.
+        """
+        with self._refusals_written():
             self._send("advertise", self.client.advertise().to_json())
             directory = KeyDirectory.from_json(json.dumps({"kind": "key_directory", **self._await("directory")}), "the key directory")
             self._send("shares", self.client.share_keys(directory).to_json())
-            shares = SharesFor.from_json(json.dumps(self._await(f"shares-{self.silo_id}")), f"the shares for {self.silo_id}")
+            return SharesFor.from_json(json.dumps(self._await(f"shares-{self.silo_id}")), f"the shares for {self.silo_id}")
+
+    def finish(self, shares: SharesFor, vector: np.ndarray, upload: Callable[[bytes], None]) -> str:
+        """The phases from the masked input on: uploads `vector` masked, signs the survivors,
+        answers the unmask step and waits for the step to close.
+
+        Args:
+          shares: what `exchange_keys` returned.
+          vector: the secure parts of the work's output, packed.
+          upload: uploads the masked vector's bytes (with the output's plain parts).
+
+        Returns, raises: as `run`.
+        """
+        with self._refusals_written():
             upload(self.client.masked_input(shares, vector).vector)
             survivors = self._await("survivors")
             if self.silo_id not in survivors.get("survivors", []):
@@ -85,6 +113,16 @@ class SecureSiloRound:
             self._send("unmask", self.client.unmask(request, signatures).to_json())
             self._await_closed()
             return "reported"
+
+    def leave(self) -> None:
+        """Stops waiting for the server (another thread's `exchange_keys` raises
+        `ProtocolTimeout`): the silo's work failed, so it drops out of the session."""
+        self._left.set()
+
+    @contextlib.contextmanager
+    def _refusals_written(self):
+        try:
+            yield
         except ProtocolError as refusal:
             if not isinstance(refusal, ProtocolTimeout):
                 self._send("refusal", str(refusal)[:protocol.MAX_REASON_CHARS])
@@ -114,6 +152,8 @@ class SecureSiloRound:
                 check_closed_at = now + CLOSED_POLL_SECONDS
             if now > self.deadline:
                 raise ProtocolTimeout(f"the server's {name} message did not come within the round's deadline")
+            if self._left.is_set():
+                raise ProtocolTimeout(f"silo {self.silo_id} left the session before the server's {name} message")
             if now > nudge_at:
                 self._waits += 1
                 self._send(f"wait-{self._waits}", name)

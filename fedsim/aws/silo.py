@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import concurrent.futures
 import json
 import os
 import sqlite3
@@ -503,12 +504,18 @@ class SiloAgent:
 
     def _secure_step(self, message: dict, request: dict, item: dict, key: str) -> str:
         """Runs the work and takes part in a secure step's protocol (`secure_silo`); uploads only
-        the masked input in place of the secure parts of the work's output."""
+        the masked input in place of the secure parts of the work's output.
+
+        The work is accepted (pins, layout, identity) before any protocol message; the keys are
+        then advertised and shared while the work runs (they are fresh for the round and do not
+        depend on its output). A work that fails after that leaves the session: the silo is a
+        dropout, recovered by the others' shares, and its refusal is its result.
+        """
         from fedsim.aws import secure_silo
 
         section = self._step_section(request)
-        output, output_type = self.work_output(request)
-        layout = secure_layout(output_type, section)
+        work = self.accepted_computation(section["phases"].get("work"), "work", section.get("secure_sums"))
+        layout = secure_layout(work.type_signature.result, section)
         run_id, step, silos = str(request["run_id"]), str(request["round"]), [str(s) for s in request["silos"]]
         if self.identity is None or not self.pinned_identities:
             raise ComputationRefusedError(f"silo {self.silo_id} has no identity key and pins: it cannot take part in "
@@ -517,11 +524,21 @@ class SiloAgent:
             params = layout.step_params(section, run_id, step, silos)
         except ValueError as error:
             raise ComputationRefusedError(str(error)) from None
-        try:
-            plain, vector = layout.split(output)
-        except ValueError as error:
-            raise LocalDataError(f"silo {self.silo_id}'s work output does not fit its secure sum: {error}") from None
         upload_type = layout.upload_type(len(silos))
+
+        self.store.put_new(_protocol_marker_key(self.silo_id, run_id, step), b"{}")
+        session = secure_silo.SecureSiloRound(self.store, self.silo_id, run_id, step, params, self.identity, self.pinned_identities)
+        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"fedsim-secagg-{self.silo_id}") as pool:
+            keys = pool.submit(session.exchange_keys)
+            try:
+                output, _ = self.work_output(request)
+                try:
+                    plain, vector = layout.split(output)
+                except ValueError as error:
+                    raise LocalDataError(f"silo {self.silo_id}'s work output does not fit its secure sum: {error}") from None
+            except BaseException:
+                session.leave()
+                raise
 
         def upload(masked: bytes) -> None:
             value = tuple(plain) + (np.frombuffer(masked, params.wire_dtype).astype(upload_type[len(upload_type) - 1].dtype.as_numpy_dtype),)
@@ -531,10 +548,8 @@ class SiloAgent:
                          "written_at": time.time()})
             self.store.put_item_if_absent(item)
 
-        self.store.put_new(_protocol_marker_key(self.silo_id, run_id, step), b"{}")
         try:
-            outcome = secure_silo.SecureSiloRound(self.store, self.silo_id, run_id, step, params, self.identity,
-                                                  self.pinned_identities).run(vector, upload)
+            outcome = session.finish(keys.result(), vector, upload)
         except secure_silo.ProtocolError as error:
             logging.warning("silo %s, run %s step %s: left the secure protocol: %s", self.silo_id, run_id, step, error)
             outcome = "left the protocol"

@@ -7,6 +7,7 @@ import collections
 import hashlib
 import io
 import json
+import time
 
 import keras
 import numpy as np
@@ -15,6 +16,7 @@ import tensorflow as tf
 
 from fedsim import aws, learning
 from fedsim.aws import review, secure_round, template
+from fedsim.aws.silo import LocalDataError
 from fedsim.core import phase_runner
 from fedsim.core.secagg import crypto
 from fedsim.learning import optimizers
@@ -129,6 +131,39 @@ def test_a_silo_lost_after_its_masked_input_is_recovered_from_the_others_shares(
     assert [e[0] for e in dying_errors] == ["c"] and not errors
     assert report["aggregated"] == SILOS  # c's masked input is in: its self-mask was rebuilt from a's and b's shares
     assert_close(simulate(secure_process, state, arrays, SILOS), output)
+
+
+class _WorkFailsAfterSharing(aws.SiloAgent):
+    """Exchanges its keys while its work runs (as every silo does), then its data fails the work."""
+
+    operator_store = None  # the test's view of the table (a silo may not query it)
+
+    def work_output(self, request):
+        store = self.operator_store
+        deadline = time.monotonic() + 60
+        while not any(str(i.get("sk", "")).endswith("#sa#shares") for i in store.query_partition(self.silo_id)):
+            assert time.monotonic() < deadline, "the keys were not shared while the work ran"
+            time.sleep(0.05)
+        raise LocalDataError(f"silo {self.silo_id}'s records are unreadable")
+
+
+def test_a_silo_whose_work_fails_after_sharing_keys_drops_out_and_the_round_completes(fresh, arrays, secure_process):
+    """Keys are advertised and shared while the work runs; a silo whose work then fails leaves
+    the session: its refusal is its result, the others' round is exact without it."""
+    stack = fresh
+    _WorkFailsAfterSharing.operator_store = aws.store.Store(stack.config)
+    agents, errors, threads = _start(stack, arrays, ["a", "b"])
+    failing, failing_errors, failing_threads = _start(stack, arrays, ["c"], agent_class=_WorkFailsAfterSharing)
+    with aws.execution_context(stack, silos=SILOS, quorum=2, preprocess=batch, round_deadline_seconds=120) as context:
+        state = secure_process.initialize()
+        output = secure_process.next(state, SILOS)
+        report = context.last_report.rounds[0]
+    for thread in threads + failing_threads:
+        thread.join(timeout=60)
+    assert not errors and not failing_errors, (errors, failing_errors)
+    assert report["aggregated"] == ["a", "b"]
+    assert "records are unreadable" in report["rejected"]["c"]
+    assert_close(simulate(secure_process, state, arrays, ["a", "b"]), output)
 
 
 def test_a_protocol_item_in_another_silos_name_or_malformed_is_no_answer():

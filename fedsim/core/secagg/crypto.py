@@ -16,6 +16,8 @@ Example::
 from __future__ import annotations
 
 import os
+import threading
+from typing import Any
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -28,7 +30,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption,
 
 __all__ = [
     "AuthenticationError", "KEY_BYTES", "agreed_key", "decrypt", "encrypt", "identity_from_bytes", "identity_key",
-    "identity_private_bytes", "keystream",
+    "identity_private_bytes", "keystream", "keystream_into",
     "new_agreement_key", "private_bytes", "private_from_bytes", "public_bytes", "sign", "verify",
 ]
 
@@ -108,9 +110,45 @@ def decrypt(key: bytes, ciphertext: bytes, associated: bytes) -> bytes:
         raise AuthenticationError("the ciphertext does not authenticate") from error
 
 
-def keystream(seed: bytes, length: int) -> bytes:
-    """`length` pseudorandom bytes from a 256-bit seed: AES-256-CTR over zeros, counter from 0."""
+def _ctr(seed: bytes) -> Any:
     if len(seed) != KEY_BYTES:
         raise ValueError(f"a mask seed is {KEY_BYTES} bytes, not {len(seed)}")
-    encryptor = Cipher(algorithms.AES(seed), modes.CTR(bytes(16))).encryptor()
+    return Cipher(algorithms.AES(seed), modes.CTR(bytes(16))).encryptor()
+
+
+def keystream(seed: bytes, length: int) -> bytes:
+    """`length` pseudorandom bytes from a 256-bit seed: AES-256-CTR over zeros, counter from 0."""
+    encryptor = _ctr(seed)
     return encryptor.update(bytes(length)) + encryptor.finalize()
+
+
+_zeros_lock = threading.Lock()
+_zeros: dict = {}  # length -> that many zero bytes (read only; the last two lengths kept)
+
+
+def _zero_bytes(length: int) -> bytes:
+    with _zeros_lock:
+        zeros = _zeros.get(length)
+        if zeros is None:
+            while len(_zeros) >= 2:
+                _zeros.pop(next(iter(_zeros)))
+            zeros = _zeros[length] = bytes(length)
+        return zeros
+
+
+def keystream_into(seed: bytes, buffer: bytearray, length: int) -> memoryview:
+    """`keystream(seed, length)` written into `buffer` (at least `length + 15` bytes), no copy.
+
+    Why: a 20 MB model's mask is 20 MB of keystream; allocating the plaintext zeros and the
+    output for every mask costs five times the cipher itself.
+
+    Returns:
+      A view of the first `length` bytes of `buffer`.
+    """
+    if len(buffer) < length + 15:
+        raise ValueError(f"the buffer holds {len(buffer)} bytes; {length + 15} are needed")
+    encryptor = _ctr(seed)
+    written = encryptor.update_into(_zero_bytes(length), buffer)
+    if written != length:
+        raise RuntimeError(f"AES-CTR wrote {written} of {length} bytes")
+    return memoryview(buffer)[:length]

@@ -9,7 +9,7 @@ Example::
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -51,7 +51,7 @@ class ModularSum:
         self.bits = bits
         self._dtype = np.dtype("<u4") if bits <= 32 else np.dtype("<u8")
         self._total = np.zeros(length, self._dtype)
-
+        self._scratch: Optional[bytearray] = None  # one mask's keystream, reused
     def add(self, vector: np.ndarray, sign: int = 1) -> None:
         """Adds (`sign=1`) or subtracts (`sign=-1`) a vector of integers in `[0, 2**bits)`."""
         operation = np.add if sign > 0 else np.subtract
@@ -59,7 +59,10 @@ class ModularSum:
 
     def add_mask(self, seed: bytes, sign: int = 1) -> None:
         """Adds (or subtracts) the mask `seed` expands to (`mask(seed, length, bits)`)."""
-        words = np.frombuffer(crypto.keystream(seed, self._dtype.itemsize * len(self._total)), dtype=self._dtype)
+        length = self._dtype.itemsize * len(self._total)
+        if self._scratch is None:
+            self._scratch = bytearray(length + 16)
+        words = np.frombuffer(crypto.keystream_into(seed, self._scratch, length), dtype=self._dtype)
         (np.add if sign > 0 else np.subtract)(self._total, words, out=self._total)
 
     def value(self) -> np.ndarray:
@@ -80,14 +83,15 @@ def to_wire(vector: np.ndarray, dtype: np.dtype) -> bytes:
 
 
 def from_wire(data: bytes, length: int, bits: int, dtype: np.dtype, what: str) -> np.ndarray:
-    """A masked vector as received, checked: its size, and every entry below `2**bits`.
+    """A masked vector as received, checked: its size, and every entry below `2**bits`; in
+    the wire's dtype (a read-only view of `data`).
 
     Raises:
       ProtocolError: the bytes are not `length` entries of `dtype` below `2**bits`.
     """
     if len(data) != length * dtype.itemsize:
         raise ProtocolError(f"{what}: {len(data)} bytes, expected {length} entries of {dtype.itemsize} bytes")
-    vector = np.frombuffer(data, dtype=dtype).astype(np.uint64)
+    vector = np.frombuffer(data, dtype=dtype)
     if bits < 64 and vector.size and int(vector.max()) >> bits:
         raise ProtocolError(f"{what}: an entry is not below 2**{bits}")
     return vector

@@ -210,3 +210,19 @@ def test_a_modular_sum_in_place_equals_the_term_by_term_definition(bits):
     for index, seed in enumerate(seeds):
         reference = [(r + (1 if index % 2 else -1) * int(m)) for r, m in zip(reference, vectors.mask(seed, length, bits))]
     assert [r % 2**bits for r in reference] == [int(v) for v in total.value()]
+
+
+def test_the_mask_keystream_is_aes_ctr_by_its_definition_written_in_place_or_not():
+    """AES-256-CTR from counter 0: block i of the keystream is AES_k(i as 128 big-endian bits)."""
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    seed = bytes(range(32))
+    ecb = Cipher(algorithms.AES(seed), modes.ECB()).encryptor()
+    length = 16 * 5 + 7  # not a whole number of blocks
+    expected = b"".join(ecb.update(i.to_bytes(16, "big")) for i in range(6))[:length]
+    assert crypto.keystream(seed, length) == expected
+    buffer = bytearray(length + 15)
+    assert bytes(crypto.keystream_into(seed, buffer, length)) == expected
+    assert bytes(crypto.keystream_into(seed, buffer, length)) == expected  # a reused buffer
+    with pytest.raises(ValueError, match="bytes are needed|are needed"):
+        crypto.keystream_into(seed, bytearray(length), length)
