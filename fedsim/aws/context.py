@@ -215,18 +215,14 @@ class AwsExecutionContext:
         state = self._checked_state(training, form, state)
         run_id = uuid.uuid4().hex[:16]
         manifest = self._run_manifest(run_id, training, form, rounds, stop_rules, train_dataset)
-        if _secure_sums(form):  # the secure sums run as SecAgg on silos
-            manifest["secure_sums"] = _secure_sums(form)
-            manifest["secure_threshold"] = secure_round.default_threshold(self.quorum, len(silo_ids), self.secure_neighbours)
-            if self.secure_neighbours is not None:
-                manifest["secure_neighbours"] = self.secure_neighbours
+        manifest.update(self._secure_section(form, len(silo_ids)))
         if self.preprocess is not None:
             manifest["preprocess"] = self._preprocess()
         if privacy_ledger is not None:
             manifest["privacy"] = privacy_ledger.to_json()
         if evaluation is not None:
             manifest["evaluation"] = self._evaluation_manifest(computation, form, state, evaluation, evaluation_state, run_id,
-                                                               eval_dataset, evaluate_every)
+                                                               eval_dataset, evaluate_every, len(silo_ids))
         manifest_key = f"runs/{run_id}/manifest.json"
         self.store.put_new(manifest_key, protocol.dumps(manifest))
         template = {"silos": silo_ids, "quorum": min(self.quorum, len(silo_ids)), "manifest_key": manifest_key}
@@ -373,8 +369,21 @@ class AwsExecutionContext:
                 raise
             return self.config.state_machine_arn.replace(":stateMachine:", ":execution:") + f":{name}"
 
+    def _secure_section(self, form: canonical_form.CanonicalForm, silo_count: int) -> dict:
+        """A step's secure sums, which run as SecAgg on silos (training's and evaluation's
+        alike, with no flag): their bitwidths, the threshold and SecAgg+ neighbours; {} if none."""
+        secure_sums = _secure_sums(form)
+        if not secure_sums:
+            return {}
+        section = {"secure_sums": secure_sums,
+                   "secure_threshold": secure_round.default_threshold(self.quorum, silo_count, self.secure_neighbours)}
+        if self.secure_neighbours is not None:
+            section["secure_neighbours"] = self.secure_neighbours
+        return section
+
     def _evaluation_manifest(self, training_process: Any, form: canonical_form.CanonicalForm, training_state: Any,
-                             evaluation: Any, evaluation_state: Any, run_id: str, dataset: str, every: int) -> dict:
+                             evaluation: Any, evaluation_state: Any, run_id: str, dataset: str, every: int,
+                             silo_count: int) -> dict:
         """The evaluation step's part of the manifest: its phases, the bridge that puts each new
         global model into the evaluation's state (run by the handler), and its initial state."""
         if not hasattr(training_process, "get_model_weights"):
@@ -400,6 +409,7 @@ class AwsExecutionContext:
             "every": every,
             "bridge": self.store.put_computation(model_to_evaluation_state),
             "initial_state_key": initial_state_key,
+            **self._secure_section(evaluation_form, silo_count),
         }
 
     def run_rounds(self, computation: Any, state: Any, silo_ids: Sequence[str], rounds: int = 1, *,
@@ -481,8 +491,9 @@ class AwsExecutionContext:
         form = self.form(getattr(computation, "next", computation))
         hashes = {"work": protocol.work_pin(self._uploaded_phases(form)["work"]["sha256"], _secure_sums(form))}
         if evaluation is not None:
-            step = _evaluation_step(evaluation, computation, None)[0]
-            hashes["evaluation_work"] = self._uploaded_phases(self.form(step))["work"]["sha256"]
+            evaluation_form = self.form(_evaluation_step(evaluation, computation, None)[0])
+            hashes["evaluation_work"] = protocol.work_pin(self._uploaded_phases(evaluation_form)["work"]["sha256"],
+                                                          _secure_sums(evaluation_form))
         if self.preprocess is not None:
             hashes["preprocess"] = self._preprocess()["sha256"]
         return hashes

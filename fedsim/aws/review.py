@@ -47,13 +47,17 @@ def run_pins(store: Store, run_id: str) -> dict:
         run_id: the run.
 
     Returns:
-        `{phase: hex digest}` for the phases silos run (`SILO_PHASES`).
+        `{phase: hex digest}` for the phases silos run (`SILO_PHASES`), and `evaluation_work`
+        when the run evaluates.
     """
     manifest = store.get_json(f"runs/{run_id}/manifest.json")
     references = _silo_references(manifest)
     pins = {phase: references[phase]["sha256"] for phase in SILO_PHASES if phase in references}
     if "work" in pins:
         pins["work"] = protocol.work_pin(pins["work"], manifest.get("secure_sums"))
+    evaluation = manifest.get("evaluation")
+    if isinstance(evaluation, dict) and isinstance(evaluation.get("phases", {}).get("work"), dict):
+        pins["evaluation_work"] = protocol.work_pin(evaluation["phases"]["work"]["sha256"], evaluation.get("secure_sums"))
     return pins
 
 

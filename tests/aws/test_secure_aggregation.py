@@ -17,7 +17,7 @@ import tensorflow as tf
 from fedsim import aws, learning
 from fedsim.aws import review, secure_round, template
 from fedsim.aws.silo import LocalDataError
-from fedsim.core import phase_runner
+from fedsim.core import phase_runner, structure
 from fedsim.core.secagg import crypto
 from fedsim.learning import optimizers
 from tests.aws.helpers import SILOS, SiloKilled, assert_close, batch, simulate, start_agents
@@ -253,3 +253,70 @@ def test_a_pinned_secure_layout_refuses_a_manifest_that_drops_it(fresh, arrays, 
     refusals = [item["refused"] for item in items if "refused" in item]
     assert refusals, items  # the round fails at the first refusal; each silo that answered refused
     assert all("it is not pinned without secure sums (its output uploaded in the clear)" in reason for reason in refusals)
+
+
+def _secure_metrics(finalizers, metrics_type):
+    """A user's metrics aggregator: each unfinalized metric in thousandths, secure-summed."""
+    import fedsim
+    from fedsim.learning.metrics import finalize_metrics
+
+    member = metrics_type.member if isinstance(metrics_type, fedsim.FederatedType) else metrics_type
+
+    @fedsim.tf_computation(member)
+    def encode(metrics):
+        return tf.nest.map_structure(lambda v: tf.cast(tf.round(tf.cast(v, tf.float64) * 1000.0), tf.int64), metrics)
+
+    encoded_type, leaves = encode.type_signature.result, fedsim.core.types.flatten_type(member)
+
+    @fedsim.tf_computation(encoded_type)
+    def finalize(total):
+        totals = structure.flatten_value(total, encoded_type)
+        return finalize_metrics(finalizers, structure.unflatten_value(
+            member, [tf.cast(tf.cast(t, tf.float64) / 1000.0, leaf.dtype) for t, leaf in zip(totals, leaves)]))
+
+    @fedsim.federated_computation(fedsim.FederatedType(member, fedsim.CLIENTS))
+    def aggregate(metrics):
+        return fedsim.federated_map(finalize, fedsim.federated_secure_sum_bitwidth(fedsim.federated_map(encode, metrics), 24))
+
+    return aggregate
+
+
+def test_secure_sums_in_an_evaluation_step_run_the_protocol_too(fresh, arrays):
+    """An evaluation whose metrics go through a secure sum runs SecAgg like a training step (no
+    flag): its metrics equal the simulation's, each silo wrote protocol messages for the
+    evaluation step, and the evaluation work is pinned with its secure layout."""
+    import fedsim
+    from fedsim.aws import protocol
+    from fedsim.core import context_stack
+    from fedsim.simulation import metrics_managers
+
+    process = learning.build_weighted_fed_avg(_model_fn, lambda: optimizers.build_sgdm(0.1))
+    evaluate = learning.build_federated_evaluation(_model_fn, metrics_aggregator=_secure_metrics)
+    initial = process.initialize()
+    with context_stack.execution_context(fedsim.LocalExecutionContext()):
+        from tests.aws.helpers import local_datasets
+
+        trained = process.next(initial, local_datasets(arrays, SILOS)).state
+        expected = metrics_managers.flatten_metrics({"evaluation": evaluate(process.get_model_weights(trained), local_datasets(arrays, SILOS))})
+    stack = fresh
+    agents, errors, threads = _start(stack, arrays, SILOS, rounds=2)
+    with aws.execution_context(stack, silos=SILOS, preprocess=batch, round_deadline_seconds=120) as context:
+        context.run_rounds(process, initial, SILOS, rounds=1, evaluation=evaluate, eval_dataset="train")
+        lineage = context.last_run
+        pins = context.silo_computation_hashes(process, evaluate)
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not errors, errors
+    got = {k: v for k, v in lineage.rounds[0]["metrics"].items() if k.startswith("evaluation/")}
+    assert got.keys() == expected.keys() and got
+    for key in expected:
+        np.testing.assert_allclose(got[key], expected[key], rtol=1e-6, atol=1e-6)
+    store = aws.store.Store(stack.config)
+    evaluation_step = protocol.step_label(1, evaluation=True)
+    for silo in SILOS:
+        phases = {str(i["sk"]).rsplit("#", 1)[-1] for i in store.query_partition(silo) if f"#{evaluation_step}#sa#" in str(i["sk"])}
+        assert {"advertise", "shares", "signature", "unmask"} <= phases, (silo, phases)
+    manifest = store.get_json(f"runs/{lineage.run_id}/manifest.json")
+    assert manifest["evaluation"]["secure_sums"]
+    assert review.run_pins(store, lineage.run_id)["evaluation_work"] == pins["evaluation_work"]
+    assert pins["evaluation_work"] != manifest["evaluation"]["phases"]["work"]["sha256"]  # the layout is pinned with it
