@@ -292,6 +292,17 @@ class SecurePhases:
     def _answered(self, phase: str, among) -> list:
         return [s for s in among if (s, phase) in self.items]
 
+    @property
+    def refused(self) -> dict:
+        """silo -> the reason it refused what the server sent (it takes no further part)."""
+        return {silo: text for (silo, phase), text in self.items.items() if phase == "refusal"}
+
+    def _expected(self, phase: str, among, verdicts: dict) -> list:
+        """Who a phase still waits for: not a silo that refused, nor one whose result (a
+        refusal of the work) came before it answered."""
+        refused = self.refused
+        return [s for s in among if (s, phase) in self.items or (s not in refused and s not in verdicts)]
+
     def _complete(self, answered: list, expected, opened_at: float, what: str) -> Optional[bool]:
         """True: close the phase now; None: wait; raises ProtocolError when it can no longer complete."""
         if len(answered) == len(expected):
@@ -325,8 +336,7 @@ class SecurePhases:
         directory = self._message("directory")
         if directory is None:
             answered = self._answered("advertise", self.silos)
-            # a silo whose result (a refusal) came before any key will not advertise: not waited for
-            expected = [s for s in self.silos if s in answered or s not in verdicts]
+            expected = self._expected("advertise", self.silos, verdicts)
             if not self._complete(answered, expected, float(self.round_item["opened_at"]), "advertised keys"):
                 return None
             entries = [json.loads(self.items[(s, "advertise")]) for s in answered]
@@ -335,7 +345,7 @@ class SecurePhases:
         sharing = self._message("sharing")
         if sharing is None:
             answered = self._answered("shares", members)
-            expected = [s for s in members if s in answered or s not in verdicts]
+            expected = self._expected("shares", members, verdicts)
             if not self._complete(answered, expected, float(directory["published_at"]), "shared keys"):
                 return None
             shares = {s: EncryptedShares.from_json(self.items[(s, "shares")], f"{s}'s shares") for s in answered}
@@ -350,7 +360,7 @@ class SecurePhases:
         senders = list(sharing["senders"])
         survivors = self._message("survivors")
         if survivors is None:
-            judged = [s for s in senders if s in verdicts]
+            judged = [s for s in senders if s in verdicts or s in self.refused]
             valid = [s for s in senders if verdicts.get(s, {}).get("status") == "valid"]
             if len(judged) < len(senders) and not deadline_passed(float(sharing["published_at"])):
                 return None
@@ -361,13 +371,13 @@ class SecurePhases:
         unmask = self._message("unmask")
         if unmask is None:
             answered = self._answered("signature", alive)
-            if not self._complete(answered, alive, float(survivors["published_at"]), "signed the survivors"):
+            if not self._complete(answered, self._expected("signature", alive, {}), float(survivors["published_at"]), "signed the survivors"):
                 return None
             request = {"kind": "unmask_request", "survivors": alive, "dropped": list(survivors["dropped"])}
             unmask = self._publish("unmask", {"request": request, "signatures": {s: self.items[(s, "signature")] for s in answered}})
         signers = list(unmask["signatures"])
         answered = self._answered("unmask", signers)
-        if not self._complete(answered, signers, float(unmask["published_at"]), "answered the unmask step"):
+        if not self._complete(answered, self._expected("unmask", signers, {}), float(unmask["published_at"]), "answered the unmask step"):
             return None
         import base64
 
@@ -402,7 +412,9 @@ def _well_formed(phase: str, silo: str, text: str) -> bool:
 def _too_few(phases: SecurePhases, count: int, what: str) -> Exception:
     from fedsim.core.secagg.messages import ProtocolError
 
-    return ProtocolError(f"secure step {phases.step}: only {count} silo(s) {what}; the threshold is {phases.threshold}")
+    refused = "; ".join(f"{silo}: {reason}" for silo, reason in sorted(phases.refused.items()))
+    return ProtocolError(f"secure step {phases.step}: only {count} silo(s) {what}; the threshold is {phases.threshold}"
+                         + (f" (refused by {refused})" if refused else ""))
 
 
 def unmasked_sum(params: secagg_params.SecAggParams, closed: ClosedProtocol, masked: dict) -> np.ndarray:

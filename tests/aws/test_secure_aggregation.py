@@ -320,3 +320,59 @@ def test_secure_sums_in_an_evaluation_step_run_the_protocol_too(fresh, arrays):
     assert manifest["evaluation"]["secure_sums"]
     assert review.run_pins(store, lineage.run_id)["evaluation_work"] == pins["evaluation_work"]
     assert pins["evaluation_work"] != manifest["evaluation"]["phases"]["work"]["sha256"]  # the layout is pinned with it
+
+
+def _cheating_server(monkeypatch, name, alter):
+    """The handler (the server: its operator's code) publishes message `name` altered."""
+    real_publish = secure_round.SecurePhases._publish
+
+    def publish(self, message_name, document):
+        return real_publish(self, message_name, alter(dict(document)) if message_name == name else document)
+
+    monkeypatch.setattr(secure_round.SecurePhases, "_publish", publish)
+
+
+def _swap_b_mask_key(directory):
+    import base64
+
+    entries = [dict(e) for e in directory["entries"]]
+    for entry in entries:
+        if entry["sender"] == "b":  # the server's own key in b's place, b's signature kept
+            entry["mask_public"] = base64.b64encode(crypto.public_bytes(crypto.new_agreement_key())).decode()
+    return dict(directory, entries=entries)
+
+
+def _b_both_surviving_and_dropped(unmask):
+    request = dict(unmask["request"], dropped=sorted(set(unmask["request"]["dropped"]) | {"b"}))
+    return dict(unmask, request=request)
+
+
+@pytest.mark.parametrize("name, alter, refusal", [
+    ("directory", _swap_b_mask_key, "the keys listed for b are not signed by its pinned identity key"),
+    ("unmask", _b_both_surviving_and_dropped, "the server lists b as both surviving and dropped"),
+])
+def test_a_cheating_server_is_refused_on_the_stack_with_the_silos_reasons(fresh, arrays, secure_process, monkeypatch,
+                                                                          name, alter, refusal):
+    """A server that swaps a silo's key in the directory, or asks for both secrets of one silo,
+    gets no secret: the silos refuse, the round fails at once with their reasons, and no silo
+    revealed a share of b's self-mask seed (b's masked input stays masked)."""
+    _cheating_server(monkeypatch, name, alter)
+    stack = fresh
+    store = aws.store.Store(stack.config)
+
+    def revealed():
+        return {i["sk"] for silo in SILOS for i in store.query_partition(silo) if str(i["sk"]).endswith("#sa#unmask")}
+
+    before = revealed()  # other tests' runs on this stack
+    _, errors, threads = _start(stack, arrays, SILOS)
+    started = time.monotonic()
+    with aws.execution_context(stack, silos=SILOS, preprocess=batch, round_deadline_seconds=120):
+        with pytest.raises(aws.RoundFailedError) as failure:
+            secure_process.next(secure_process.initialize(), SILOS)
+    assert time.monotonic() - started < 60  # not at the round's deadline
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not errors, errors
+    message = str(failure.value)
+    assert "refused by" in message and refusal in message, message
+    assert revealed() == before  # no silo revealed a share of anyone's secrets in this run
