@@ -224,6 +224,17 @@ def waits_for_a_pass(value: Any, seen: Optional[set] = None) -> bool:
     `Deferred` still waiting: such a value can be computed before a pass, so that the
     aggregations it feeds join that pass instead of needing one of their own. Values whose
     inputs are unknown count as waiting.
+
+    Args:
+        value: a runtime value (lazy, deferred, client recipe, IR closure or a structure of them).
+        seen: ids already visited (for shared inputs and cycles).
+
+    Returns:
+        True when `value` may need a pass that has not run.
+
+    Example:
+        >>> waits_for_a_pass(Lazy(lambda: 1, inputs=[]))
+        False
     """
     seen = set() if seen is None else seen
     if id(value) in seen:

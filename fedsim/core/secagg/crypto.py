@@ -142,6 +142,11 @@ def keystream_into(seed: bytes, buffer: bytearray, length: int) -> memoryview:
     Why: a 20 MB model's mask is 20 MB of keystream; allocating the plaintext zeros and the
     output for every mask costs five times the cipher itself.
 
+    Args:
+      seed: the 256-bit mask seed.
+      buffer: where to write (reusable across calls).
+      length: how many keystream bytes.
+
     Returns:
       A view of the first `length` bytes of `buffer`.
     """
