@@ -238,6 +238,10 @@ class _ClientWorker:
         self.outputs = {key: value for key, value in self.outputs.items() if key[0] != round_id}
 
 
+def _resources(resources: dict) -> str:
+    return ", ".join(f"{resources.get(name, 0):g} {name}" for name in ("CPU", "GPU")) or "nothing"
+
+
 # The context ------------------------------------------------------------------------------------
 
 class RayExecutionContext:
@@ -254,6 +258,9 @@ class RayExecutionContext:
             evenly, one chunk per actor, or two when there are 8 or more clients per actor).
         max_failures: actor or node losses a round survives before it fails.
         client_data_budget_bytes: the most one driver-built dataset may take when shipped.
+        actor_start_seconds: how long the first round waits for its actors to be placed (an
+            autoscaling cluster may add nodes meanwhile) before failing with the resources
+            asked and those the cluster has.
 
     Raises:
         ImportError: Ray is not installed.
@@ -266,7 +273,8 @@ class RayExecutionContext:
 
     def __init__(self, address: Optional[str] = None, num_actors: Optional[int] = None, cpus_per_actor: float = 1.0,
                  gpus_per_actor: float = 0.0, memory_per_actor: Optional[int] = None, clients_per_chunk: Optional[int] = None,
-                 max_failures: int = 3, client_data_budget_bytes: int = sequences.DEFAULT_BUDGET_BYTES):
+                 max_failures: int = 3, client_data_budget_bytes: int = sequences.DEFAULT_BUDGET_BYTES,
+                 actor_start_seconds: float = 120.0):
         if num_actors is not None and num_actors < 1:
             raise ValueError(f"RayExecutionContext: num_actors must be at least 1, got {num_actors}")
         if cpus_per_actor <= 0 or gpus_per_actor < 0:
@@ -278,6 +286,7 @@ class RayExecutionContext:
         self.cpus_per_actor, self.gpus_per_actor, self.memory_per_actor = cpus_per_actor, gpus_per_actor, memory_per_actor
         self.clients_per_chunk, self.max_failures = clients_per_chunk, max_failures
         self.client_data_budget_bytes = client_data_budget_bytes
+        self.actor_start_seconds = actor_start_seconds
         self.local = LocalExecutionContext(client_data_budget_bytes=client_data_budget_bytes)
         self.last_round_nodes: set = set()  # the nodes the last round's client work ran on
         self.last_round_workers: list = []  # per chunk: node, pid, clients, TensorFlow's threads
@@ -314,7 +323,20 @@ class RayExecutionContext:
         ray = self._connect()
         if not self._actors:
             count = self.num_actors or max(1, int(ray.cluster_resources().get("CPU", 1) // self.cpus_per_actor))
-            self._actors = [self._new_actor() for _ in range(count)]
+            actors = [self._new_actor() for _ in range(count)]
+            # An actor the cluster cannot place waits forever: fail instead, saying why.
+            placed, waiting = ray.wait([actor.node.remote() for actor in actors], num_returns=count, timeout=self.actor_start_seconds)
+            if waiting:
+                for actor in actors:
+                    ray.kill(actor)
+                raise RuntimeError(
+                    f"RayExecutionContext: {len(waiting)} of {count} actors could not be placed within "
+                    f"{self.actor_start_seconds:g}s: each asks for {self.cpus_per_actor:g} CPU, {self.gpus_per_actor:g} GPU"
+                    f"{f', {self.memory_per_actor} bytes of memory' if self.memory_per_actor else ''}; the cluster has "
+                    f"{_resources(ray.cluster_resources())} in all, {_resources(ray.available_resources())} free. "
+                    f"Ask for fewer actors (num_actors=) or smaller ones (cpus_per_actor=), or add nodes")
+            ray.get(placed)  # an actor that failed to start raises here
+            self._actors = actors
         return self._actors
 
     def shutdown(self) -> None:

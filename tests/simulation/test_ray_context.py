@@ -236,3 +236,17 @@ def test_a_node_lost_mid_round_has_its_clients_retrained_on_the_head(cluster, pr
     _assert_identical(expected[0], outcome["output"])
     assert context.failures_survived >= 1 and worker_node not in context.last_round_nodes
     context.shutdown()
+
+
+def test_actors_the_cluster_cannot_place_fail_with_the_resources_asked_not_a_hang(cluster, process):
+    """The cluster has at most three CPUs: two actors of two CPUs each cannot both be placed."""
+    import time
+
+    context = simulation.RayExecutionContext(num_actors=2, cpus_per_actor=2.0, actor_start_seconds=3.0)
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match=r"[12] of 2 actors could not be placed within 3s: each asks for 2 CPU, 0 GPU; "
+                                           r"the cluster has \d+ CPU, 0 GPU in all"):
+        with fedsim.execution_context(context):
+            process.next(process.initialize(), [_Clients().create_tf_dataset_for_client(IDS[0])])
+    assert time.monotonic() - started < 60
+    assert context._actors == []  # nothing kept: the next call tries again
