@@ -412,7 +412,8 @@ def _well_formed(phase: str, silo: str, text: str) -> bool:
 def _too_few(phases: SecurePhases, count: int, what: str) -> Exception:
     from fedsim.core.secagg.messages import ProtocolError
 
-    refused = "; ".join(f"{silo}: {reason}" for silo, reason in sorted(phases.refused.items()))
+    # a refusal is the silo's own text (input): shown cut to the length a silo may write
+    refused = "; ".join(f"{silo}: {reason[:protocol.MAX_REASON_CHARS]}" for silo, reason in sorted(phases.refused.items()))
     return ProtocolError(f"secure step {phases.step}: only {count} silo(s) {what}; the threshold is {phases.threshold}"
                          + (f" (refused by {refused})" if refused else ""))
 
