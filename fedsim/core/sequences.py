@@ -27,6 +27,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 import tensorflow as tf
 
+from fedsim.core import pipelines
 from fedsim.core import structure
 from fedsim.core import tf_private
 from fedsim.core import types as ft
@@ -150,7 +151,10 @@ def _iterate_once_options() -> tf.data.Options:
 _ONCE = _iterate_once_options()
 
 
-def _nbytes(tensor: tf.Tensor) -> int:
+def _nbytes(tensor: Any) -> int:
+    """Bytes of a tensor or array (a string counted as 64)."""
+    if isinstance(tensor, (np.ndarray, np.generic)):
+        return tensor.size * (tensor.itemsize if tensor.dtype != object else 64)
     count = tensor.shape.num_elements() or 0
     return count * (tensor.dtype.size if tensor.dtype != tf.string else 64)
 
@@ -167,18 +171,49 @@ def _stack(column: list, leaf_type: ft.TensorType) -> list:
     if not column:
         values = np.zeros([0, *(d or 0 for d in leaf_type.shape)], dtype)
     elif (shapes == shapes[0]).all():
-        values = np.stack([t.numpy() for t in column])
+        values = np.stack([np.asarray(t) for t in column])
     else:
         values = np.zeros([len(column), *shapes.max(axis=0)], dtype)
         for index, (tensor, shape) in enumerate(zip(column, shapes)):
-            values[(index, *(slice(0, int(d)) for d in shape))] = tensor.numpy()
+            values[(index, *(slice(0, int(d)) for d in shape))] = np.asarray(tensor)
     return [tf.convert_to_tensor(values, leaf_type.dtype), tf.convert_to_tensor(shapes)]
+
+
+def _rows_as_inputs(array: np.ndarray, leaf_type: ft.TensorType) -> list:
+    """`values` and `shapes` of a leaf whose elements are the rows of `array` (no padding)."""
+    shapes = np.tile(np.array(array.shape[1:], np.int64), (len(array), 1))
+    return [tf.convert_to_tensor(array, leaf_type.dtype), tf.convert_to_tensor(shapes.reshape(len(array), len(array.shape) - 1))]
+
+
+def _iterate(dataset: tf.data.Dataset, budget_bytes: int) -> list:
+    """One iteration of `dataset` by tf.data (its rewrites off), each element a flat list of
+    leaves in `tf.nest` order. Raises `pipelines.OverBudget` past `budget_bytes`."""
+    try:
+        once = dataset.with_options(_ONCE)
+    except ValueError:  # options the user set that conflict: iterate as it is
+        once = dataset
+    read, total = [], 0
+    for element in once:
+        read.append(tf.nest.flatten(element))
+        total += sum(_nbytes(leaf) for leaf in read[-1])
+        if total > budget_bytes:
+            raise pipelines.OverBudget(f"over {budget_bytes} bytes")
+    return read
+
+
+def _leaf_order(element_spec: Any, element_type: ft.Type) -> list:
+    """For each leaf of `element_type` (fedsim's order), its position in `tf.nest.flatten` order."""
+    positions = tf.nest.pack_sequence_as(element_spec, list(range(len(tf.nest.flatten(element_spec)))))
+    return structure.flatten_value(positions, element_type)
 
 
 def materialize(dataset: tf.data.Dataset, element_type: ft.Type, budget_bytes: int = DEFAULT_BUDGET_BYTES,
                 what: str = "a client's dataset") -> Optional[list]:
     """The fast form's inputs for `dataset`: one iteration of it, as `values`/`shapes` per
     element leaf (see `Elements`).
+
+    The elements are read by `pipelines.elements`: without tf.data where the pipeline allows
+    (sliced arrays, batches of them, pure maps and filters), else by tf.data itself.
 
     Args:
       dataset: the dataset, of `element_type` elements.
@@ -197,20 +232,19 @@ def materialize(dataset: tf.data.Dataset, element_type: ft.Type, budget_bytes: i
             f"{what} is infinite (repeat() without a count?) and the computation iterates all of it, which "
             f"would never end; give the dataset an end, e.g. repeat(epochs) or take(n)"
         )
-    leaf_types = ft.flatten_type(element_type)
-    columns: list = [[] for _ in leaf_types]
-    total = 0
     try:
-        once = dataset.with_options(_ONCE)
-    except ValueError:  # options the user set that conflict: iterate as it is
-        once = dataset
-    for element in once:
-        for column, leaf in zip(columns, structure.flatten_value(element, element_type)):
-            column.append(leaf)
-            total += _nbytes(leaf)
-        if total > budget_bytes:
+        read = pipelines.elements(dataset, lambda part: _iterate(part, budget_bytes), budget_bytes)
+    except pipelines.OverBudget:
+        return None
+    leaf_types = ft.flatten_type(element_type)
+    order = _leaf_order(dataset.element_spec, element_type)
+    if isinstance(read, pipelines.Rows):
+        if read.nbytes > budget_bytes:
             return None
-    return [t for leaf_type, column in zip(leaf_types, columns) for t in _stack(column, leaf_type)]
+        return [t for leaf_type, i in zip(leaf_types, order) for t in _rows_as_inputs(read.arrays[i], leaf_type)]
+    if sum(_nbytes(leaf) for element in read for leaf in element) > budget_bytes:
+        return None
+    return [t for leaf_type, i in zip(leaf_types, order) for t in _stack([element[i] for element in read], leaf_type)]
 
 
 # Datasets prepared ahead (by the runtime, on a producer thread) --------------------------------------

@@ -96,6 +96,19 @@ class _ImportedGraph:
 _NOT_TRACED = object()
 
 
+def _iterated_once(dataset: Any, sequence_type: ft.SequenceType) -> Any:
+    """The dataset a dataset form iterates: the elements read ahead of the call, if the runtime
+    read them (`sequences.prepare`), so a dataset is iterated once per call whichever form runs
+    (a reshuffling dataset's next order, not the one after); else `dataset` itself."""
+    if not isinstance(dataset, tf.data.Dataset):
+        return dataset
+    try:
+        prepared = sequences.take_prepared(dataset, sequence_type.element)
+    except Exception:  # noqa: BLE001 - e.g. an infinite dataset this form iterates only in part
+        return dataset
+    return dataset if prepared is ... or prepared is None else sequences.dataset_of(prepared, sequence_type.element)
+
+
 class TensorFlowComputation(computation_lib.Computation):
     """A traced TensorFlow graph with a fedsim type signature.
 
@@ -196,7 +209,7 @@ class TensorFlowComputation(computation_lib.Computation):
             if inputs is not None:
                 outputs = graph(*inputs)
         if outputs is None:
-            inputs = [tf.data.experimental.to_variant(leaf) if isinstance(t, ft.SequenceType) else leaf
+            inputs = [tf.data.experimental.to_variant(_iterated_once(leaf, t)) if isinstance(t, ft.SequenceType) else leaf
                       for t, leaf in zip(self._parameter_leaves, leaves)]
             outputs = self._graph(*inputs)
         results = []

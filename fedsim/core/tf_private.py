@@ -1,6 +1,6 @@
 """The one place fedsim touches TensorFlow's private modules, each use with a right fallback.
 
-TensorFlow has no public API for three things fedsim's tracer wants:
+TensorFlow has no public API for four things fedsim wants:
 
 - automatic control dependencies for a graph traced outside `tf.function` (stateful operations
   in program order): `tensorflow.python.framework.auto_control_deps`. No fallback keeps the
@@ -13,6 +13,12 @@ TensorFlow has no public API for three things fedsim's tracer wants:
 - autograph's conversion rules, so autograph never recurses into fedsim's own modules (which
   use no Python control flow on tensors; converting them only costs time). Without it
   autograph converts fedsim code too: right, slower to trace.
+- a dataset's last transformation and its arguments (`dataset_step`), so that a client's
+  pipeline of slices, batches, maps and the like is read without building a tf.data iterator
+  (`fedsim.core.pipelines`). A dataset this does not recognize, on this TensorFlow or any other,
+  is described as None, and its caller iterates it: right, slower. `call_flat` calls such a
+  step's traced function on flat tensors without re-binding its Python signature (half the
+  cost of a call); without it the function is called as usual.
 
 Nothing here runs at import: each patch is made once, on the first trace that needs it.
 """
@@ -20,11 +26,15 @@ Nothing here runs at import: each patch is made once, on the first trace that ne
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
+import attrs
 from absl import logging
 
-__all__ = ["control_dependencies", "register_for_loop", "keep_autograph_out_of", "TESTED_TENSORFLOW"]
+__all__ = [
+    "control_dependencies", "register_for_loop", "keep_autograph_out_of", "DatasetStep", "dataset_step",
+    "call_flat", "TESTED_TENSORFLOW",
+]
 
 # The TensorFlow releases whose private modules this adapter was checked against.
 TESTED_TENSORFLOW = ("2.16", "2.17", "2.18", "2.19", "2.20", "2.21")
@@ -86,3 +96,71 @@ def keep_autograph_out_of(module_prefix: str) -> None:
         except (ImportError, AttributeError) as error:
             logging.vlog(1, "autograph's conversion rules are not reachable (%s); fedsim code is converted too", error)
         _excluded_modules.add(module_prefix)
+
+
+@attrs.frozen
+class DatasetStep:
+    """A dataset's last transformation, as `Dataset` methods name it.
+
+    Attributes:
+        kind: "slices" (`from_tensor_slices`), "batch", "map", "filter", "take", "skip",
+            "repeat", "cache" (in memory), or "same" (`prefetch`, `with_options`: the elements
+            of `source` unchanged).
+        source: the dataset it transforms (None for "slices").
+        tensors: "slices": the sliced tensors, flat in tf.data's order.
+        count: "batch": the batch size; "take", "skip", "repeat": the count (-1: all / forever).
+        drop_remainder: "batch": whether a last, smaller batch is dropped.
+        function: "map", "filter": the traced function (a `ConcreteFunction` taking and returning
+            the elements' tensors flat, in tf.data's order).
+    """
+
+    kind: str
+    source: Any = None
+    tensors: tuple = ()
+    count: int = 0
+    drop_remainder: bool = False
+    function: Any = None
+
+
+_STEP_KINDS = {
+    "_TensorSliceDataset": "slices", "_BatchDataset": "batch", "_ParallelBatchDataset": "batch",
+    "_MapDataset": "map", "_ParallelMapDataset": "map", "_FilterDataset": "filter", "_TakeDataset": "take",
+    "_SkipDataset": "skip", "_RepeatDataset": "repeat", "CacheDataset": "cache", "_PrefetchDataset": "same",
+    "_OptionsDataset": "same",
+}
+
+
+def dataset_step(dataset: Any) -> Optional[DatasetStep]:
+    """`dataset`'s last transformation, or None when it is another kind or TensorFlow stores it
+    in a way this adapter was not checked against (the caller then iterates `dataset`)."""
+    kind = _STEP_KINDS.get(type(dataset).__name__)
+    if kind is None or not type(dataset).__module__.startswith("tensorflow."):
+        return None
+    try:
+        if kind == "slices":
+            return DatasetStep(kind, tensors=tuple(dataset._tensors))
+        source = dataset._input_dataset
+        if kind == "batch":
+            return DatasetStep(kind, source, count=int(dataset._batch_size), drop_remainder=bool(dataset._drop_remainder))
+        if kind == "map":
+            return DatasetStep(kind, source, function=dataset._map_func.function)
+        if kind == "filter":
+            return DatasetStep(kind, source, function=dataset._predicate.function)
+        if kind in ("take", "skip", "repeat"):
+            return DatasetStep(kind, source, count=int(dataset._count))
+        if kind == "cache":
+            return DatasetStep(kind, source) if bytes(dataset._filename.numpy()) == b"" else None
+        return DatasetStep(kind, source)
+    except (AttributeError, TypeError, ValueError) as error:
+        logging.vlog(1, "a %s is stored differently on this TensorFlow (%s); it is iterated", type(dataset).__name__, error)
+        return None
+
+
+def call_flat(function: Any, tensors: list) -> list:
+    """`function(*tensors)` for a `ConcreteFunction` of flat tensor arguments and no captures,
+    skipping the Python signature binding (~0.1 ms a call); the outputs, flat."""
+    try:
+        call = function._call_flat
+    except AttributeError:
+        return function(*tensors)
+    return call(tensors, [])

@@ -1,0 +1,144 @@
+"""A client's pipeline read without a tf.data iterator gives what one iteration of it gives, and
+reads without tf.data exactly the steps it claims to (the rest is iterated by tf.data)."""
+
+import collections
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import fedsim
+from fedsim.core import pipelines
+from fedsim.core import sequences
+from fedsim.core import tf_private
+
+ELEMENT = fedsim.to_type(collections.OrderedDict(x=tf.TensorSpec([None, 3], tf.float32), y=tf.TensorSpec([None], tf.int32)))
+
+
+def _base(n=23, seed=0):
+    rng = np.random.RandomState(seed)
+    return tf.data.Dataset.from_tensor_slices(collections.OrderedDict(
+        x=rng.randn(n, 3).astype(np.float32), y=rng.randint(0, 5, n).astype(np.int32)))
+
+
+def _format(batch):
+    return collections.OrderedDict(x=tf.reshape(batch["x"] * 2.0, [-1, 3]), y=tf.reshape(batch["y"], [-1]))
+
+
+def _iterated(dataset):
+    return [tf.nest.flatten(element) for element in dataset]
+
+
+def _read(dataset):
+    """(elements as pipelines reads them, the datasets it handed to tf.data)."""
+    handed = []
+
+    def iterate(part):
+        handed.append(part)
+        return _iterated(part)
+
+    read = pipelines.elements(dataset, iterate, 2**30)
+    return (read.as_list() if isinstance(read, pipelines.Rows) else read), handed
+
+
+def _assert_same(read, expected):
+    assert len(read) == len(expected)
+    for got, want in zip(read, expected):
+        assert [np.asarray(g).tolist() for g in got] == [np.asarray(w).tolist() for w in want]
+        assert [np.asarray(g).dtype for g in got] == [np.asarray(w).dtype for w in want]
+
+
+# name: (a fresh dataset, what tf.data is handed: None for nothing, else the kind of step)
+CASES = {
+    "bare, uneven last batch": (lambda: _base().batch(5), None),
+    "drop_remainder": (lambda: _base().batch(5, drop_remainder=True), None),
+    "tutorial: shuffle(seed) batch map prefetch": (lambda: _base().shuffle(10, seed=3).batch(4).map(_format).prefetch(2), "batch"),
+    "repeat(3) shuffle batch": (lambda: _base(7).repeat(3).shuffle(8, seed=1).batch(4), "batch"),
+    "repeat(2) batch map": (lambda: _base(7).repeat(2).batch(3).map(_format), None),
+    "batch map repeat(2)": (lambda: _base(7).batch(3).map(_format).repeat(2), None),
+    "take skip over batches": (lambda: _base().batch(2).skip(2).take(4).map(_format), None),
+    "take skip over examples": (lambda: _base().skip(3).take(11).batch(4), None),
+    "filter that empties the client": (lambda: _base().batch(3).filter(lambda b: tf.reduce_min(b["y"]) > 99), None),
+    "batch then filter": (lambda: _base(30).batch(4).filter(lambda b: tf.reduce_sum(b["y"]) % 2 == 0), None),
+    "zero examples": (lambda: _base(0).batch(3).map(_format), None),
+    "cache prefetch options": (lambda: _base().batch(6).cache().prefetch(1).with_options(tf.data.Options()), None),
+    "map before batch": (lambda: _base().map(lambda e: e).batch(4), "batch"),
+    "padded_batch": (lambda: _base().padded_batch(4), "padded"),
+    "interleave": (lambda: tf.data.Dataset.range(3).interleave(lambda i: _base(5), cycle_length=2).batch(4), "batch"),
+    "stateful map": (lambda: _base().batch(5).map(lambda b: collections.OrderedDict(
+        x=b["x"] + tf.random.stateless_uniform([3], [1, 2]), y=b["y"] + tf.cast(tf.random.uniform([]) * 0, tf.int32))), "map"),
+    "shuffled then cached": (lambda: _base().shuffle(10, seed=3).cache().batch(4), "batch"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_each_pipeline_reads_as_one_iteration_of_it(name):
+    make, handed_kind = CASES[name]
+    read, handed = _read(make())
+    if name != "stateful map":  # tf.random.uniform: no two iterations agree
+        _assert_same(read, _iterated(make()))
+    if handed_kind is None:
+        assert handed == []
+    else:
+        assert len(handed) == 1
+        step = tf_private.dataset_step(handed[0])
+        assert (step.kind if step else "padded") == handed_kind
+
+
+def test_a_reshuffling_dataset_reads_as_its_next_iteration():
+    """Read twice, a dataset that reshuffles gives its first then its second order, as tf.data would."""
+    dataset = _base(40).shuffle(40, seed=5).batch(8).map(_format)
+    twin = _base(40).shuffle(40, seed=5).batch(8).map(_format)
+    first, second = _read(dataset)[0], _read(dataset)[0]
+    _assert_same(first, _iterated(twin))
+    _assert_same(second, _iterated(twin))
+    assert [np.asarray(e[1]).tolist() for e in first] != [np.asarray(e[1]).tolist() for e in second]
+
+
+def test_the_same_preprocessing_traced_per_client_is_one_function():
+    clients = [_base(9, seed).batch(4).map(_format) for seed in range(6)]  # six traces of _format
+    traced = [tf_private.dataset_step(client).function for client in clients]
+    assert len({id(f) for f in traced}) == 6
+    assert len({id(pipelines._shared_function(f)) for f in traced}) == 1
+    for client in clients:
+        assert _read(client)[1] == []
+
+
+def test_functions_that_differ_only_in_what_they_capture_or_their_shapes_are_not_shared():
+    offsets = [tf.constant(1.0), tf.constant(100.0)]
+    for offset in offsets:  # the same definition, different captured tensors
+        dataset = _base(6).batch(4).map(lambda b, offset=offset: collections.OrderedDict(x=b["x"] + offset, y=b["y"]))
+        _assert_same(_read(dataset)[0], _iterated(dataset))
+    for width in (3, 5):  # the same Python function over other shapes
+        data = tf.data.Dataset.from_tensor_slices(np.arange(4 * width, dtype=np.float32).reshape(4, width)).batch(3)
+        dataset = data.map(lambda b: tf.reshape(b * 2.0, [-1, width]))
+        _assert_same(_read(dataset)[0], _iterated(dataset))
+
+
+def test_without_the_adapter_every_pipeline_is_iterated_and_right(monkeypatch):
+    monkeypatch.setattr(tf_private, "dataset_step", lambda dataset: None)
+    for name, (make, _) in CASES.items():
+        if name == "stateful map":
+            continue
+        read, handed = _read(make())
+        assert len(handed) == 1
+        _assert_same(read, _iterated(make()))
+
+
+def test_a_pipeline_over_the_budget_is_refused_before_it_is_built():
+    dataset = _base(1000).repeat(50).batch(10)  # 16 bytes a row: 800 KB repeated
+    with pytest.raises(pipelines.OverBudget):
+        pipelines.elements(dataset, _iterated, 100_000)
+    assert sequences.materialize(dataset, ELEMENT, budget_bytes=100_000) is None
+    assert sequences.materialize(_base(1000).batch(10), ELEMENT, budget_bytes=100_000) is not None
+
+
+def test_an_error_in_a_map_function_surfaces_as_tf_data_raises_it():
+    dataset = _base(8).batch(4).map(lambda b: collections.OrderedDict(
+        x=tf.reshape(b["x"], [4, 3]), y=b["y"]))  # fine for full batches only
+    assert len(_read(dataset)[0]) == 2
+    uneven = _base(9).batch(4).map(lambda b: collections.OrderedDict(x=tf.reshape(b["x"], [4, 3]), y=b["y"]))
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        _read(uneven)
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        _iterated(uneven)
