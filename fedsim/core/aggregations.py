@@ -300,7 +300,7 @@ class StreamingAggregation:
         else:
             traced = _traced_for(definition)
             self._zero = lambda: traced.zero.call_value(None, as_numpy=False)
-            self._accumulate = lambda accumulator, value: traced.accumulate.call_value((accumulator, value), as_numpy=False)
+            self._accumulate = _inline(lambda accumulator, value: traced.accumulate.call_value((accumulator, value), as_numpy=False))
             self._merge = None
             self._report = lambda accumulator: traced.report.call_value(accumulator, as_numpy=False)
             self.group_size = 0
@@ -332,6 +332,22 @@ class StreamingAggregation:
         if self.total is None and isinstance(self.definition, Mean):
             raise ValueError("federated_mean over zero clients")
         return self._report(self._zero() if self.total is None else self.total)
+
+
+def _inline(call: Callable) -> Callable:
+    """`call` run on the calling thread's own executor (a client's accumulate is a few
+    element-wise ops: handing them to TensorFlow's shared pool, busy with other clients'
+    training, costs more than they do). A graph that executor cannot run, or that fails,
+    runs again as usual, so errors are TensorFlow's own."""
+
+    def run(*args: Any) -> Any:
+        try:
+            with tf.experimental.function_executor_type("SINGLE_THREADED_EXECUTOR"):
+                return call(*args)
+        except tf.errors.OpError:
+            return call(*args)
+
+    return run
 
 
 def streaming(definition: AggregationDefinition, group_size: int = 16) -> StreamingAggregation:

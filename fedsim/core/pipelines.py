@@ -17,8 +17,11 @@ How: `elements(dataset, iterate)` walks the pipeline from its last step back
   dataset is one function, instantiated once per process, not once per client;
 - every other step (`shuffle`, `interleave`, `padded_batch`, a generator, a function that is not
   pure, an infinite source under `take`, a step this TensorFlow stores differently, ...) is
-  handed to `iterate` from that step down, so tf.data computes it as it always would: a seeded or
-  reshuffling `shuffle` gives exactly the order its own iteration gives.
+  computed by tf.data from that step down, as it always would be: a seeded or reshuffling
+  `shuffle` gives exactly the order its own iteration gives. Where that part's elements have one
+  known shape and a known count (the examples under a `batch`, typically), tf.data hands them
+  over in one call (`batch(count).get_single_element()`: no iterator, no graph rewrites) and the
+  batches are cut in numpy; otherwise `iterate` iterates it.
 
 The result is the elements one iteration of the dataset gives, in order, with the same values.
 """
@@ -47,15 +50,17 @@ class OverBudget(Exception):
 
 
 class Rows:
-    """The elements of sliced arrays: element `i` is row `i` of each array (flat, `tf.nest` order)."""
+    """The elements of sliced arrays: element `i` is row `i` of each array (flat, `tf.nest` order).
+    The arrays are numpy arrays, or eager tensors where tf.data produced them (so the functions
+    that take their batches need no conversion)."""
 
     def __init__(self, arrays: list):
         self.arrays = arrays
-        self.count = len(arrays[0]) if arrays else 0
+        self.count = int(arrays[0].shape[0]) if arrays else 0
 
     @property
     def nbytes(self) -> int:
-        return sum(array.nbytes for array in self.arrays)
+        return sum(_nbytes(array) for array in self.arrays)
 
     def select(self, start: int, stop: Optional[int]) -> "Rows":
         return Rows([array[start:stop] for array in self.arrays])
@@ -119,6 +124,7 @@ class _Reader:
             return self.read(step.source)
         if kind == "batch":
             rows = self.rows(step.source)
+            rows = self.stacked(step.source) if rows is None else rows
             return self.iterate(dataset) if rows is None else _batches(rows, step.count, step.drop_remainder)
         if kind in ("map", "filter"):
             return self._call(dataset, step)
@@ -126,7 +132,25 @@ class _Reader:
             return _select(_as_list(self.read(step.source)), kind, step.count)
         if kind in ("repeat", "cache") and step.count >= 0 and _deterministic(step.source):
             return _as_list(self.read(step.source)) * (step.count if kind == "repeat" else 1)
-        return self.iterate(dataset)
+        rows = self.stacked(dataset)
+        return self.iterate(dataset) if rows is None else rows
+
+    def stacked(self, dataset: tf.data.Dataset) -> Optional[Rows]:
+        """All elements of `dataset` as rows, by tf.data in one call (`batch(count)` and
+        `get_single_element`: no iterator to build, no graph rewrites, one transfer), when its
+        elements all have one known shape and their count is known; else None."""
+        specs = tf.nest.flatten(dataset.element_spec)
+        if not _dense(dataset) or not all(spec.shape.is_fully_defined() for spec in specs):
+            return None
+        count = int(dataset.cardinality())
+        if count < 0:
+            return None
+        if count == 0:
+            return Rows([np.zeros([0, *spec.shape], spec.dtype.as_numpy_dtype if spec.dtype != tf.string else object)
+                         for spec in specs])
+        self.charge(count * sum(spec.shape.num_elements() * (spec.dtype.size if spec.dtype != tf.string else 64)
+                                for spec in specs))
+        return Rows(tf.nest.flatten(dataset.batch(count).get_single_element()))
 
     def _call(self, dataset: tf.data.Dataset, step: tf_private.DatasetStep) -> Elements:
         function = _shared_function(step.function)
@@ -144,12 +168,12 @@ class _Reader:
             return self.iterate(dataset)
         if step.kind == "filter":
             return [element for element, result in zip(inputs, results) if bool(result[0])]
-        specs = [(spec.dtype, spec.shape) for spec in tf.nest.flatten(dataset.element_spec)]
-        if not all(leaf.dtype == dtype and shape.is_compatible_with(leaf.shape)
-                   for result in results for (dtype, shape), leaf in zip(specs, result)):
+        specs = [_Spec(spec) for spec in tf.nest.flatten(dataset.element_spec)]
+        outputs = [[spec.value(leaf) for spec, leaf in zip(specs, result)] for result in results]
+        if not all(spec.fits(leaf) for output in outputs for spec, leaf in zip(specs, output)):
             return self.iterate(dataset)  # tf.data checks each output against the map's spec: its error
-        self.charge(sum(_nbytes(leaf) for result in results for leaf in result))
-        return results
+        self.charge(sum(_nbytes(leaf) for output in outputs for leaf in output))
+        return outputs
 
     def rows(self, dataset: tf.data.Dataset) -> Optional[Rows]:
         """`dataset` as sliced arrays, if it is slices under steps that only select rows."""
@@ -175,9 +199,42 @@ class _Reader:
         return Rows([np.concatenate([array] * step.count) for array in rows.arrays])
 
 
+class _Spec:
+    """A step's output spec, checked the way tf.data checks a function's outputs (numpy-side:
+    an output is turned into an array once, and checked without building TensorShapes)."""
+
+    def __init__(self, spec: tf.TensorSpec):
+        self.strings = spec.dtype == tf.string
+        self.dtype = None if self.strings else np.dtype(spec.dtype.as_numpy_dtype)
+        self.spec = spec
+        self.dims = None if spec.shape.rank is None else spec.shape.as_list()
+
+    def value(self, tensor: tf.Tensor) -> Any:
+        return tensor if self.strings else tensor.numpy()
+
+    def fits(self, value: Any) -> bool:
+        if self.strings:
+            return value.dtype == tf.string and self.spec.shape.is_compatible_with(value.shape)
+        if not isinstance(value, np.ndarray):
+            value = np.asarray(value)
+        if value.dtype != self.dtype:
+            return False
+        return self.dims is None or (value.ndim == len(self.dims) and all(
+            d is None or d == n for d, n in zip(self.dims, value.shape)))
+
+
 def _batches(rows: Rows, size: int, drop_remainder: bool) -> list:
     stop = rows.count - rows.count % size if drop_remainder else rows.count
-    return [[array[start:start + size] for array in rows.arrays] for start in range(0, stop, size)]
+    sizes = [min(size, stop - start) for start in range(0, stop, size)]
+    if not sizes:
+        return []
+    columns = []
+    for array in rows.arrays:
+        if isinstance(array, np.ndarray):
+            columns.append([array[start:start + n] for start, n in zip(range(0, stop, size), sizes)])
+        else:  # one op for all the batches of an eager tensor
+            columns.append(tf.split(array[:stop] if stop < rows.count else array, sizes))
+    return [list(batch) for batch in zip(*columns)]
 
 
 def _select(items: list, kind: str, count: int) -> list:
@@ -190,7 +247,9 @@ def _as_list(read: Elements) -> list:
     return read.as_list() if isinstance(read, Rows) else read
 
 
-def _nbytes(leaf: tf.Tensor) -> int:
+def _nbytes(leaf: Any) -> int:
+    if isinstance(leaf, (np.ndarray, np.generic)):
+        return leaf.nbytes
     return (leaf.shape.num_elements() or 0) * (leaf.dtype.size if leaf.dtype != tf.string else 64)
 
 

@@ -179,10 +179,12 @@ def _stack(column: list, leaf_type: ft.TensorType) -> list:
     return [tf.convert_to_tensor(values, leaf_type.dtype), tf.convert_to_tensor(shapes)]
 
 
-def _rows_as_inputs(array: np.ndarray, leaf_type: ft.TensorType) -> list:
-    """`values` and `shapes` of a leaf whose elements are the rows of `array` (no padding)."""
-    shapes = np.tile(np.array(array.shape[1:], np.int64), (len(array), 1))
-    return [tf.convert_to_tensor(array, leaf_type.dtype), tf.convert_to_tensor(shapes.reshape(len(array), len(array.shape) - 1))]
+def _rows_as_inputs(array: Any, leaf_type: ft.TensorType) -> list:
+    """`values` and `shapes` of a leaf whose elements are the rows of `array` (an array or an
+    eager tensor; no padding)."""
+    count, row_shape = int(array.shape[0]), [int(d) for d in array.shape[1:]]
+    shapes = np.tile(np.array(row_shape, np.int64), (count, 1)).reshape(count, len(row_shape))
+    return [tf.convert_to_tensor(array, leaf_type.dtype), tf.convert_to_tensor(shapes)]
 
 
 def _iterate(dataset: tf.data.Dataset, budget_bytes: int) -> list:
@@ -194,8 +196,9 @@ def _iterate(dataset: tf.data.Dataset, budget_bytes: int) -> list:
         once = dataset
     read, total = [], 0
     for element in once:
-        read.append(tf.nest.flatten(element))
-        total += sum(_nbytes(leaf) for leaf in read[-1])
+        leaves = [leaf if leaf.dtype == tf.string else leaf.numpy() for leaf in tf.nest.flatten(element)]
+        read.append(leaves)
+        total += sum(_nbytes(leaf) for leaf in leaves)
         if total > budget_bytes:
             raise pipelines.OverBudget(f"over {budget_bytes} bytes")
     return read
