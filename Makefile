@@ -25,6 +25,8 @@ benchmarks: $(STAMP)
 	$(PY) benchmarks/federated_mean_memory.py
 	$(PY) benchmarks/call_overhead.py
 	$(PY) benchmarks/fedavg.py
+	$(PY) benchmarks/client_read.py
+	$(PY) benchmarks/silo_work.py
 	$(PY) benchmarks/client_data.py
 	$(PY) benchmarks/aws_round.py
 

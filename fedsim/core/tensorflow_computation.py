@@ -176,16 +176,19 @@ class TensorFlowComputation(computation_lib.Computation):
     def _fast_inputs(self, leaves: list) -> Optional[list]:
         """The fast form's inputs: each dataset iterated once (or as prepared ahead); None
         when one is not a dataset or is over the memory budget (the dataset form streams it)."""
-        inputs = []
-        for index, (leaf_type, leaf) in enumerate(zip(self._parameter_leaves, leaves)):
+        inputs, read = [], []
+        for leaf_type, leaf in zip(self._parameter_leaves, leaves):
             if isinstance(leaf_type, ft.SequenceType):
-                if not isinstance(leaf, tf.data.Dataset):
+                tensors = None
+                if isinstance(leaf, tf.data.Dataset):
+                    tensors = sequences.take_prepared(leaf, leaf_type.element)
+                    if tensors is ...:
+                        tensors = sequences.materialize(leaf, leaf_type.element, what=f"the dataset given to {self.name}")
+                if tensors is None:  # the dataset form runs: it is handed what was read, not a new iteration
+                    for dataset, element_type, taken in read:
+                        sequences.provide(dataset, element_type, taken)
                     return None
-                tensors = sequences.take_prepared(leaf, leaf_type.element)
-                if tensors is ...:
-                    tensors = sequences.materialize(leaf, leaf_type.element, what=f"the dataset given to {self.name}")
-                if tensors is None:
-                    return None
+                read.append((leaf, leaf_type.element, tensors))
                 inputs.extend(tensors)
             else:
                 inputs.append(leaf)
