@@ -151,14 +151,6 @@ def _iterate_once_options() -> tf.data.Options:
 _ONCE = _iterate_once_options()
 
 
-def _nbytes(tensor: Any) -> int:
-    """Bytes of a tensor or array (a string counted as 64)."""
-    if isinstance(tensor, (np.ndarray, np.generic)):
-        return tensor.size * (tensor.itemsize if tensor.dtype != object else 64)
-    count = tensor.shape.num_elements() or 0
-    return count * (tensor.dtype.size if tensor.dtype != tf.string else 64)
-
-
 def _stack(column: list, leaf_type: ft.TensorType) -> list:
     """`values` (elements stacked, padded to the largest) and `shapes` of one element leaf.
 
@@ -198,7 +190,7 @@ def _iterate(dataset: tf.data.Dataset, budget_bytes: int) -> list:
     for element in once:
         leaves = [leaf if leaf.dtype == tf.string else leaf.numpy() for leaf in tf.nest.flatten(element)]
         read.append(leaves)
-        total += sum(_nbytes(leaf) for leaf in leaves)
+        total += sum(pipelines.nbytes(leaf) for leaf in leaves)
         if total > budget_bytes:
             raise pipelines.OverBudget(f"over {budget_bytes} bytes")
     return read
@@ -245,7 +237,7 @@ def materialize(dataset: tf.data.Dataset, element_type: ft.Type, budget_bytes: i
         if read.nbytes > budget_bytes:
             return None
         return [t for leaf_type, i in zip(leaf_types, order) for t in _rows_as_inputs(read.arrays[i], leaf_type)]
-    if sum(_nbytes(leaf) for element in read for leaf in element) > budget_bytes:
+    if sum(pipelines.nbytes(leaf) for element in read for leaf in element) > budget_bytes:
         return None
     return [t for leaf_type, i in zip(leaf_types, order) for t in _stack([element[i] for element in read], leaf_type)]
 
