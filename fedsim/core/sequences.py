@@ -166,6 +166,8 @@ def _stack(column: list, leaf_type: ft.TensorType) -> list:
         values = np.stack([np.asarray(t) for t in column])
     else:
         values = np.zeros([len(column), *shapes.max(axis=0)], dtype)
+        if dtype is object:
+            values[...] = b""  # strings pad empty
         for index, (tensor, shape) in enumerate(zip(column, shapes)):
             values[(index, *(slice(0, int(d)) for d in shape))] = np.asarray(tensor)
     return [tf.convert_to_tensor(values, leaf_type.dtype), tf.convert_to_tensor(shapes)]
@@ -177,6 +179,28 @@ def _rows_as_inputs(array: Any, leaf_type: ft.TensorType) -> list:
     count, row_shape = int(array.shape[0]), [int(d) for d in array.shape[1:]]
     shapes = np.tile(np.array(row_shape, np.int64), (count, 1)).reshape(count, len(row_shape))
     return [tf.convert_to_tensor(array, leaf_type.dtype), tf.convert_to_tensor(shapes)]
+
+
+def _batches_as_inputs(batches: pipelines.Batches, leaf: int, leaf_type: ft.TensorType) -> list:
+    """`values` and `shapes` of leaf `leaf` of `batches`, laid out at once: the batched rows,
+    padded to whole batches, reshaped to [batches, size, ...] (what `_stack` gives, without
+    cutting and stacking each batch)."""
+    array = batches.rows.arrays[leaf]
+    sizes = batches.sizes
+    row_shape = [int(d) for d in array.shape[1:]]
+    shapes = np.array([[n, *row_shape] for n in sizes], np.int64).reshape(len(sizes), 1 + len(row_shape))
+    if not sizes:
+        values = np.zeros([0, 0, *row_shape], leaf_type.dtype.as_numpy_dtype if leaf_type.dtype != tf.string else object)
+        return [tf.convert_to_tensor(values, leaf_type.dtype), tf.convert_to_tensor(shapes)]
+    width = sizes[0]  # the largest batch: the first
+    rows = np.asarray(array)[:batches.stop]
+    if len(sizes) * width != batches.stop:
+        padded = np.zeros([len(sizes) * width, *row_shape], rows.dtype)
+        if rows.dtype == object:
+            padded[...] = b""  # strings pad empty
+        padded[:batches.stop] = rows
+        rows = padded
+    return [tf.convert_to_tensor(rows.reshape([len(sizes), width, *row_shape]), leaf_type.dtype), tf.convert_to_tensor(shapes)]
 
 
 def _iterate(dataset: tf.data.Dataset, budget_bytes: int) -> list:
@@ -237,6 +261,10 @@ def materialize(dataset: tf.data.Dataset, element_type: ft.Type, budget_bytes: i
         if read.nbytes > budget_bytes:
             return None
         return [t for leaf_type, i in zip(leaf_types, order) for t in _rows_as_inputs(read.arrays[i], leaf_type)]
+    if isinstance(read, pipelines.Batches):
+        if read.nbytes > budget_bytes:
+            return None
+        return [t for leaf_type, i in zip(leaf_types, order) for t in _batches_as_inputs(read, i, leaf_type)]
     if sum(pipelines.nbytes(leaf) for element in read for leaf in element) > budget_bytes:
         return None
     return [t for leaf_type, i in zip(leaf_types, order) for t in _stack([element[i] for element in read], leaf_type)]

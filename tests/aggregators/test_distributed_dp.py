@@ -39,8 +39,9 @@ def test_the_sampler_draws_the_discrete_gaussian_pmf(sigma):
     support = np.arange(-int(12 * sigma) - 5, int(12 * sigma) + 6)
     pmf = np.exp(-support.astype(np.float64) ** 2 / (2 * sigma**2))
     pmf /= pmf.sum()
-    counts = np.array([(draws == k).sum() for k in support]) / draws.size
-    assert np.all(np.abs(counts - pmf) <= 5 * np.sqrt(pmf * (1 - pmf) / draws.size) + 1e-6)
+    hits, expected = np.array([(draws == k).sum() for k in support]), pmf * draws.size
+    # 5 sigma per bin, plus 3 draws: a tail bin expecting 0.02 draws may see one (it did, in CI)
+    assert np.all(np.abs(hits - expected) <= 5 * np.sqrt(expected * (1 - pmf)) + 3)
     variance, fourth = (pmf * support**2).sum(), (pmf * support**4).sum()
     assert abs(draws.var() - variance) < 5 * math.sqrt((fourth - variance**2) / draws.size)
 

@@ -50,7 +50,7 @@ def _read(dataset):
         read = pipelines.elements(dataset, iterate, 2**30)
     finally:
         pipelines._Reader.stacked = stacked
-    return (read.as_list() if isinstance(read, pipelines.Rows) else read), handed
+    return (read if isinstance(read, list) else read.as_list()), handed
 
 
 def _assert_same(read, expected):

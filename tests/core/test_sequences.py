@@ -133,6 +133,33 @@ def test_padded_batches_of_varying_width_and_unbatched_scalars():
     assert alternating(values()) == expected and alternating.fast_graph() is not None
 
 
+def test_string_batches_with_an_uneven_last_batch_read_as_iterating_gives_them():
+    records = fedsim.SequenceType(collections.OrderedDict(
+        word=fedsim.TensorType(tf.string, [None]), n=fedsim.TensorType(tf.int32, [None])))
+
+    @fedsim.tf_computation(records)
+    def joined(dataset):
+        return dataset.reduce(tf.constant(""), lambda s, b: tf.strings.join(
+            [s, "|", tf.strings.reduce_join(b["word"], separator=","), ":", tf.strings.as_string(tf.reduce_sum(b["n"]))]))
+
+    def words():
+        return tf.data.Dataset.from_tensor_slices(collections.OrderedDict(
+            word=[b"a", b"bb", b"", b"dddd", b"e"], n=np.arange(5, dtype=np.int32)))
+
+    pipelines_ = {
+        "batched rows": lambda: words().batch(2),  # laid out at once, last batch padded
+        "mapped batches": lambda: words().batch(2).map(lambda b: collections.OrderedDict(word=b["word"], n=b["n"] * 2)),
+        "shuffled": lambda: words().shuffle(5, seed=4).batch(3),
+    }
+    for name, make in pipelines_.items():
+        expected = tf.constant("")
+        for batch in make():
+            expected = tf.strings.join([expected, "|", tf.strings.reduce_join(batch["word"], separator=","), ":",
+                                        tf.strings.as_string(tf.reduce_sum(batch["n"]))])
+        assert joined(make()) == expected.numpy(), name
+    assert joined.fast_graph() is not None
+
+
 def test_an_infinite_dataset_is_a_clear_error_not_a_hang():
     with pytest.raises(sequences.InfiniteSequenceError, match="infinite"):
         fast(_base().batch(5).repeat(), W)
