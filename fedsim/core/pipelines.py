@@ -12,17 +12,19 @@ How: `elements(dataset, iterate)` walks the pipeline from its last step back
 - `from_tensor_slices`, and the steps over it that only select or regroup rows (`take`, `skip`,
   `repeat(n)`, `batch`, `cache()`, `prefetch`, `with_options`), are numpy slicing of the arrays;
 - a `map` or `filter` whose function is pure (no state, randomness, captured tensors or nested
-  functions) calls its traced function element by element (up to `MAX_FUNCTION_CALLS`), on
-  this thread's own executor. Functions are shared by definition: the same preprocessing traced
-  for each client's dataset is one function, instantiated once per process, not once per
-  client; each output is checked against the step's spec, as tf.data checks it;
+  functions) calls its traced function on each element (up to `MAX_FUNCTION_CALLS`), in groups
+  of up to 16 calls made by one call (`SharedFunction`), on this thread's own executor.
+  Functions are shared by definition: the same preprocessing traced for each client's dataset
+  is one function, instantiated once per process, not once per client; each output is checked
+  against the step's spec, as tf.data checks it;
 - every other step (`shuffle`, `interleave`, `padded_batch`, a generator, a function that is not
   pure, an infinite source under `take`, a step this TensorFlow stores differently, ...) is
   computed by tf.data from that step down, as it always would be: a seeded or reshuffling
   `shuffle` gives exactly the order its own iteration gives. Where that part's elements have one
   known shape and a known count (the examples under a `batch`, typically), tf.data hands them
-  over in one call (`batch(count).get_single_element()`: no iterator, no graph rewrites) and the
-  batches are cut in numpy; otherwise `iterate` iterates it.
+  over in one call (`batch(count).get_single_element()`: no iterator, no graph rewrites; traced
+  once per element spec, as each eager dataset op costs ~0.5 ms) and the batches are cut from
+  them; otherwise `iterate` iterates it.
 
 The result is the elements one iteration of the dataset gives, in order, with the same values.
 """
@@ -187,7 +189,10 @@ class _Reader:
                          for spec in specs])
         self.charge(count * sum(spec.shape.num_elements() * (spec.dtype.size if spec.dtype != tf.string else 64)
                                 for spec in specs))
-        return Rows(tf.nest.flatten(_all_elements_function(dataset.element_spec)(dataset, tf.constant(count, tf.int64))))
+        # on the default executor: tf.data's parallel steps (a parallel map, a prefetch) need its
+        # runner; on a single-threaded executor they would wait for it forever
+        return Rows(tf.nest.flatten(tf_private.call_flat(_all_elements_function(dataset.element_spec), [
+            tf.data.experimental.to_variant(dataset), tf.constant(count, tf.int64)])))
 
     def _call(self, dataset: tf.data.Dataset, step: tf_private.DatasetStep) -> Elements:
         function = _shared_function(step.function)
@@ -310,10 +315,12 @@ def _all_elements_function(element_spec: Any) -> Callable:
             _all_elements.move_to_end(key)
             return function
 
-    def all_elements(dataset, count):
+    def all_elements(variant, count):
+        dataset = tf.data.experimental.from_variant(variant, element_spec)
         return dataset.batch(count).get_single_element()
 
-    function = tf.function(all_elements, input_signature=[key, tf.TensorSpec([], tf.int64)]).get_concrete_function()
+    function = tf.function(all_elements, input_signature=[tf.TensorSpec([], tf.variant), tf.TensorSpec([], tf.int64)],
+                           autograph=False).get_concrete_function()
     with _lock:
         _all_elements[key] = function
         while len(_all_elements) > _SHARED_FUNCTIONS_KEPT:

@@ -157,3 +157,35 @@ def test_an_error_in_a_map_function_surfaces_as_tf_data_raises_it():
         _read(uneven)
     with pytest.raises(tf.errors.InvalidArgumentError):
         _iterated(uneven)
+
+
+def test_two_threads_reading_a_map_under_a_shuffle_finish_with_tf_datas_elements():
+    """tf.data runs a map under a shuffle with its executor's runner: read on an executor without
+    one (single-threaded), two readers at once waited forever (a tutorial's rounds hung)."""
+    import threading
+
+    def make(seed):
+        return _base(40, seed).map(_format_example).shuffle(16, seed=seed).batch(6)
+
+    results, errors = {}, []
+
+    def read_all(worker):
+        try:
+            for seed in range(worker, 24, 2):
+                results[seed] = _read(make(seed))[0]
+        except Exception as error:  # noqa: BLE001 - reported by the assertion below
+            errors.append(error)
+
+    threads = [threading.Thread(target=read_all, args=(k,), daemon=True) for k in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not any(thread.is_alive() for thread in threads), "a reader never finished"
+    assert not errors and sorted(results) == list(range(24))
+    for seed, read in results.items():
+        _assert_same(read, _iterated(make(seed)))
+
+
+def _format_example(example):
+    return collections.OrderedDict(x=tf.reshape(example["x"], [3]) * 2.0, y=example["y"])
