@@ -189,8 +189,8 @@ class _Reader:
                          for spec in specs])
         self.charge(count * sum(spec.shape.num_elements() * (spec.dtype.size if spec.dtype != tf.string else 64)
                                 for spec in specs))
-        # on the default executor: tf.data's parallel steps (a parallel map, a prefetch) need its
-        # runner; on a single-threaded executor they would wait for it forever
+        # on the default executor: tf.data runs its steps' functions with the executor's runner;
+        # on a single-threaded executor two readers of a map under a shuffle waited forever
         return Rows(tf.nest.flatten(tf_private.call_flat(_all_elements_function(dataset.element_spec), [
             tf.data.experimental.to_variant(dataset), tf.constant(count, tf.int64)])))
 
