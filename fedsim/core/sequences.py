@@ -151,6 +151,15 @@ def _iterate_once_options() -> tf.data.Options:
 _ONCE = _iterate_once_options()
 
 
+def _numpy_dtype(leaf_type: ft.TensorType) -> Any:
+    return leaf_type.dtype.as_numpy_dtype if leaf_type.dtype != tf.string else object
+
+
+def _padding(shape: list, dtype: Any) -> np.ndarray:
+    """An array of `shape` to lay elements of numpy `dtype` into: zeros, or empty strings."""
+    return np.full(shape, b"", object) if np.dtype(dtype).kind == "O" else np.zeros(shape, dtype)
+
+
 def _stack(column: list, leaf_type: ft.TensorType) -> list:
     """`values` (elements stacked, padded to the largest) and `shapes` of one element leaf.
 
@@ -159,15 +168,12 @@ def _stack(column: list, leaf_type: ft.TensorType) -> list:
     """
     rank = len(leaf_type.shape)
     shapes = np.array([tuple(t.shape) for t in column], np.int64).reshape(len(column), rank)
-    dtype = leaf_type.dtype.as_numpy_dtype if leaf_type.dtype != tf.string else object
     if not column:
-        values = np.zeros([0, *(d or 0 for d in leaf_type.shape)], dtype)
+        values = _padding([0, *(d or 0 for d in leaf_type.shape)], _numpy_dtype(leaf_type))
     elif (shapes == shapes[0]).all():
         values = np.stack([np.asarray(t) for t in column])
     else:
-        values = np.zeros([len(column), *shapes.max(axis=0)], dtype)
-        if dtype is object:
-            values[...] = b""  # strings pad empty
+        values = _padding([len(column), *shapes.max(axis=0)], _numpy_dtype(leaf_type))
         for index, (tensor, shape) in enumerate(zip(column, shapes)):
             values[(index, *(slice(0, int(d)) for d in shape))] = np.asarray(tensor)
     return [tf.convert_to_tensor(values, leaf_type.dtype), tf.convert_to_tensor(shapes)]
@@ -190,14 +196,11 @@ def _batches_as_inputs(batches: pipelines.Batches, leaf: int, leaf_type: ft.Tens
     row_shape = [int(d) for d in array.shape[1:]]
     shapes = np.array([[n, *row_shape] for n in sizes], np.int64).reshape(len(sizes), 1 + len(row_shape))
     if not sizes:
-        values = np.zeros([0, 0, *row_shape], leaf_type.dtype.as_numpy_dtype if leaf_type.dtype != tf.string else object)
-        return [tf.convert_to_tensor(values, leaf_type.dtype), tf.convert_to_tensor(shapes)]
+        return [tf.convert_to_tensor(_padding([0, 0, *row_shape], _numpy_dtype(leaf_type)), leaf_type.dtype), tf.convert_to_tensor(shapes)]
     width = sizes[0]  # the largest batch: the first
     rows = np.asarray(array)[:batches.stop]
     if len(sizes) * width != batches.stop:
-        padded = np.zeros([len(sizes) * width, *row_shape], rows.dtype)
-        if rows.dtype == object:
-            padded[...] = b""  # strings pad empty
+        padded = _padding([len(sizes) * width, *row_shape], rows.dtype)
         padded[:batches.stop] = rows
         rows = padded
     return [tf.convert_to_tensor(rows.reshape([len(sizes), width, *row_shape]), leaf_type.dtype), tf.convert_to_tensor(shapes)]
