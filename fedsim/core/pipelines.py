@@ -106,7 +106,27 @@ class Batches:
         return [list(batch) for batch in zip(*columns)]
 
 
-Elements = Union[Rows, Batches, list]  # or a list of elements, each a flat list of leaves (tf.nest order)
+class Laid:
+    """Elements already laid out as a fast form takes them: per leaf (flat, `tf.nest` order),
+    `values` (the elements stacked, padded to the largest) and `shapes` (each element's shape).
+    What a pure `map` over rows or batches gives (`SharedFunction.lay_out`)."""
+
+    def __init__(self, values: list, shapes: list):
+        self.values = values
+        self.shapes = [np.asarray(shape) for shape in shapes]
+        self.count = int(self.shapes[0].shape[0]) if shapes else 0
+
+    @property
+    def nbytes(self) -> int:
+        return sum(nbytes(value) for value in self.values)
+
+    def as_list(self) -> list:
+        arrays = [np.asarray(value) if value.dtype != tf.string else value for value in self.values]
+        return [[array[(i, *(slice(0, int(d)) for d in shape[i]))] for array, shape in zip(arrays, self.shapes)]
+                for i in range(self.count)]
+
+
+Elements = Union[Rows, Batches, Laid, list]  # or a list of elements, each a flat list of leaves (tf.nest order)
 
 
 def elements(dataset: tf.data.Dataset, iterate: Callable[[tf.data.Dataset], list], budget_bytes: int) -> Elements:
@@ -163,6 +183,10 @@ class _Reader:
             return self.read(step.source)
         if kind == "batch":
             rows = self.rows(step.source)
+            if rows is None and _kind(step.source) == "map":  # examples mapped one by one, then batched
+                rows = _as_rows(self.read(step.source))
+                if rows is None:  # elements of differing shapes: tf.data's batch gives its error
+                    return self.iterate(dataset)
             rows = self.stacked(step.source) if rows is None else rows
             return self.iterate(dataset) if rows is None else Batches(rows, step.count, step.drop_remainder)
         if kind in ("map", "filter"):
@@ -200,7 +224,10 @@ class _Reader:
         if function is None or count > MAX_FUNCTION_CALLS or count == tf.data.INFINITE_CARDINALITY:
             rows = self.stacked(dataset)
             return self.iterate(dataset) if rows is None else rows
-        inputs = _as_list(self.read(step.source))
+        source = self.read(step.source)
+        if step.kind == "map" and isinstance(source, (Rows, Batches)):
+            return self._lay_out(dataset, function, source)
+        inputs = _as_list(source)
         if len(inputs) > MAX_FUNCTION_CALLS:  # a count tf.data did not know ahead
             return self.iterate(dataset)
         try:
@@ -215,6 +242,27 @@ class _Reader:
             return self.iterate(dataset)  # tf.data checks each output against the map's spec: its error
         self.charge(sum(nbytes(leaf) for output in outputs for leaf in output))
         return outputs
+
+    def _lay_out(self, dataset: tf.data.Dataset, function: "SharedFunction", source: Union[Rows, Batches]) -> Elements:
+        """A pure map over each row or batch of `source`, in one call laying out its results
+        (`SharedFunction.lay_out`); what tf.data gives where the call fails or a result does not
+        fit the map's spec."""
+        rows, size = (source, None) if isinstance(source, Rows) else (source.rows, source.size)
+        stop = rows.count if size is None else source.stop
+        specs = tf.nest.flatten(dataset.element_spec)
+        if stop == 0:
+            return []
+        try:
+            laid = function.lay_out([tf.convert_to_tensor(array) for array in rows.arrays], stop, size)
+        except (tf.errors.OpError, TypeError, ValueError):  # tf.data decides: the same error, or its result
+            return self.iterate(dataset)
+        if laid is None or not all(_Spec(spec).fits_all(value, shape)
+                                   for spec, value, shape in zip(specs, laid.values, laid.shapes)):
+            return self.iterate(dataset)  # tf.data checks each output against the map's spec: its error
+        self.charge(laid.nbytes)
+        if size is None and all((shape == shape[0]).all() for shape in laid.shapes):
+            return Rows(laid.values)  # one result per row, all of one shape: rows again
+        return laid
 
     def rows(self, dataset: tf.data.Dataset) -> Optional[Rows]:
         """`dataset` as sliced arrays, if it is slices under steps that only select rows."""
@@ -253,6 +301,13 @@ class _Spec:
     def value(self, tensor: tf.Tensor) -> Any:
         return tensor if self.strings else tensor.numpy()
 
+    def fits_all(self, values: Any, shapes: np.ndarray) -> bool:
+        """Whether laid-out `values` (of `shapes`, one row per element) fit the spec."""
+        if values.dtype != self.spec.dtype:
+            return False
+        return self.dims is None or (shapes.shape[1] == len(self.dims) and all(
+            (shapes[:, k] == d).all() for k, d in enumerate(self.dims) if d is not None))
+
     def fits(self, value: Any) -> bool:
         if self.strings:
             return value.dtype == tf.string and self.spec.shape.is_compatible_with(value.shape)
@@ -262,6 +317,24 @@ class _Spec:
             return False
         return self.dims is None or (value.ndim == len(self.dims) and all(
             d is None or d == n for d, n in zip(self.dims, value.shape)))
+
+
+def _kind(dataset: tf.data.Dataset) -> Optional[str]:
+    step = tf_private.dataset_step(dataset)
+    return None if step is None else step.kind
+
+
+def _as_rows(read: Elements) -> Optional[Rows]:
+    """Elements of one shape as rows (what `batch` stacks); None when their shapes differ."""
+    if isinstance(read, Rows):
+        return read
+    items = _as_list(read)
+    if not items:
+        return None
+    columns = [[np.asarray(leaf) for leaf in column] for column in zip(*items)]
+    if any(len({leaf.shape for leaf in column}) > 1 for column in columns):
+        return None
+    return Rows([np.stack(column) for column in columns])
 
 
 def _select(items: list, kind: str, count: int) -> list:
@@ -347,6 +420,7 @@ class SharedFunction:
     def __init__(self, function: Any):
         self.function = function
         self._groups: dict = {}
+        self._laid_out: dict = {}  # (row specs, batch size) -> traced lay_out, or None
 
     def call_each(self, elements: list) -> list:
         """The function's flat outputs for each element (a flat list of tensors or arrays)."""
@@ -361,6 +435,82 @@ class SharedFunction:
                 results.extend(flat[i * width:(i + 1) * width] for i in range(size))
                 start += size
         return results
+
+    def lay_out(self, rows: list, stop: int, size: Optional[int]) -> Optional[Laid]:
+        """The function's results on each element of rows `[0, stop)` (each row, or each batch
+        of `size` rows, the last one smaller), laid out (`Laid`) by one call of a function traced
+        once per row spec and batch size; None when the function does not take such elements.
+
+        Raises what the function raises on an element (`tf.errors.OpError`).
+        """
+        key = (tuple(tf.TensorSpec([None, *row.shape[1:]], row.dtype) for row in rows), size)
+        with _lock:
+            laid_out = self._laid_out.get(key, ...)
+        if laid_out is ...:
+            laid_out = self._trace_lay_out(*key)
+            with _lock:
+                laid_out = self._laid_out.setdefault(key, laid_out)
+        if laid_out is None:
+            return None
+        flat = tf_private.call_flat(laid_out, [*rows, tf.constant(stop, tf.int32)])
+        return Laid(flat[0::2], [shape.numpy() for shape in flat[1::2]])
+
+    def _trace_lay_out(self, row_specs: tuple, size: Optional[int]) -> Optional[Any]:
+        function = self.function
+        takes = [tf.TensorSpec(t.shape, t.dtype) for t in function.graph.inputs]
+        gives = [tf.TensorSpec(t.shape, t.dtype) for t in function.graph.outputs]
+        element_shapes = [spec.shape[1:] if size is None else tf.TensorShape([None]).concatenate(spec.shape[1:])
+                          for spec in row_specs]
+        if len(takes) != len(row_specs) or not all(
+                spec.dtype == take.dtype and shape.is_compatible_with(take.shape)
+                for spec, shape, take in zip(row_specs, element_shapes, takes)):
+            return None
+
+        def lay_out(*inputs):
+            *rows, stop = inputs
+            count = stop if size is None else (stop + size - 1) // size
+
+            def element(index):
+                if size is None:
+                    leaves = [row[index] for row in rows]
+                else:
+                    start = index * size
+                    leaves = [row[start:tf.minimum(start + size, stop)] for row in rows]
+                for leaf, take in zip(leaves, takes):
+                    leaf.set_shape(take.shape)  # rows of the declared shape; a full batch where declared
+                return leaves
+
+            def body(index, results, shapes):
+                outputs = tf.nest.flatten(function(*element(index)))
+                return (index + 1, [r.write(index, o) for r, o in zip(results, outputs)],
+                        [s.write(index, tf.shape(o, out_type=tf.int64)) for s, o in zip(shapes, outputs)])
+
+            results = [tf.TensorArray(g.dtype, size=count, infer_shape=False, element_shape=g.shape) for g in gives]
+            shapes = [tf.TensorArray(tf.int64, size=count, element_shape=[g.shape.rank]) for g in gives]
+            _, results, shapes = tf.while_loop(lambda index, *_: index < count, body, (tf.constant(0), results, shapes))
+            shapes = [shape.stack() for shape in shapes]
+            ragged = [k for k, give in enumerate(gives) if not give.shape.is_fully_defined()]  # may need padding
+            largest = [tf.reduce_max(shapes[k], axis=0) for k in ragged]  # count > 0: no empty rows are read
+
+            def pad(index, padded):
+                values = []
+                for k, most, into in zip(ragged, largest, padded):
+                    padding = tf.stack([tf.zeros_like(most), most - shapes[k][index]], axis=1)
+                    values.append(into.write(index, tf.pad(results[k].read(index), padding,
+                                                           constant_values=tf.zeros([], gives[k].dtype))))
+                return index + 1, values
+
+            padded = [tf.TensorArray(gives[k].dtype, size=count, element_shape=gives[k].shape) for k in ragged]
+            if ragged:
+                _, padded = tf.while_loop(lambda index, _: index < count, pad, (tf.constant(0), padded))
+            stacked = dict(zip(ragged, padded))
+            laid = []
+            for k, (result, shape) in enumerate(zip(results, shapes)):
+                laid += [stacked.get(k, result).stack(), shape]
+            return laid
+
+        return tf.function(lay_out, input_signature=[*row_specs, tf.TensorSpec([], tf.int32)],
+                           autograph=False).get_concrete_function()
 
     def _group(self, size: int) -> Any:
         with _lock:
@@ -401,11 +551,13 @@ def _definition_key(function: Any) -> Optional[tuple]:
     try:
         if function.captured_inputs:
             return None
-        for op in function.graph.get_operations():
-            if op.op_def.is_stateful or any(a.HasField("func") or a.list.func for a in op.node_def.attr.values()):
+        function_def = function.function_def
+        for node in function_def.node_def:
+            if tf_private.op_is_stateful(node.op) is not False or any(
+                    a.HasField("func") or a.list.func for a in node.attr.values()):
                 return None
-        definition = type(function.function_def)()
-        definition.CopyFrom(function.function_def)
+        definition = type(function_def)()
+        definition.CopyFrom(function_def)
         graph = function.graph
         signature = tuple((t.name, t.dtype.name, str(t.shape)) for t in [*graph.inputs, *graph.outputs])
     except (AttributeError, TypeError, ValueError):

@@ -249,7 +249,7 @@ def materialize(dataset: tf.data.Dataset, element_type: ft.Type, budget_bytes: i
     Raises:
       InfiniteSequenceError: the dataset never ends (`repeat()` without a count).
     """
-    if dataset.cardinality() == tf.data.INFINITE_CARDINALITY:
+    if int(dataset.cardinality()) == tf.data.INFINITE_CARDINALITY:
         raise InfiniteSequenceError(
             f"{what} is infinite (repeat() without a count?) and the computation iterates all of it, which "
             f"would never end; give the dataset an end, e.g. repeat(epochs) or take(n)"
@@ -268,6 +268,11 @@ def materialize(dataset: tf.data.Dataset, element_type: ft.Type, budget_bytes: i
         if read.nbytes > budget_bytes:
             return None
         return [t for leaf_type, i in zip(leaf_types, order) for t in _batches_as_inputs(read, i, leaf_type)]
+    if isinstance(read, pipelines.Laid):
+        if read.nbytes > budget_bytes:
+            return None
+        return [t for leaf_type, i in zip(leaf_types, order)
+                for t in (tf.convert_to_tensor(read.values[i], leaf_type.dtype), tf.convert_to_tensor(read.shapes[i]))]
     if sum(pipelines.nbytes(leaf) for element in read for leaf in element) > budget_bytes:
         return None
     return [t for leaf_type, i in zip(leaf_types, order) for t in _stack([element[i] for element in read], leaf_type)]

@@ -18,7 +18,8 @@ TensorFlow has no public API for four things fedsim wants:
   (`fedsim.core.pipelines`). A dataset this does not recognize, on this TensorFlow or any other,
   is described as None, and its caller iterates it: right, slower. `call_flat` calls such a
   step's traced function on flat tensors without re-binding its Python signature (half the
-  cost of a call); without it the function is called as usual.
+  cost of a call); without it the function is called as usual. `op_is_stateful` reads an op's
+  registered definition; where it cannot, it answers None and the op's function is not shared.
 
 Nothing here runs at import: each patch is made once, on the first trace that needs it.
 """
@@ -33,7 +34,7 @@ from absl import logging
 
 __all__ = [
     "control_dependencies", "register_for_loop", "keep_autograph_out_of", "DatasetStep", "dataset_step",
-    "call_flat", "TESTED_TENSORFLOW",
+    "call_flat", "op_is_stateful", "TESTED_TENSORFLOW",
 ]
 
 # The TensorFlow releases whose private modules this adapter was checked against.
@@ -164,3 +165,23 @@ def call_flat(function: Any, tensors: list) -> list:
     except AttributeError:
         return function(*tensors)
     return call(tensors, [])
+
+
+_stateful_ops: dict = {}
+
+
+def op_is_stateful(op_type: str) -> Optional[bool]:
+    """Whether the registered op `op_type` is stateful (its OpDef's `is_stateful`), or None when
+    this TensorFlow does not say (an unknown op, or no registry to ask)."""
+    answer = _stateful_ops.get(op_type, ...)
+    if answer is ...:
+        try:
+            from tensorflow.python.framework import op_def_registry
+
+            definition = op_def_registry.get(op_type)
+            answer = None if definition is None else bool(definition.is_stateful)
+        except (ImportError, AttributeError) as error:
+            logging.vlog(1, "no op registry here (%s); functions are not shared", error)
+            answer = None
+        _stateful_ops[op_type] = answer
+    return answer

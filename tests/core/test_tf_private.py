@@ -74,6 +74,23 @@ def test_every_dataset_step_the_adapter_names_is_recognized_on_the_installed_ten
     assert tf_private.dataset_step(base.shuffle(3)) is None
 
 
+def test_the_adapter_reads_which_ops_are_stateful_on_the_installed_tensorflow():
+    """A map is shared (called outside tf.data) only when every op in it is known stateless."""
+    assert tf_private.op_is_stateful("Reshape") is False
+    assert tf_private.op_is_stateful("RandomUniform") is True
+    assert tf_private.op_is_stateful("NoSuchOpAnywhere") is None
+
+
+def test_when_the_op_registry_cannot_answer_no_map_is_shared(monkeypatch):
+    from fedsim.core import pipelines
+
+    dataset = tf.data.Dataset.from_tensor_slices(np.arange(6.0, dtype=np.float32)).batch(4).map(lambda b: b * 2.0)
+    function = tf_private.dataset_step(dataset).function
+    assert pipelines._shared_function(function) is not None
+    monkeypatch.setattr(tf_private, "op_is_stateful", lambda op_type: None)
+    assert pipelines._shared_function(function) is None
+
+
 def test_importing_fedsim_patches_nothing_in_autograph():
     """No autograph patch at import: a fresh interpreter that imports fedsim leaves the registry alone."""
     import subprocess
