@@ -59,6 +59,8 @@ class Rows:
     The arrays are numpy arrays, or eager tensors where tf.data produced them (so the functions
     that take their batches need no conversion)."""
 
+    pending = None  # a dataset whose elements these rows are, not yet computed (`DatasetRows`)
+
     def __init__(self, arrays: list):
         self.arrays = arrays
         self.count = int(arrays[0].shape[0]) if arrays else 0
@@ -72,6 +74,28 @@ class Rows:
 
     def as_list(self) -> list:
         return [[array[i] for array in self.arrays] for i in range(self.count)]
+
+
+class DatasetRows(Rows):
+    """All `count` elements of a dataset as rows, computed by tf.data in one call
+    (`batch(count).get_single_element()`: no iterator to build, no graph rewrites) when first
+    read, or in the call of a map over them (`SharedFunction.lay_out`): each computation is one
+    iteration of the dataset, so it is made once."""
+
+    def __init__(self, dataset: tf.data.Dataset, count: int):
+        self.pending = dataset
+        self.count = count
+        self._arrays: Optional[list] = None
+
+    @property
+    def arrays(self) -> list:
+        if self._arrays is None:
+            # on the default executor: tf.data runs its steps' functions with the executor's runner;
+            # on a single-threaded executor two readers of a map under a shuffle waited forever
+            self._arrays = tf.nest.flatten(tf_private.call_flat(_all_elements_function(self.pending.element_spec), [
+                tf.data.experimental.to_variant(self.pending), tf.constant(self.count, tf.int64)]))
+            self.pending = None
+        return self._arrays
 
 
 class Batches:
@@ -213,10 +237,7 @@ class _Reader:
                          for spec in specs])
         self.charge(count * sum(spec.shape.num_elements() * (spec.dtype.size if spec.dtype != tf.string else 64)
                                 for spec in specs))
-        # on the default executor: tf.data runs its steps' functions with the executor's runner;
-        # on a single-threaded executor two readers of a map under a shuffle waited forever
-        return Rows(tf.nest.flatten(tf_private.call_flat(_all_elements_function(dataset.element_spec), [
-            tf.data.experimental.to_variant(dataset), tf.constant(count, tf.int64)])))
+        return DatasetRows(dataset, count)
 
     def _call(self, dataset: tf.data.Dataset, step: tf_private.DatasetStep) -> Elements:
         function = _shared_function(step.function)
@@ -253,7 +274,7 @@ class _Reader:
         if stop == 0:
             return []
         try:
-            laid = function.lay_out([tf.convert_to_tensor(array) for array in rows.arrays], stop, size)
+            laid = function.lay_out(rows, stop, size)
         except (tf.errors.OpError, TypeError, ValueError):  # tf.data decides: the same error, or its result
             return self.iterate(dataset)
         if laid is None or not all(_Spec(spec).fits_all(value, shape)
@@ -436,38 +457,63 @@ class SharedFunction:
                 start += size
         return results
 
-    def lay_out(self, rows: list, stop: int, size: Optional[int]) -> Optional[Laid]:
-        """The function's results on each element of rows `[0, stop)` (each row, or each batch
+    def lay_out(self, rows: Rows, stop: int, size: Optional[int]) -> Optional[Laid]:
+        """The function's results on each element of `rows` `[0, stop)` (each row, or each batch
         of `size` rows, the last one smaller), laid out (`Laid`) by one call of a function traced
         once per row spec and batch size; None when the function does not take such elements.
+        Rows tf.data has yet to compute (`DatasetRows`) are computed in the same call.
 
         Raises what the function raises on an element (`tf.errors.OpError`).
         """
-        key = (tuple(tf.TensorSpec([None, *row.shape[1:]], row.dtype) for row in rows), size)
+        source = rows.pending
+        if source is not None:
+            specs = tf.nest.flatten(source.element_spec)
+            key = (tf.data.DatasetSpec(source.element_spec), size)
+            inputs = [tf.data.experimental.to_variant(source), tf.constant(rows.count, tf.int64)]
+        else:
+            specs = [tf.TensorSpec(array.shape[1:], array.dtype) for array in rows.arrays]
+            key = (tuple(specs), size)
+            inputs = [tf.convert_to_tensor(array) for array in rows.arrays]
         with _lock:
             laid_out = self._laid_out.get(key, ...)
         if laid_out is ...:
-            laid_out = self._trace_lay_out(*key)
+            laid_out = self._trace_lay_out(specs, size, None if source is None else source.element_spec)
             with _lock:
                 laid_out = self._laid_out.setdefault(key, laid_out)
         if laid_out is None:
             return None
-        flat = tf_private.call_flat(laid_out, [*rows, tf.constant(stop, tf.int32)])
+        # on the default executor: tf.data's steps computing the rows need its runner
+        flat = tf_private.call_flat(laid_out, [*inputs, tf.constant(stop, tf.int32)])
         return Laid(flat[0::2], [shape.numpy() for shape in flat[1::2]])
 
-    def _trace_lay_out(self, row_specs: tuple, size: Optional[int]) -> Optional[Any]:
+    def _trace_lay_out(self, row_specs: list, size: Optional[int], element_spec: Any) -> Optional[Any]:
+        """Traces `lay_out` over rows of `row_specs` (each row's spec), given as arrays, or
+        (where `element_spec` is given) as a dataset of such rows and their count."""
         function = self.function
         takes = [tf.TensorSpec(t.shape, t.dtype) for t in function.graph.inputs]
         gives = [tf.TensorSpec(t.shape, t.dtype) for t in function.graph.outputs]
-        element_shapes = [spec.shape[1:] if size is None else tf.TensorShape([None]).concatenate(spec.shape[1:])
+        element_shapes = [spec.shape if size is None else tf.TensorShape([None]).concatenate(spec.shape)
                           for spec in row_specs]
         if len(takes) != len(row_specs) or not all(
                 spec.dtype == take.dtype and shape.is_compatible_with(take.shape)
                 for spec, shape, take in zip(row_specs, element_shapes, takes)):
             return None
+        if element_spec is None:
+            signature = [tf.TensorSpec([None, *spec.shape], spec.dtype) for spec in row_specs]
+
+            def arrays(inputs):
+                return list(inputs)
+        else:
+            signature = [tf.TensorSpec([], tf.variant), tf.TensorSpec([], tf.int64)]
+
+            def arrays(inputs):
+                variant, count = inputs
+                dataset = tf.data.experimental.from_variant(variant, element_spec)
+                return tf.nest.flatten(dataset.batch(count).get_single_element())
 
         def lay_out(*inputs):
             *rows, stop = inputs
+            rows = arrays(rows)
             count = stop if size is None else (stop + size - 1) // size
 
             def element(index):
@@ -509,7 +555,7 @@ class SharedFunction:
                 laid += [stacked.get(k, result).stack(), shape]
             return laid
 
-        return tf.function(lay_out, input_signature=[*row_specs, tf.TensorSpec([], tf.int32)],
+        return tf.function(lay_out, input_signature=[*signature, tf.TensorSpec([], tf.int32)],
                            autograph=False).get_concrete_function()
 
     def _group(self, size: int) -> Any:
