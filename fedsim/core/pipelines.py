@@ -12,19 +12,25 @@ How: `elements(dataset, iterate)` walks the pipeline from its last step back
 - `from_tensor_slices`, and the steps over it that only select or regroup rows (`take`, `skip`,
   `repeat(n)`, `batch`, `cache()`, `prefetch`, `with_options`), are numpy slicing of the arrays;
 - a `map` or `filter` whose function is pure (no state, randomness, captured tensors or nested
-  functions) calls its traced function on each element (up to `MAX_FUNCTION_CALLS`), in groups
-  of up to 16 calls made by one call (`SharedFunction`), on this thread's own executor.
-  Functions are shared by definition: the same preprocessing traced for each client's dataset
-  is one function, instantiated once per process, not once per client; each output is checked
-  against the step's spec, as tf.data checks it;
+  functions) is computed by its traced function outside tf.data. Functions are shared by
+  definition: the same preprocessing traced for each client's dataset is one function,
+  instantiated once per process, not once per client (`SharedFunction`). A map over rows or
+  batches of rows runs in one call of a function traced once per definition, row spec and batch
+  size, which slices each element, calls the map on it in a loop and returns the results laid
+  out as the fast form takes them (`Laid`: stacked, padded to the largest, and their shapes):
+  a call costs ~0.3 ms whatever it computes, so a call per element, or cutting and stacking
+  the elements in Python, cost more than the map. Any other map or filter calls the function on
+  each element (up to `MAX_FUNCTION_CALLS`), in groups of up to 16 calls made by one call. Each
+  result is checked against the step's spec, as tf.data checks it;
 - every other step (`shuffle`, `interleave`, `padded_batch`, a generator, a function that is not
   pure, an infinite source under `take`, a step this TensorFlow stores differently, ...) is
   computed by tf.data from that step down, as it always would be: a seeded or reshuffling
   `shuffle` gives exactly the order its own iteration gives. Where that part's elements have one
   known shape and a known count (the examples under a `batch`, typically), tf.data hands them
   over in one call (`batch(count).get_single_element()`: no iterator, no graph rewrites; traced
-  once per element spec, as each eager dataset op costs ~0.5 ms) and the batches are cut from
-  them; otherwise `iterate` iterates it.
+  once per element spec, as each eager dataset op costs ~0.5 ms), made together with the map
+  over their batches where there is one (`DatasetRows`: a shuffle, batch and map cost one call);
+  otherwise `iterate` iterates it.
 
 The result is the elements one iteration of the dataset gives, in order, with the same values.
 """
@@ -37,16 +43,18 @@ from typing import Any, Callable, Optional, Union
 
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
 from fedsim.core import tf_private
 
-__all__ = ["Rows", "Batches", "elements", "nbytes", "OverBudget", "MAX_FUNCTION_CALLS"]
+__all__ = ["Rows", "DatasetRows", "Batches", "Laid", "elements", "nbytes", "OverBudget", "MAX_FUNCTION_CALLS"]
 
 # An eager call of a step's function costs about what tf.data's iterator pays per element
 # (~0.1 ms), without the ~3 ms tf.data pays to instantiate the function per iterator; past this
 # many calls per dataset (a map over single examples, say) tf.data computes the step instead.
 MAX_FUNCTION_CALLS = 4096
 _SHARED_FUNCTIONS_KEPT = 64
+_LAID_OUT_KEPT = 8  # traced lay-outs of one function (row specs, batch sizes) kept
 _lock = threading.Lock()  # the caches of traced functions below
 
 
@@ -430,10 +438,11 @@ _shared: collections.OrderedDict = collections.OrderedDict()
 class SharedFunction:
     """A step's pure function, one per definition per process, called on many elements at once.
 
-    Calling a function costs ~0.2 ms whatever it computes, and a client's map runs once per
-    batch; so the calls are made in groups (16, 8, 4, 2, 1: a function traced once per group
-    size, each calling this one), one call per group, on this thread's own executor (inline,
-    not queued behind the training on the shared pool).
+    Calling a function costs ~0.3 ms whatever it computes, and a client's map runs once per
+    batch; so a map over rows or batches runs in one call that loops over them (`lay_out`), and
+    other elements are called in groups (`call_each`: 16, 8, 4, 2, 1, a function traced once per
+    group size, each calling this one; on this thread's own executor, inline, not queued behind
+    the training on the shared pool).
     """
 
     GROUP_SIZES = (16, 8, 4, 2, 1)
@@ -477,9 +486,15 @@ class SharedFunction:
         with _lock:
             laid_out = self._laid_out.get(key, ...)
         if laid_out is ...:
-            laid_out = self._trace_lay_out(specs, size, None if source is None else source.element_spec)
+            try:
+                laid_out = self._trace_lay_out(specs, size, None if source is None else source.element_spec)
+            except (TypeError, ValueError) as error:  # the function does not take these elements
+                logging.vlog(1, "a map is not laid out in one call (%s); it is called per element", error)
+                laid_out = None
             with _lock:
                 laid_out = self._laid_out.setdefault(key, laid_out)
+                while len(self._laid_out) > _LAID_OUT_KEPT:
+                    self._laid_out.pop(next(iter(self._laid_out)))
         if laid_out is None:
             return None
         # on the default executor: tf.data's steps computing the rows need its runner

@@ -90,6 +90,9 @@ CASES = {
         lambda b: tf.strings.as_string(b["y"])), None),
     "two maps": (lambda: _base(10).batch(4).map(_format).map(_format), None),
     "map batch map": (lambda: _base(13).map(_format_example).batch(5).map(_format), None),
+    "map, then take and filter the mapped batches": (lambda: _base(20).batch(3).map(_format).take(5).filter(
+        lambda b: tf.reduce_sum(b["y"]) % 2 == 0), None),
+    "shuffle batch map, then skip": (lambda: _base(20).shuffle(8, seed=6).batch(3).map(_format).skip(2), "stacked other"),
 }
 
 
