@@ -406,6 +406,11 @@ def _deterministic(dataset: tf.data.Dataset) -> bool:
 _all_elements: collections.OrderedDict = collections.OrderedDict()
 
 
+def _all_elements_of(variant: tf.Tensor, count: tf.Tensor, element_spec: Any) -> Any:
+    """In a graph: the `count` elements of the dataset `variant` (of `element_spec`), stacked."""
+    return tf.data.experimental.from_variant(variant, element_spec).batch(count).get_single_element()
+
+
 def _all_elements_function(element_spec: Any) -> Callable:
     """A function giving all `count` elements of a dataset of `element_spec` stacked, traced once
     per spec: built eagerly, the `batch` step alone costs ~0.5 ms a client (each eager dataset op
@@ -418,8 +423,7 @@ def _all_elements_function(element_spec: Any) -> Callable:
             return function
 
     def all_elements(variant, count):
-        dataset = tf.data.experimental.from_variant(variant, element_spec)
-        return dataset.batch(count).get_single_element()
+        return _all_elements_of(variant, count, element_spec)
 
     function = tf.function(all_elements, input_signature=[tf.TensorSpec([], tf.variant), tf.TensorSpec([], tf.int64)],
                            autograph=False).get_concrete_function()
@@ -522,9 +526,7 @@ class SharedFunction:
             signature = [tf.TensorSpec([], tf.variant), tf.TensorSpec([], tf.int64)]
 
             def arrays(inputs):
-                variant, count = inputs
-                dataset = tf.data.experimental.from_variant(variant, element_spec)
-                return tf.nest.flatten(dataset.batch(count).get_single_element())
+                return tf.nest.flatten(_all_elements_of(*inputs, element_spec))
 
         def lay_out(*inputs):
             *rows, stop = inputs
