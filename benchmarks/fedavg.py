@@ -13,8 +13,12 @@ Pipelines (how each client's dataset is built, the caller's code, timed apart):
 - repeat5: `repeat(5).shuffle(100, seed=1).batch(20)` (five local epochs);
 - sqlite: `ClientData.preprocess(tutorial)` over TFF's SQLite format, created for the sampled ids.
 
-Runners, in one process, their rounds interleaved so they see the same machine conditions;
-the median seconds per round over rounds 2..R:
+Runners of one parallelism N run in one child process, their rounds interleaved so they see the
+same machine conditions; the median seconds per round over rounds 2..R. The child has
+`TF_NUM_INTRAOP_THREADS=cores // N`: each of N clients side by side gets its share of the cores
+for its ops, the sizing fedsim's context picks by itself (`fedsim.core.op_threads`) and the
+fastest for the plain-TF loop too (on 2 cores, x2: one thread per op, a 26% shorter MLP round
+than TensorFlow's default of all cores per op). TFF runs at its own defaults.
 
 - raw xN: the lower bound at N clients side by side. One `tf.function` per client epoch traced
   once with a dynamic example dimension, batches sliced from the client's tensors with
@@ -287,6 +291,28 @@ def compare(kind: str, cohort: int, rounds: int, arrays: list, directory: str, p
     return {"seconds": medians, "build": build, "accuracies": dict(accuracies)}
 
 
+def compare_child(kind: str, cohort: str, rounds: str, pipeline: str, parallel: str) -> None:
+    """`compare` at one parallelism, in a process whose TensorFlow threads are sized for it."""
+    with tempfile.TemporaryDirectory() as directory:
+        result = compare(kind, int(cohort), int(rounds), client_arrays(), directory, pipeline, [int(parallel)])
+    print(json.dumps(result))
+
+
+def compare_in_children(kind: str, cohort: int, rounds: int, pipeline: str, parallel: list) -> dict:
+    """`compare` for each parallelism N in a child with `TF_NUM_INTRAOP_THREADS=cores // N`."""
+    merged: dict = {"seconds": {}, "build": {}, "accuracies": {}}
+    for n in parallel:
+        environment = dict(os.environ, TF_NUM_INTRAOP_THREADS=str(max(1, (os.cpu_count() or 1) // n)))
+        out = subprocess.run([sys.executable, __file__, "--compare-child", kind, str(cohort), str(rounds), pipeline, str(n)],
+                             env=environment, capture_output=True, text=True, timeout=7200)
+        if out.returncode != 0:
+            raise RuntimeError(f"the x{n} child failed: {out.stderr.strip().splitlines()[-3:]}")
+        result = json.loads(out.stdout.strip().splitlines()[-1])
+        for key in merged:
+            merged[key].update(result[key])
+    return merged
+
+
 def tff_child(python: str, kind: str, cohort: int, rounds: int, pipeline: str, arrays_path: str) -> dict:
     """TFF's median s/round on the same arrays and pipeline, from TFF's venv (None if it fails)."""
     script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tff_fedavg.py")
@@ -386,7 +412,10 @@ def main() -> None:
     parser.add_argument("--no-children", action="store_true", help="skip the memory and start-up measurements")
     parser.add_argument("--memory-child", nargs=2, metavar=("MODEL", "CLIENTS"))
     parser.add_argument("--startup-child", nargs=3, metavar=("MODEL", "RUNNER", "ARRAYS"))
+    parser.add_argument("--compare-child", nargs=5, metavar=("MODEL", "CLIENTS", "ROUNDS", "PIPELINE", "PARALLEL"))
     args = parser.parse_args()
+    if args.compare_child:
+        return compare_child(*args.compare_child)
     if args.memory_child:
         return memory_child(args.memory_child[0], int(args.memory_child[1]))
     if args.startup_child:
@@ -406,7 +435,7 @@ def main() -> None:
                 header = "".join(f"{c:>18}" for c in columns) + (f"{'TFF 0.87':>18}{'fedsim/TFF':>12}" if args.tff else "")
                 print(f"  {'pipeline':<10}{header}{'build s':>9}")
                 for pipeline in args.pipelines:
-                    result = compare(kind, cohort, args.rounds, arrays, directory, pipeline, args.parallel)
+                    result = compare_in_children(kind, cohort, args.rounds, pipeline, args.parallel)
                     sec = result["seconds"]
                     cells = []
                     for n in args.parallel:

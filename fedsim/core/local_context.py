@@ -27,6 +27,7 @@ import tensorflow as tf
 from fedsim.core import aggregations
 from fedsim.core import evaluator as evaluator_lib
 from fedsim.core import intrinsic_defs as defs
+from fedsim.core import op_threads
 from fedsim.core import sequences
 from fedsim.core import structure
 from fedsim.core import tensorflow_computation as tfc
@@ -323,7 +324,10 @@ class LocalExecutionContext:
 
     Args:
       max_parallel_clients: threads running client work at once (default: the CPU count).
-        Results do not depend on it.
+        Results do not depend on it. Created before TensorFlow's runtime starts (the default
+        context is, at import), the context also gives each of these clients its share of the
+        cores for its ops (`fedsim.core.op_threads`), unless the user sized TensorFlow's
+        threads first (`TF_NUM_INTRAOP_THREADS`, `tf.config.threading`).
       aggregation_group_size: clients folded into one accumulator before `merge` combines it
         with the others in `federated_aggregate`.
       default_num_clients: the number of clients when a computation has no CLIENTS-placed
@@ -350,6 +354,7 @@ class LocalExecutionContext:
         if aggregation_group_size < 1:
             raise ValueError(f"aggregation_group_size must be at least 1, got {aggregation_group_size}")
         self.max_parallel_clients = max_parallel_clients or os.cpu_count() or 1
+        op_threads.size_for_parallel_clients(self.max_parallel_clients)
         self.aggregation_group_size = aggregation_group_size
         self.default_num_clients = default_num_clients
         self.client_data_budget_bytes = client_data_budget_bytes

@@ -53,7 +53,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from fedsim.core import canonical_form, compiler, phase_runner, sequences, structure
+from fedsim.core import canonical_form, compiler, op_threads, phase_runner, sequences, structure
 from fedsim.core import tensorflow_computation as tfc
 from fedsim.core import types as ft
 from fedsim.core.federated_tracing import FederatedComputation
@@ -172,10 +172,8 @@ class _ClientWorker:
     """A Ray actor: runs client work for chunks of clients and folds their outputs in order."""
 
     def __init__(self, threads: int):
-        try:  # a fresh actor process: TensorFlow has not started, so its thread pools can be sized
-            tf.config.threading.set_intra_op_parallelism_threads(threads)
-            tf.config.threading.set_inter_op_parallelism_threads(threads)
-        except RuntimeError:
+        # a fresh actor process: TensorFlow has not started, so its thread pools can be sized
+        if not op_threads.set_op_threads(threads, inter_op=True):
             logging.warning("RayExecutionContext: TensorFlow had started in this worker; its thread pools keep their size")
         self.phases: dict = {}  # digest -> {phase name: computation}
         self.outputs: dict = {}  # (round, chunk) -> client outputs, until the round ends
